@@ -1,0 +1,55 @@
+# One-command set-up: every target creates what it needs on a fresh machine (Python 3.11, pip, gcc, node/npm).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+TRITON_VENV := .venv-triton
+PY := $(VENV)/bin/python
+GEN_STAMP := gen/python/.stamp
+PROTOS := $(wildcard proto/voice/v1/*.proto)
+DEV_REQS := requirements-dev.txt services/common/requirements.txt services/tts_gateway/requirements.txt \
+            services/rvc_service/requirements.txt
+
+.PHONY: setup run test lint format bench clean
+
+setup: $(VENV)/.installed $(GEN_STAMP) $(TRITON_VENV)/.installed
+
+# The development environment: both services' requirements plus test and lint tools, resolved in one pip run.
+$(VENV)/.installed: $(DEV_REQS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(PY) services/rvc_service/torchaudio_cpu.py
+	$(PY) -c "import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()['purelib'], 'voice_serving.pth').write_text('$(CURDIR)\n$(CURDIR)/gen/python\n')"
+	touch $@
+
+$(GEN_STAMP): $(PROTOS) proto/gen_python.py $(VENV)/.installed
+	rm -rf gen/python
+	$(PY) proto/gen_python.py --out gen/python
+	touch $@
+
+# The Triton server environment (server binary from the nvidia-pytriton wheel, Piper, numpy<2).
+$(TRITON_VENV)/.installed: triton/requirements.txt
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --disable-pip-version-check -r triton/requirements.txt
+	touch $@
+
+run: setup
+	$(PY) deploy/local/run_stack.py
+
+test: setup
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	cd proto && ../$(VENV)/bin/buf lint && ../$(VENV)/bin/buf format -d --exit-code
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+	cd proto && ../$(VENV)/bin/buf format -w
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) $(TRITON_VENV) gen
