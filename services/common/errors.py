@@ -1,0 +1,163 @@
+"""Errors with a gRPC status and google.rpc.Status details.
+
+Engines and pipelines raise these (they know nothing of gRPC servicer contexts); the bootstrap's interceptor turns
+them into an aborted RPC whose trailing metadata carries the rich status (`grpc-status-details-bin`), so clients get
+BadRequest field violations, RetryInfo, PreconditionFailure or ResourceInfo alongside the plain code and message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+FieldViolations = Sequence[tuple[str, str]]
+
+
+class ServiceError(Exception):
+    """An error that becomes a gRPC status with rich details."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, *, details: Iterable[Message] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = list(details)
+
+    def to_status_proto(self) -> status_pb2.Status:
+        packed = []
+        for detail in self.details:
+            any_detail = any_pb2.Any()
+            any_detail.Pack(detail)
+            packed.append(any_detail)
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
+
+    def to_grpc_status(self) -> grpc.Status:
+        return rpc_status.to_status(self.to_status_proto())
+
+
+class InvalidArgument(ServiceError):
+    """INVALID_ARGUMENT with one BadRequest field violation per problem."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, violations: FieldViolations, message: str | None = None) -> None:
+        if not violations:
+            raise ValueError("InvalidArgument needs at least one field violation")
+        self.violations = list(violations)
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+                for field, description in self.violations
+            ]
+        )
+        text = message or "; ".join(f"{field}: {description}" for field, description in self.violations)
+        super().__init__(text, details=[bad_request])
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+    def __init__(self, message: str, *, resource_type: str = "", resource_name: str = "") -> None:
+        details = []
+        if resource_type or resource_name:
+            details.append(
+                error_details_pb2.ResourceInfo(
+                    resource_type=resource_type, resource_name=resource_name, description=message
+                )
+            )
+        super().__init__(message, details=details)
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str, *, violations: Sequence[tuple[str, str, str]] = ()) -> None:
+        """violations: (type, subject, description) triples for a PreconditionFailure detail."""
+        details = []
+        if violations:
+            details.append(
+                error_details_pb2.PreconditionFailure(
+                    violations=[
+                        error_details_pb2.PreconditionFailure.Violation(type=t, subject=s, description=d)
+                        for t, s, d in violations
+                    ]
+                )
+            )
+        super().__init__(message, details=details)
+
+
+def _retry_info(retry_after_s: float) -> error_details_pb2.RetryInfo:
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(retry_after_s * 1e9))
+    return error_details_pb2.RetryInfo(retry_delay=delay)
+
+
+class ResourceExhausted(ServiceError):
+    """RESOURCE_EXHAUSTED with RetryInfo telling the client when trying again makes sense."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message, details=[_retry_info(retry_after_s)])
+
+
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message, details=[_retry_info(retry_after_s)] if retry_after_s is not None else [])
+
+
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unauthenticated(ServiceError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class Internal(ServiceError):
+    code = grpc.StatusCode.INTERNAL
+
+
+def status_details(error: grpc.RpcError) -> list[Message]:
+    """Unpack the google.rpc.Status details a server attached to a failed call (client side helper)."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is None:
+        return []
+    unpacked: list[Message] = []
+    for detail in status.details:
+        for cls in (
+            error_details_pb2.BadRequest,
+            error_details_pb2.RetryInfo,
+            error_details_pb2.PreconditionFailure,
+            error_details_pb2.ResourceInfo,
+            error_details_pb2.ErrorInfo,
+        ):
+            if detail.Is(cls.DESCRIPTOR):
+                message = cls()
+                detail.Unpack(message)
+                unpacked.append(message)
+    return unpacked
+
+
+__all__ = [
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "FieldViolations",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "ResourceExhausted",
+    "ServiceError",
+    "Unauthenticated",
+    "Unavailable",
+    "code_pb2",
+    "status_details",
+]

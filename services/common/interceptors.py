@@ -1,0 +1,181 @@
+"""Server interceptor: auth, request-id logging context, per-RPC metrics and ServiceError -> rich status.
+
+One interceptor wraps every handler so that each RPC is counted exactly once with its final status code, whatever
+way it ends (returned, aborted, raised ServiceError, crashed, or cancelled by the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from services.common import metrics
+from services.common.errors import ServiceError
+from services.common.request_id import REQUEST_ID_METADATA_KEY, bind_request_id, current_request_id
+
+log = logging.getLogger(__name__)
+
+# Kubernetes gRPC probes and grpc_health_probe send no credentials.
+AUTH_EXEMPT_SERVICES = frozenset({"grpc.health.v1.Health"})
+
+
+def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
+    if handler.request_streaming and handler.response_streaming:
+        return "bidi_stream"
+    if handler.request_streaming:
+        return "client_stream"
+    if handler.response_streaming:
+        return "server_stream"
+    return "unary"
+
+
+def _split_method(full_method: str) -> tuple[str, str]:
+    _, service, method = full_method.split("/", 2)
+    return service, method
+
+
+async def abort_with_service_error(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+    status = error.to_grpc_status()
+    await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
+
+
+class _CallObserver:
+    """Tracks one RPC: binds its request id to the log context and records metrics when it ends."""
+
+    def __init__(self, service: str, method: str, rpc_type: str, context: grpc.aio.ServicerContext) -> None:
+        self.service, self.method, self.rpc_type = service, method, rpc_type
+        self.context = context
+        self.code: grpc.StatusCode | None = None
+        self.started = time.perf_counter()
+        metadata = dict(context.invocation_metadata() or ())
+        request_id = metadata.get(REQUEST_ID_METADATA_KEY)
+        self.token = bind_request_id(request_id if isinstance(request_id, str) and request_id else "-")
+        metrics.RPC_STARTED.labels(service, method, rpc_type).inc()
+
+    async def fail(self, exc: BaseException) -> None:
+        """Translate an exception escaping the handler into a status; re-raises as gRPC expects."""
+        if isinstance(exc, ServiceError):
+            self.code = exc.code
+            await abort_with_service_error(self.context, exc)
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            self.code = grpc.StatusCode.CANCELLED
+            raise exc
+        if isinstance(exc, grpc.aio.AbortError):
+            self.code = self.context.code() or grpc.StatusCode.UNKNOWN
+            raise exc
+        log.exception("unhandled error in %s/%s", self.service, self.method, exc_info=exc)
+        self.code = grpc.StatusCode.INTERNAL
+        await self.context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see server logs")
+
+    def finish(self) -> None:
+        code = self.code or self.context.code() or grpc.StatusCode.OK
+        if isinstance(code, int):  # context.code() may hold a raw int after set_code from some paths
+            code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+        elapsed = time.perf_counter() - self.started
+        metrics.RPC_HANDLED.labels(self.service, self.method, self.rpc_type, code.name).inc()
+        metrics.RPC_LATENCY.labels(self.service, self.method, self.rpc_type).observe(elapsed)
+        log.info(
+            "rpc finished",
+            extra={
+                "grpc_method": f"{self.service}/{self.method}",
+                "grpc_code": code.name,
+                "duration_ms": round(elapsed * 1000, 1),
+            },
+        )
+        current_request_id.reset(self.token)
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, *, auth_token: str | None = None) -> None:
+        self._auth_token = auth_token.encode() if auth_token else None
+
+    def _authorized(self, details: grpc.HandlerCallDetails, service: str) -> bool:
+        if self._auth_token is None or service in AUTH_EXEMPT_SERVICES:
+            return True
+        metadata = dict(details.invocation_metadata or ())
+        header = metadata.get("authorization", "")
+        if not isinstance(header, str) or not header.startswith("Bearer "):
+            return False
+        return hmac.compare_digest(header[len("Bearer ") :].encode(), self._auth_token)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        service, method = _split_method(handler_call_details.method)
+        rpc_type = _rpc_type(handler)
+        behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+        if not self._authorized(handler_call_details, service):
+            behavior = _unauthenticated_behavior(handler.response_streaming)
+
+        if handler.response_streaming:
+
+            async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                call = _CallObserver(service, method, rpc_type, context)
+                sent = metrics.STREAM_MESSAGES_SENT.labels(service, method)
+                try:
+                    result = behavior(request, context)
+                    if inspect.isasyncgen(result):
+                        async for message in result:
+                            sent.inc()
+                            yield message
+                    else:
+                        await result
+                except BaseException as exc:  # every ending is translated and counted
+                    await call.fail(exc)
+                finally:
+                    call.finish()
+
+            wrapped: Callable[..., Any] = streaming
+        else:
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                call = _CallObserver(service, method, rpc_type, context)
+                try:
+                    return await behavior(request, context)
+                except BaseException as exc:
+                    await call.fail(exc)
+                finally:
+                    call.finish()
+
+            wrapped = unary
+
+        factory = {
+            "unary": grpc.unary_unary_rpc_method_handler,
+            "server_stream": grpc.unary_stream_rpc_method_handler,
+            "client_stream": grpc.stream_unary_rpc_method_handler,
+            "bidi_stream": grpc.stream_stream_rpc_method_handler,
+        }[rpc_type]
+        return factory(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _unauthenticated_behavior(response_streaming: bool) -> Callable[..., Any]:
+    async def reject(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "missing or invalid bearer token: send metadata 'authorization: Bearer <token>'",
+        )
+
+    if not response_streaming:
+        return reject
+
+    async def reject_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await reject(request, context)
+        yield  # pragma: no cover - makes this an async generator
+
+    return reject_stream
