@@ -9,6 +9,7 @@ SIGTERM/SIGINT (stop accepting, let in-flight streams finish within a grace peri
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import time
@@ -215,6 +216,11 @@ class ServiceHost:
         await self.stop()
 
 
+def announce_ready(host: ServiceHost, **extra: object) -> None:
+    """Print one JSON line with the bound ports to stdout: how launchers and tests learn ports chosen with 0."""
+    print(json.dumps({"service": host.name, "port": host.port, "metrics_port": host.metrics_port, **extra}), flush=True)
+
+
 def init_service_logging(name: str, options: ServerOptions) -> None:
     configure_logging(name, options.log_level, options.log_format)
 
@@ -226,6 +232,7 @@ __all__ = [
     "ServerOptions",
     "ServiceHost",
     "add_server_arguments",
+    "announce_ready",
     "init_service_logging",
     "parse_bool",
     "server_options_from_args",

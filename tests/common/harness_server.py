@@ -7,7 +7,6 @@ SIGTERM and check metrics, errors and auth without Triton. Run as a process, it 
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections.abc import AsyncIterator
 
@@ -21,6 +20,7 @@ from services.common.server import (
     EnvArgumentParser,
     ServiceHost,
     add_server_arguments,
+    announce_ready,
     init_service_logging,
     server_options_from_args,
 )
@@ -100,7 +100,7 @@ async def main(argv: list[str]) -> None:
     init_service_logging("harness", server_options_from_args(args))
     host = build_host(args, args.chunk_delay)
     await host.start()
-    print(json.dumps({"port": host.port, "metrics_port": host.metrics_port}), flush=True)
+    announce_ready(host)
     await host.run_until_signal()
 
 
