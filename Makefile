@@ -6,6 +6,8 @@ TRITON_VENV := .venv-triton
 PY := $(VENV)/bin/python
 GEN_STAMP := gen/python/.stamp
 PROTOS := $(wildcard proto/voice/v1/*.proto)
+# buf breaking compares the contract with main (on main itself: with the last commit).
+BREAKING_BASE ?= $(shell git merge-base HEAD main 2>/dev/null || echo HEAD)
 DEV_REQS := requirements-dev.txt services/common/requirements.txt services/tts_gateway/requirements.txt \
             services/rvc_service/requirements.txt
 
@@ -42,6 +44,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	cd proto && ../$(VENV)/bin/buf lint && ../$(VENV)/bin/buf format -d --exit-code
+	$(VENV)/bin/buf breaking proto --against '.git#ref=$(BREAKING_BASE),subdir=proto'
 
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff format .
