@@ -5,6 +5,7 @@ VENV := .venv
 TRITON_VENV := .venv-triton
 PY := $(VENV)/bin/python
 GEN_STAMP := gen/python/.stamp
+NODE_STAMP := clients/node/node_modules/.installed
 PROTOS := $(wildcard proto/voice/v1/*.proto)
 # buf breaking compares the contract with main (on main itself: with the last commit).
 BREAKING_BASE ?= $(shell git merge-base HEAD main 2>/dev/null || echo HEAD)
@@ -13,7 +14,7 @@ DEV_REQS := requirements-dev.txt services/common/requirements.txt services/tts_g
 
 .PHONY: setup run test lint format bench clean
 
-setup: $(VENV)/.installed $(GEN_STAMP) $(TRITON_VENV)/.installed
+setup: $(VENV)/.installed $(GEN_STAMP) $(TRITON_VENV)/.installed $(NODE_STAMP)
 
 # The development environment: both services' requirements plus test and lint tools, resolved in one pip run.
 $(VENV)/.installed: $(DEV_REQS)
@@ -32,6 +33,11 @@ $(GEN_STAMP): $(PROTOS) proto/gen_python.py $(VENV)/.installed
 $(TRITON_VENV)/.installed: triton/requirements.txt
 	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip install -q --disable-pip-version-check -r triton/requirements.txt
+	touch $@
+
+# The Node.js example client's packages (protobufjs's postinstall only prints a notice).
+$(NODE_STAMP): clients/node/package-lock.json
+	npm ci --prefix clients/node --ignore-scripts --no-audit --no-fund
 	touch $@
 
 run: setup
@@ -55,4 +61,4 @@ bench: setup
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) gen
+	rm -rf $(VENV) $(TRITON_VENV) gen clients/node/node_modules

@@ -10,7 +10,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-pytest_plugins: list[str] = []
+pytest_plugins = ["tests.fixtures.triton_server", "tests.fixtures.rvc_service", "tests.fixtures.gateway"]
 
 
 def free_port() -> int:

@@ -1,0 +1,595 @@
+"""voice-cli: command-line client for the TTS gateway and the voice-conversion service.
+
+    python -m clients.python say "Hello there." --voice NAME -o hello.wav
+    python -m clients.python say "Hello there." --voice NAME -o - | aplay -f S16_LE -r 22050 -c 1
+    python -m clients.python voices | status | models
+    python -m clients.python convert in.wav -o out.wav --model NAME --pitch 3
+
+Progress and the final timing line go to stderr; audio goes to the output file or stdout. A failed call prints ONE
+line `error: CODE: message [field: violation; ...]` and exits with the status documented in clients/python/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO, TextIO
+
+import grpc
+import soundfile as sf
+from google.protobuf import json_format
+
+from clients.python.client import (
+    DEFAULT_RVC_TARGET,
+    DEFAULT_TTS_TARGET,
+    ENCODINGS,
+    EXIT_LOCAL_ERROR,
+    EXIT_OK,
+    F0_METHODS,
+    ConversionClient,
+    StreamStats,
+    SynthesisOptions,
+    TtsClient,
+    audio_input_from_file,
+    conversion_settings,
+    describe_rpc_error,
+    exit_code_for,
+    pcm_blocks,
+)
+from services.common.audio import finalize_wav_header
+from voice.v1 import audio_pb2, conversion_pb2, tts_gateway_pb2, voice_conversion_pb2
+
+EXIT_USAGE = 2  # argparse's own status for bad command lines; the same as INVALID_ARGUMENT on purpose
+EXIT_INTERRUPTED = 130
+
+_EXTENSION_FORMATS = {".wav": "wav", ".opus": "opus", ".ogg": "opus", ".pcm": "pcm16", ".raw": "pcm16"}
+
+
+class UsageError(Exception):
+    """A command line that parses but makes no sense (e.g. --reference-text without --reference)."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Argument parsing
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name)
+    return float(value) if value else None
+
+
+def _connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Connection flags are accepted before and after the command; after it they must not reset values given before
+    it, hence SUPPRESS defaults on the sub-command copies."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--target",
+        default=default(os.environ.get("VOICE_TARGET", DEFAULT_TTS_TARGET)),
+        help=f"TTS gateway host:port (env VOICE_TARGET, default {DEFAULT_TTS_TARGET})",
+    )
+    group.add_argument(
+        "--rvc-target",
+        default=default(os.environ.get("VOICE_RVC_TARGET", DEFAULT_RVC_TARGET)),
+        help=f"voice-conversion service host:port (env VOICE_RVC_TARGET, default {DEFAULT_RVC_TARGET})",
+    )
+    group.add_argument(
+        "--token",
+        default=default(os.environ.get("VOICE_TOKEN")),
+        help="bearer token sent as 'authorization: Bearer <token>' (env VOICE_TOKEN)",
+    )
+    group.add_argument(
+        "--tls",
+        action="store_true",
+        default=default(os.environ.get("VOICE_TLS", "") not in ("", "0", "false")),
+        help="use TLS with the system roots (env VOICE_TLS=1)",
+    )
+    group.add_argument(
+        "--ca-cert",
+        type=Path,
+        default=default(Path(os.environ["VOICE_CA_CERT"]) if os.environ.get("VOICE_CA_CERT") else None),
+        help="PEM CA bundle to verify the server; implies --tls (env VOICE_CA_CERT)",
+    )
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=default(_env_float("VOICE_TIMEOUT") or 300.0),
+        help="deadline in seconds for each call, whole streams included (env VOICE_TIMEOUT, default 300)",
+    )
+
+
+def _conversion_options(parser: argparse.ArgumentParser, *, model_flag: str, model_required: bool) -> None:
+    group = parser.add_argument_group("voice conversion")
+    group.add_argument(
+        model_flag,
+        dest="model",
+        required=model_required,
+        help="conversion model name (see `models`)" + ("" if model_required else "; turns conversion on"),
+    )
+    group.add_argument("--pitch", type=float, help="pitch shift in semitones, -24..24")
+    group.add_argument("--formant", type=float, help="formant shift in semitones, -12..12 (world engine)")
+    group.add_argument("--f0-method", choices=sorted(F0_METHODS), help="pitch estimator (default: the service's)")
+    group.add_argument("--index-rate", type=float, help="weight of retrieved index features, 0..1")
+    group.add_argument("--protect", type=float, help="protection of voiceless consonants, 0..0.5")
+    group.add_argument("--rms-mix-rate", type=float, help="output loudness envelope kept, 0..1")
+    group.add_argument("--filter-radius", type=int, help="median filter radius for harvest F0, 0..7")
+    group.add_argument("--speaker-id", type=int, help="speaker inside a multi-speaker conversion model")
+
+
+def _output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", required=True, help="output file, or - for stdout")
+    parser.add_argument(
+        "--format",
+        choices=sorted(ENCODINGS),
+        help="audio encoding; default from the file extension (.wav .opus .ogg .pcm .raw), pcm16 for stdout",
+    )
+    parser.add_argument("--rate", type=int, default=0, help="output sample rate in Hz; 0 (default) is native")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress or timing on stderr, only errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voice-cli",
+        description="Client for voice.v1.TtsGatewayService and voice.v1.VoiceConversionService.",
+        epilog="Exit status: 0 ok, 1 local error, 2 usage or INVALID_ARGUMENT, 3 NOT_FOUND, 4 FAILED_PRECONDITION, "
+        "5 UNAVAILABLE or DEADLINE_EXCEEDED, 6 RESOURCE_EXHAUSTED, 7 UNAUTHENTICATED or PERMISSION_DENIED, "
+        "8 other server errors, 130 interrupted.",
+    )
+    _connection_options(parser, suppress=False)
+    connection = argparse.ArgumentParser(add_help=False)
+    _connection_options(connection, suppress=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    say = commands.add_parser("say", parents=[connection], help="synthesize text to a file or stdout")
+    say.add_argument("text", help="text to speak; - reads it from stdin")
+    say.add_argument("--voice", help="voice name (see `voices`); default: the first voice listed")
+    _output_options(say)
+    mode = say.add_argument_group("speaker mode")
+    mode.add_argument("--speaker", help="preset speaker of the voice (default: its first)")
+    mode.add_argument("--reference", type=Path, help="reference audio to clone (zero-shot / cross-lingual voices)")
+    mode.add_argument("--reference-text", help="transcript of --reference (zero-shot); omit for cross-lingual")
+    mode.add_argument("--instruct", help="style instruction, e.g. 'speak slowly and warmly'")
+    say.add_argument("--speaking-rate", type=float, default=0.0, help="0.5..2.0; 0 (default) is normal speed")
+    say.add_argument("--request-id", default="", help="request id echoed on every chunk (default: server-made)")
+    say.add_argument(
+        "--incremental",
+        action="store_true",
+        help="use StreamingSynthesize and send the text word by word, as an LLM token stream would",
+    )
+    _conversion_options(say, model_flag="--rvc-model", model_required=False)
+    say.add_argument("--no-conversion", action="store_true", help="skip the voice's default conversion")
+    say.set_defaults(handler=cmd_say)
+
+    voices = commands.add_parser("voices", parents=[connection], help="list the gateway's voices")
+    voices.add_argument("--language", default="", help="BCP-47 prefix filter, e.g. en or en-US")
+    voices.add_argument("--json", action="store_true", help="print the ListVoices response as JSON")
+    voices.set_defaults(handler=cmd_voices)
+
+    status = commands.add_parser("status", parents=[connection], help="health and status of the gateway")
+    status.add_argument("--conversion", action="store_true", help="report on the voice-conversion service instead")
+    status.add_argument("--json", action="store_true", help="print the GetStatus response as JSON")
+    status.set_defaults(handler=cmd_status)
+
+    convert = commands.add_parser("convert", parents=[connection], help="convert a recording (--rvc-target)")
+    convert.add_argument("input", type=Path, help="input audio: WAV, Ogg-Opus, or anything libsndfile reads")
+    _output_options(convert)
+    _conversion_options(convert, model_flag="--model", model_required=True)
+    convert.add_argument(
+        "--stream", action="store_true", help="use the streaming Convert call (0.5 s blocks) instead of ConvertClip"
+    )
+    convert.add_argument("--request-id", default="", help="request id echoed back")
+    convert.set_defaults(handler=cmd_convert)
+
+    models = commands.add_parser("models", parents=[connection], help="list conversion models (--rvc-target)")
+    models.add_argument("--json", action="store_true", help="print the ListModels response as JSON")
+    models.set_defaults(handler=cmd_models)
+    return parser
+
+
+def _client_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "tls": bool(args.tls),
+        "root_certificates": args.ca_cert.read_bytes() if args.ca_cert else None,
+        "token": args.token,
+        "timeout": args.timeout,
+    }
+
+
+def _settings_from_args(args: argparse.Namespace) -> conversion_pb2.ConversionSettings | None:
+    return conversion_settings(
+        args.model,
+        pitch_shift_semitones=args.pitch,
+        formant_shift_semitones=args.formant,
+        f0_method=args.f0_method,
+        index_rate=args.index_rate,
+        protect=args.protect,
+        rms_mix_rate=args.rms_mix_rate,
+        filter_radius=args.filter_radius,
+        speaker_id=args.speaker_id,
+    )
+
+
+def _resolve_format(args: argparse.Namespace) -> str:
+    if args.format:
+        return str(args.format)
+    if args.output == "-":
+        return "pcm16"  # what players read from a pipe
+    suffix = Path(args.output).suffix.lower()
+    if suffix not in _EXTENSION_FORMATS:
+        raise UsageError(
+            f"cannot tell the format from '{args.output}'; pass --format {{{','.join(sorted(ENCODINGS))}}}"
+        )
+    return _EXTENSION_FORMATS[suffix]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Output and progress
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class AudioSink:
+    """Writes streamed audio to stdout as it arrives, or to `<output>.part`, renamed on success. A streamed WAV's
+    header carries 'unknown length' sizes; for files they are patched once the stream is complete."""
+
+    def __init__(self, output: str, encoding: str) -> None:
+        self.output = output
+        self.encoding = encoding
+        self._path = None if output == "-" else Path(output)
+        self._part = None if self._path is None else self._path.with_name(self._path.name + ".part")
+        self._file: BinaryIO = sys.stdout.buffer if self._part is None else self._part.open("wb")
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self._file.write(data)
+            if self._part is None:
+                self._file.flush()  # a player on the other end of the pipe should hear it now
+
+    def commit(self) -> None:
+        if self._part is None or self._path is None:
+            self._file.flush()
+            return
+        self._file.close()
+        if self.encoding == "wav":
+            self._part.write_bytes(finalize_wav_header(self._part.read_bytes()))
+        self._part.replace(self._path)
+
+    def discard(self) -> None:
+        if self._part is not None:
+            self._file.close()
+            self._part.unlink(missing_ok=True)
+
+
+class Progress:
+    """Progress on stderr while audio arrives: a self-overwriting line on a terminal, else a line every second."""
+
+    def __init__(self, stream: TextIO, enabled: bool) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.tty = stream.isatty()
+        self._last = 0.0
+
+    def update(self, stats: StreamStats) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not self.tty and now - self._last < 1.0:
+            return
+        self._last = now
+        text = f"receiving: {stats.chunks} chunks, {stats.audio_seconds:.2f} s of audio, {stats.segments} segments"
+        self.stream.write(f"\r\033[K{text}" if self.tty else text + "\n")
+        self.stream.flush()
+
+    def done(self, line: str) -> None:
+        if self.enabled:
+            self.stream.write(("\r\033[K" if self.tty else "") + line + "\n")
+            self.stream.flush()
+
+
+def _format_name(encoding: int) -> str:
+    return audio_pb2.AudioEncoding.Name(encoding).removeprefix("AUDIO_ENCODING_") if encoding else "?"
+
+
+def _timing_line(stats: StreamStats, destination: str) -> str:
+    ttfa = stats.time_to_first_audio
+    rtf = stats.real_time_factor
+    line = (
+        f"{destination}: {stats.audio_seconds:.2f} s of audio, {_format_name(stats.encoding)} "
+        f"{stats.sample_rate_hz} Hz, {stats.chunks} chunks, {stats.segments} segments; "
+    )
+    line += f"time to first audio {ttfa:.3f} s" if ttfa is not None else "time to first audio n/a"
+    line += f", RTF {rtf:.3f}" if rtf is not None else ", RTF n/a"
+    summary = stats.summary
+    if summary is not None and summary.HasField("total_time"):
+        line += (
+            f" (server: first audio {summary.time_to_first_audio.ToTimedelta().total_seconds():.3f} s, "
+            f"RTF {summary.real_time_factor:.3f})"
+        )
+    if stats.request_id:
+        line += f" [request_id={stats.request_id}]"
+    return line
+
+
+def _stream_to_sink(
+    chunks: Iterable[audio_pb2.AudioChunk], sink: AudioSink, progress: Progress, stats: StreamStats
+) -> None:
+    announced = False
+    for chunk in chunks:
+        stats.observe(chunk)
+        if not announced and sink.output == "-" and chunk.format.sample_rate_hz and progress.enabled:
+            announced = True
+            rate = chunk.format.sample_rate_hz
+            progress.done(
+                f"streaming {_format_name(chunk.format.encoding)} mono {rate} Hz to stdout "
+                f"(e.g. | aplay -f S16_LE -c 1 -r {rate})"
+            )
+        sink.write(chunk.audio)
+        progress.update(stats)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _words(text: str) -> Iterator[str]:
+    """Word-sized deltas that keep their whitespace, so the server sees the original text once joined."""
+    start = 0
+    for index, char in enumerate(text):
+        if char.isspace() and index > start:
+            yield text[start : index + 1]
+            start = index + 1
+    if start < len(text):
+        yield text[start:]
+
+
+def cmd_say(args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if args.text == "-" else args.text
+    encoding = _resolve_format(args)
+    if args.reference_text and not args.reference:
+        raise UsageError("--reference-text needs --reference")
+    settings = _settings_from_args(args)
+    progress = Progress(sys.stderr, not args.quiet)
+    with TtsClient(args.target, **_client_kwargs(args)) as client:  # type: ignore[arg-type]
+        voice = args.voice
+        if not voice:
+            voices = client.list_voices()
+            if not voices:
+                raise UsageError("the gateway lists no voices")
+            voice = voices[0].name
+            progress.done(f"using voice '{voice}' (pass --voice to choose)")
+        options = SynthesisOptions(
+            voice=voice,
+            encoding=encoding,
+            sample_rate_hz=args.rate,
+            speaker=args.speaker,
+            reference=audio_input_from_file(args.reference) if args.reference else None,
+            reference_text=args.reference_text,
+            instruction=args.instruct,
+            conversion=settings,
+            disable_conversion=args.no_conversion,
+            speaking_rate=args.speaking_rate,
+            request_id=args.request_id,
+        )
+        sink = AudioSink(args.output, encoding)
+        stats = StreamStats()
+        try:
+            if args.incremental:
+                chunks = client.streaming_synthesize(_words(text), options)
+            else:
+                chunks = client.synthesize_with(text, options)
+            _stream_to_sink(chunks, sink, progress, stats)
+            sink.commit()
+        except BaseException:
+            sink.discard()
+            raise
+    progress.done(_timing_line(stats, "stdout" if args.output == "-" else f"wrote {args.output}"))
+    return EXIT_OK
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    encoding = _resolve_format(args)
+    settings = _settings_from_args(args)
+    assert settings is not None  # --model is required, so settings always carry the model name
+    progress = Progress(sys.stderr, not args.quiet)
+    with ConversionClient(args.rvc_target, **_client_kwargs(args)) as client:  # type: ignore[arg-type]
+        sink = AudioSink(args.output, encoding)
+        try:
+            if args.stream:
+                samples, rate = sf.read(str(args.input), dtype="float32", always_2d=True)
+                stats = StreamStats()
+                input_format = audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_PCM16, sample_rate_hz=rate)
+                chunks = client.convert(
+                    pcm_blocks(samples.mean(axis=1), rate),
+                    settings,
+                    input_format=input_format,
+                    encoding=encoding,
+                    sample_rate_hz=args.rate,
+                    request_id=args.request_id,
+                )
+                _stream_to_sink(chunks, sink, progress, stats)
+                sink.commit()
+                progress.done(_timing_line(stats, "stdout" if args.output == "-" else f"wrote {args.output}"))
+                return EXIT_OK
+            started = time.monotonic()
+            response = client.convert_clip(
+                audio_input_from_file(args.input),
+                settings,
+                encoding=encoding,
+                sample_rate_hz=args.rate,
+                request_id=args.request_id,
+            )
+            sink.write(response.audio)
+            sink.commit()
+        except BaseException:
+            sink.discard()
+            raise
+    elapsed = time.monotonic() - started
+    audio_s = response.audio_duration.ToTimedelta().total_seconds()
+    progress.done(
+        f"{'stdout' if args.output == '-' else 'wrote ' + args.output}: {audio_s:.2f} s of audio, "
+        f"{_format_name(response.format.encoding)} {response.format.sample_rate_hz} Hz; "
+        f"round trip {elapsed:.3f} s, conversion {response.conversion_time.ToTimedelta().total_seconds():.3f} s, "
+        f"RTF {response.real_time_factor:.3f} [request_id={response.request_id}]"
+    )
+    return EXIT_OK
+
+
+def _modes(voice: tts_gateway_pb2.Voice) -> str:
+    names = [
+        tts_gateway_pb2.SynthesisMode.Name(m).removeprefix("SYNTHESIS_MODE_").lower() for m in voice.supported_modes
+    ]
+    return ",".join(names) or "-"
+
+
+def _conversion_text(settings: conversion_pb2.ConversionSettings) -> str:
+    parts = [settings.model]
+    if settings.HasField("pitch_shift_semitones"):
+        parts.append(f"pitch {settings.pitch_shift_semitones:+g}")
+    if settings.HasField("formant_shift_semitones"):
+        parts.append(f"formant {settings.formant_shift_semitones:+g}")
+    return " ".join(parts)
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def cmd_voices(args: argparse.Namespace) -> int:
+    with TtsClient(args.target, **_client_kwargs(args)) as client:  # type: ignore[arg-type]
+        voices = client.list_voices(args.language)
+    if args.json:
+        print(json_format.MessageToJson(tts_gateway_pb2.ListVoicesResponse(voices=voices)))
+        return EXIT_OK
+    rows = [["NAME", "LANGUAGE", "TTS MODEL", "RATE", "STREAMING", "MODES", "CONVERSION", "DESCRIPTION"]]
+    for voice in voices:
+        rows.append(
+            [
+                voice.name,
+                voice.language_code,
+                voice.tts_model,
+                str(voice.native_sample_rate_hz),
+                "yes" if voice.streaming else "no",
+                _modes(voice),
+                _conversion_text(voice.default_conversion) if voice.HasField("default_conversion") else "-",
+                voice.description,
+            ]
+        )
+    _print_table(rows)
+    return EXIT_OK
+
+
+def _seconds(duration: object) -> str:
+    return f"{duration.ToTimedelta().total_seconds():.3f} s"  # type: ignore[attr-defined]
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if args.conversion:
+        with ConversionClient(args.rvc_target, **_client_kwargs(args)) as rvc:  # type: ignore[arg-type]
+            health = rvc.health()
+            conversion_status = rvc.status()
+        if args.json:
+            print(json_format.MessageToJson(conversion_status))
+            return EXIT_OK
+        device = conversion_status.device
+        print(f"voice conversion {args.rvc_target}: {health}, version {conversion_status.version or '?'}")
+        print(f"device: {device.kind} {device.name} ({device.cuda_streams} CUDA streams)")
+        print(
+            f"workers: {conversion_status.busy_workers}/{conversion_status.workers} busy, queue "
+            f"{conversion_status.queue_depth}/{conversion_status.queue_capacity}, "
+            f"{conversion_status.active_streams} active streams"
+        )
+        loaded = ", ".join(m.name for m in conversion_status.loaded_models) or "none"
+        print(f"loaded models: {loaded}")
+        return EXIT_OK
+    with TtsClient(args.target, **_client_kwargs(args)) as tts:  # type: ignore[arg-type]
+        health = tts.health()
+        gateway_status = tts.status()
+    if args.json:
+        print(json_format.MessageToJson(gateway_status))
+        return EXIT_OK
+    print(
+        f"gateway {args.target}: {health}, version {gateway_status.version or '?'}, "
+        f"up {gateway_status.uptime.ToTimedelta().total_seconds():.0f} s, "
+        f"{gateway_status.active_streams}/{gateway_status.max_concurrent_streams} streams"
+    )
+    for upstream in gateway_status.upstreams:
+        state = "SERVING" if upstream.serving else f"DOWN ({upstream.last_error})"
+        print(f"  upstream {upstream.name} {upstream.target}: {state} {upstream.version}".rstrip())
+    for stage in gateway_status.stage_latencies:
+        print(
+            f"  {stage.stage}: n={stage.count} p50 {_seconds(stage.p50)} p90 {_seconds(stage.p90)} "
+            f"p99 {_seconds(stage.p99)}"
+        )
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    with ConversionClient(args.rvc_target, **_client_kwargs(args)) as client:  # type: ignore[arg-type]
+        models = client.list_models()
+    if args.json:
+        print(json_format.MessageToJson(voice_conversion_pb2.ListModelsResponse(models=models)))
+        return EXIT_OK
+    rows = [["NAME", "ENGINE", "LOADED", "VERSION", "RATE", "F0", "INDEX", "SPEAKERS", "SIZE"]]
+    for model in models:
+        rows.append(
+            [
+                model.name,
+                voice_conversion_pb2.ConversionEngine.Name(model.engine).removeprefix("CONVERSION_ENGINE_").lower(),
+                "yes" if model.loaded else "no",
+                model.version or "-",
+                str(model.sample_rate_hz or "-"),
+                "yes" if model.uses_f0 else "no",
+                "yes" if model.has_index else "no",
+                str(model.speaker_count),
+                f"{model.size_bytes / 1e6:.1f} MB" if model.size_bytes else "-",
+            ]
+        )
+    _print_table(rows)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _fail(message: str, code: int) -> int:
+    # Start on a fresh line in case a progress line is still open on a terminal.
+    prefix = "\r\033[K" if sys.stderr.isatty() else ""
+    sys.stderr.write(f"{prefix}error: {message}\n")
+    sys.stderr.flush()
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except grpc.RpcError as error:
+        return _fail(describe_rpc_error(error), exit_code_for(error))
+    except UsageError as error:
+        return _fail(str(error), EXIT_USAGE)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        # The player reading stdout went away (the call was cancelled on the way out). Point stdout at /dev/null so
+        # the interpreter's final flush does not raise a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except (OSError, ValueError, sf.LibsndfileError) as error:
+        return _fail(f"{type(error).__name__}: {error}", EXIT_LOCAL_ERROR)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

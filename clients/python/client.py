@@ -1,0 +1,524 @@
+"""Typed wrappers around the voice.v1 gRPC services, in the spirit of NVIDIA Riva's python-clients.
+
+`TtsClient` talks to `voice.v1.TtsGatewayService`, `ConversionClient` to `voice.v1.VoiceConversionService`. Both take
+a target ("host:port") plus optional TLS, bearer token and per-call timeout, return the generated protobuf messages
+unchanged (so every field of the contract is available), and raise `grpc.RpcError` on failure; `describe_rpc_error`
+turns such an error into one readable line, `exit_code_for` into a process exit status.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+import numpy as np
+import soundfile as sf
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.errors import status_details
+from voice.v1 import (
+    audio_pb2,
+    conversion_pb2,
+    tts_gateway_pb2,
+    tts_gateway_pb2_grpc,
+    voice_conversion_pb2,
+    voice_conversion_pb2_grpc,
+)
+
+DEFAULT_TTS_TARGET = "127.0.0.1:50051"
+DEFAULT_RVC_TARGET = "127.0.0.1:50052"
+
+PCM16 = audio_pb2.AUDIO_ENCODING_PCM16
+WAV = audio_pb2.AUDIO_ENCODING_WAV
+OGG_OPUS = audio_pb2.AUDIO_ENCODING_OGG_OPUS
+FLOAT32 = audio_pb2.AUDIO_ENCODING_FLOAT32
+
+# Names accepted by the CLI's --format and by `output_format(...)`.
+ENCODINGS: dict[str, int] = {"wav": WAV, "pcm16": PCM16, "opus": OGG_OPUS, "float32": FLOAT32}
+
+F0_METHODS: dict[str, int] = {
+    name.removeprefix("F0_METHOD_").lower().replace("_", "-"): value
+    for name, value in conversion_pb2.F0Method.items()
+    if value != conversion_pb2.F0_METHOD_UNSPECIFIED
+}
+
+# Process exit statuses for failed calls; documented in clients/python/README.md. 2 is also argparse's usage error,
+# so "2" always means "the request was wrong, fix it".
+EXIT_OK = 0
+EXIT_LOCAL_ERROR = 1
+EXIT_CODES: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 2,
+    grpc.StatusCode.OUT_OF_RANGE: 2,
+    grpc.StatusCode.NOT_FOUND: 3,
+    grpc.StatusCode.FAILED_PRECONDITION: 4,
+    grpc.StatusCode.UNAVAILABLE: 5,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 5,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 6,
+    grpc.StatusCode.UNAUTHENTICATED: 7,
+    grpc.StatusCode.PERMISSION_DENIED: 7,
+    grpc.StatusCode.CANCELLED: 130,
+}
+EXIT_OTHER_RPC_ERROR = 8
+
+
+def exit_code_for(error: grpc.RpcError) -> int:
+    code = error.code() if isinstance(error, grpc.Call) else None
+    return EXIT_CODES.get(code, EXIT_OTHER_RPC_ERROR) if code is not None else EXIT_OTHER_RPC_ERROR
+
+
+def describe_rpc_error(error: grpc.RpcError) -> str:
+    """One line: status code, server message, BadRequest field violations, retry hint, request id."""
+    if not isinstance(error, grpc.Call):
+        return f"RPC failed: {error}"
+    code = error.code()
+    parts = [f"{code.name if code else 'UNKNOWN'}: {(error.details() or '').strip() or 'no details'}"]
+    try:
+        details = status_details(error)
+    except Exception:  # a malformed grpc-status-details-bin must not hide the plain status
+        details = []
+    for detail in details:
+        if isinstance(detail, error_details_pb2.BadRequest) and detail.field_violations:
+            violations = "; ".join(f"{v.field}: {v.description}" for v in detail.field_violations)
+            # The gateway often repeats the violations as its message; do not print them twice.
+            if violations not in parts[0]:
+                parts.append(f"[{violations}]")
+        elif isinstance(detail, error_details_pb2.RetryInfo):
+            parts.append(f"(retry after {detail.retry_delay.ToTimedelta().total_seconds():g} s)")
+        elif isinstance(detail, error_details_pb2.PreconditionFailure) and detail.violations:
+            text = "; ".join(f"{v.subject}: {v.description}" for v in detail.violations)
+            if text not in parts[0]:
+                parts.append(f"[{text}]")
+    request_id = _metadata_value(error, "x-request-id")
+    if request_id:
+        parts.append(f"(request_id={request_id})")
+    return " ".join(parts).replace("\n", " ")
+
+
+def _metadata_value(call: grpc.Call, key: str) -> str | None:
+    for getter in (call.initial_metadata, call.trailing_metadata):
+        try:
+            for item in getter() or ():
+                if item[0] == key and isinstance(item[1], str):
+                    return item[1]
+        except Exception:  # metadata is unavailable on some failure paths (e.g. connection refused)
+            continue
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Request builders
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def output_format(encoding: str | int = "wav", sample_rate_hz: int = 0) -> audio_pb2.AudioFormat:
+    value = ENCODINGS[encoding] if isinstance(encoding, str) else encoding
+    return audio_pb2.AudioFormat(encoding=value, sample_rate_hz=sample_rate_hz, channels=1)
+
+
+def audio_input_from_file(path: str | Path) -> audio_pb2.AudioInput:
+    """WAV and Ogg-Opus files travel as they are (the server decodes them); anything else libsndfile reads (FLAC,
+    AIFF, ...) is decoded here and sent as lossless FLOAT32 mono."""
+    path = Path(path)
+    data = path.read_bytes()
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        return audio_pb2.AudioInput(audio=data, format=audio_pb2.AudioFormat(encoding=WAV))
+    if data[:4] == b"OggS":
+        return audio_pb2.AudioInput(audio=data, format=audio_pb2.AudioFormat(encoding=OGG_OPUS))
+    samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    mono = samples.mean(axis=1).astype("<f4")
+    return audio_pb2.AudioInput(
+        audio=mono.tobytes(), format=audio_pb2.AudioFormat(encoding=FLOAT32, sample_rate_hz=int(rate), channels=1)
+    )
+
+
+def conversion_settings(
+    model: str | None = None,
+    *,
+    pitch_shift_semitones: float | None = None,
+    formant_shift_semitones: float | None = None,
+    f0_method: str | int | None = None,
+    index_rate: float | None = None,
+    protect: float | None = None,
+    rms_mix_rate: float | None = None,
+    filter_radius: int | None = None,
+    speaker_id: int | None = None,
+) -> conversion_pb2.ConversionSettings | None:
+    """ConversionSettings with only the given fields set (unset ones keep the server's defaults); None if empty."""
+    settings = conversion_pb2.ConversionSettings(model=model or "")
+    if f0_method is not None:
+        settings.f0_method = F0_METHODS[f0_method] if isinstance(f0_method, str) else f0_method
+    optional = {
+        "pitch_shift_semitones": pitch_shift_semitones,
+        "formant_shift_semitones": formant_shift_semitones,
+        "index_rate": index_rate,
+        "protect": protect,
+        "rms_mix_rate": rms_mix_rate,
+        "filter_radius": filter_radius,
+        "speaker_id": speaker_id,
+    }
+    for name, value in optional.items():
+        if value is not None:
+            setattr(settings, name, value)
+    return settings if settings.ByteSize() else None
+
+
+@dataclass
+class SynthesisOptions:
+    """Everything of a synthesis request except the text; shared by Synthesize and StreamingSynthesize."""
+
+    voice: str
+    encoding: str | int = "wav"
+    sample_rate_hz: int = 0
+    speaker: str | None = None
+    reference: audio_pb2.AudioInput | None = None
+    reference_text: str | None = None
+    instruction: str | None = None
+    conversion: conversion_pb2.ConversionSettings | None = None
+    disable_conversion: bool = False
+    speaking_rate: float = 0.0
+    request_id: str = ""
+
+    def apply(self, message: tts_gateway_pb2.SynthesizeRequest | tts_gateway_pb2.StreamingSynthesizeConfig) -> None:
+        message.voice = self.voice
+        message.request_id = self.request_id
+        message.output_format.CopyFrom(output_format(self.encoding, self.sample_rate_hz))
+        message.speaking_rate = self.speaking_rate
+        message.disable_conversion = self.disable_conversion
+        if self.conversion is not None:
+            message.conversion.CopyFrom(self.conversion)
+        # The mode follows from what was given, as in CosyVoice: reference + transcript is zero-shot, reference
+        # alone is cross-lingual, an instruction is instruct, a speaker name alone is a preset speaker.
+        if self.reference is not None:
+            if self.instruction:
+                raise ValueError("reference audio and an instruction cannot be combined")
+            if self.reference_text:
+                message.zero_shot.reference_audio.CopyFrom(self.reference)
+                message.zero_shot.reference_text = self.reference_text
+            else:
+                message.cross_lingual.reference_audio.CopyFrom(self.reference)
+        elif self.reference_text:
+            raise ValueError("a reference transcript needs reference audio")
+        elif self.instruction:
+            message.instruct.instruction = self.instruction
+            message.instruct.speaker = self.speaker or ""
+        elif self.speaker:
+            message.preset_speaker.speaker = self.speaker
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Stream statistics
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamStats:
+    """Client-side view of one audio stream: time to first audio and real-time factor as the caller experiences them
+    (network included), next to the server's own summary from the final chunk."""
+
+    started: float = field(default_factory=time.monotonic)
+    first_audio_at: float | None = None
+    finished_at: float | None = None
+    chunks: int = 0
+    audio_bytes: int = 0
+    audio_seconds: float = 0.0
+    segments: int = 0
+    sample_rate_hz: int = 0
+    encoding: int = 0
+    request_id: str = ""
+    summary: audio_pb2.SynthesisSummary | None = None
+
+    def observe(self, chunk: audio_pb2.AudioChunk) -> None:
+        now = time.monotonic()
+        self.chunks += 1
+        self.audio_bytes += len(chunk.audio)
+        self.audio_seconds += chunk.duration.ToTimedelta().total_seconds()
+        self.segments = max(self.segments, chunk.segment_index + 1)
+        self.sample_rate_hz = chunk.format.sample_rate_hz or self.sample_rate_hz
+        self.encoding = chunk.format.encoding or self.encoding
+        self.request_id = chunk.request_id or self.request_id
+        if self.first_audio_at is None and chunk.duration.ToNanoseconds() > 0:
+            self.first_audio_at = now
+        if chunk.is_final:
+            self.finished_at = now
+            if chunk.HasField("summary"):
+                self.summary = chunk.summary
+
+    @property
+    def time_to_first_audio(self) -> float | None:
+        return None if self.first_audio_at is None else self.first_audio_at - self.started
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished_at or time.monotonic()) - self.started
+
+    @property
+    def real_time_factor(self) -> float | None:
+        return self.elapsed / self.audio_seconds if self.audio_seconds > 0 else None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Clients
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _BaseClient:
+    DEFAULT_TARGET = ""
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        token: str | None = None,
+        timeout: float | None = None,
+        max_message_mb: int = 64,
+    ) -> None:
+        """`tls` uses the system roots unless `root_certificates` (PEM) is given; `token` is sent as
+        'authorization: Bearer <token>'; `timeout` is the default deadline of every call, whole streams included."""
+        self.target = target or self.DEFAULT_TARGET
+        self.timeout = timeout
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        # Whole clips and their converted audio can be tens of MiB; match the services' 64 MiB default.
+        options = [
+            ("grpc.max_receive_message_length", max_message_mb * 1024 * 1024),
+            ("grpc.max_send_message_length", max_message_mb * 1024 * 1024),
+        ]
+        if tls or root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self.channel = grpc.secure_channel(self.target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(self.target, options=options)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def _call_kwargs(self, timeout: float | None) -> dict[str, Any]:
+        return {"metadata": self._metadata, "timeout": timeout if timeout is not None else self.timeout}
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """grpc.health.v1 status name ("SERVING", "NOT_SERVING", ...) of `service` ("" is the whole server)."""
+        response = self._health.Check(health_pb2.HealthCheckRequest(service=service), **self._call_kwargs(timeout))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until the channel is connected (raises grpc.FutureTimeoutError otherwise)."""
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class TtsClient(_BaseClient):
+    """Client of voice.v1.TtsGatewayService.
+
+    >>> with TtsClient("127.0.0.1:50051") as tts:
+    ...     for chunk in tts.synthesize("Hello there.", "piper-joe", encoding="pcm16"):
+    ...         player.write(chunk.audio)
+    """
+
+    DEFAULT_TARGET = DEFAULT_TTS_TARGET
+    SERVICE = tts_gateway_pb2.DESCRIPTOR.services_by_name["TtsGatewayService"].full_name
+
+    def __init__(self, target: str | None = None, **kwargs: Any) -> None:
+        super().__init__(target, **kwargs)
+        self.stub = tts_gateway_pb2_grpc.TtsGatewayServiceStub(self.channel)
+
+    def synthesize(
+        self,
+        text: str,
+        voice: str,
+        *,
+        encoding: str | int = "wav",
+        sample_rate_hz: int = 0,
+        speaker: str | None = None,
+        reference: audio_pb2.AudioInput | None = None,
+        reference_text: str | None = None,
+        instruction: str | None = None,
+        conversion: conversion_pb2.ConversionSettings | None = None,
+        disable_conversion: bool = False,
+        speaking_rate: float = 0.0,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> Iterator[audio_pb2.AudioChunk]:
+        """Streams the audio of `text` as ordered AudioChunks; the last has is_final and the summary.
+
+        The synthesis mode follows from the arguments (see SynthesisOptions). Leaving the loop early cancels the
+        call, so the server stops synthesizing."""
+        options = SynthesisOptions(
+            voice=voice,
+            encoding=encoding,
+            sample_rate_hz=sample_rate_hz,
+            speaker=speaker,
+            reference=reference,
+            reference_text=reference_text,
+            instruction=instruction,
+            conversion=conversion,
+            disable_conversion=disable_conversion,
+            speaking_rate=speaking_rate,
+            request_id=request_id,
+        )
+        return self.synthesize_with(text, options, timeout=timeout)
+
+    def synthesize_with(
+        self, text: str, options: SynthesisOptions, *, timeout: float | None = None
+    ) -> Iterator[audio_pb2.AudioChunk]:
+        request = tts_gateway_pb2.SynthesizeRequest(text=text)
+        options.apply(request)
+        return _cancel_on_close(self.stub.Synthesize(request, **self._call_kwargs(timeout)))
+
+    def streaming_synthesize(
+        self,
+        text_pieces: Iterable[str],
+        options: SynthesisOptions,
+        *,
+        flush_after_each: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[audio_pb2.AudioChunk]:
+        """Sends text incrementally (e.g. LLM tokens); complete sentences are synthesized while more text arrives.
+        The end of `text_pieces` flushes whatever is buffered; `flush_after_each` forces a flush after every piece."""
+        config = tts_gateway_pb2.StreamingSynthesizeConfig()
+        options.apply(config)
+
+        def requests() -> Iterator[tts_gateway_pb2.StreamingSynthesizeRequest]:
+            yield tts_gateway_pb2.StreamingSynthesizeRequest(config=config)
+            for piece in text_pieces:
+                yield tts_gateway_pb2.StreamingSynthesizeRequest(text=piece)
+                if flush_after_each:
+                    yield tts_gateway_pb2.StreamingSynthesizeRequest(
+                        flush=tts_gateway_pb2.StreamingSynthesizeRequest.Flush()
+                    )
+
+        return _cancel_on_close(self.stub.StreamingSynthesize(requests(), **self._call_kwargs(timeout)))
+
+    def list_voices(self, language_code: str = "", *, timeout: float | None = None) -> list[tts_gateway_pb2.Voice]:
+        response = self.stub.ListVoices(
+            tts_gateway_pb2.ListVoicesRequest(language_code=language_code), **self._call_kwargs(timeout)
+        )
+        return list(response.voices)
+
+    def status(self, *, timeout: float | None = None) -> tts_gateway_pb2.TtsGatewayServiceGetStatusResponse:
+        return self.stub.GetStatus(tts_gateway_pb2.TtsGatewayServiceGetStatusRequest(), **self._call_kwargs(timeout))
+
+
+class ConversionClient(_BaseClient):
+    """Client of voice.v1.VoiceConversionService (RVC checkpoints and the built-in WORLD voices)."""
+
+    DEFAULT_TARGET = DEFAULT_RVC_TARGET
+    SERVICE = voice_conversion_pb2.DESCRIPTOR.services_by_name["VoiceConversionService"].full_name
+
+    def __init__(self, target: str | None = None, **kwargs: Any) -> None:
+        super().__init__(target, **kwargs)
+        self.stub = voice_conversion_pb2_grpc.VoiceConversionServiceStub(self.channel)
+
+    def convert_clip(
+        self,
+        audio: audio_pb2.AudioInput,
+        settings: conversion_pb2.ConversionSettings,
+        *,
+        encoding: str | int = "wav",
+        sample_rate_hz: int = 0,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> voice_conversion_pb2.ConvertClipResponse:
+        """Converts a whole clip; the response holds the complete output file (WAV/Ogg-Opus) or raw PCM."""
+        request = voice_conversion_pb2.ConvertClipRequest(
+            request_id=request_id,
+            settings=settings,
+            audio=audio,
+            output_format=output_format(encoding, sample_rate_hz),
+        )
+        return self.stub.ConvertClip(request, **self._call_kwargs(timeout))
+
+    def convert(
+        self,
+        blocks: Iterable[bytes],
+        settings: conversion_pb2.ConversionSettings,
+        *,
+        input_format: audio_pb2.AudioFormat,
+        encoding: str | int = "wav",
+        sample_rate_hz: int = 0,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> Iterator[audio_pb2.AudioChunk]:
+        """Streaming conversion: raw PCM16/FLOAT32 `blocks` in `input_format` go up while converted chunks come back."""
+        config = voice_conversion_pb2.ConvertConfig(
+            request_id=request_id,
+            settings=settings,
+            input_format=input_format,
+            output_format=output_format(encoding, sample_rate_hz),
+        )
+
+        def requests() -> Iterator[voice_conversion_pb2.ConvertRequest]:
+            yield voice_conversion_pb2.ConvertRequest(config=config)
+            for block in blocks:
+                yield voice_conversion_pb2.ConvertRequest(audio=block)
+
+        return _cancel_on_close(self.stub.Convert(requests(), **self._call_kwargs(timeout)))
+
+    def list_models(self, *, timeout: float | None = None) -> list[voice_conversion_pb2.ModelInfo]:
+        response = self.stub.ListModels(voice_conversion_pb2.ListModelsRequest(), **self._call_kwargs(timeout))
+        return list(response.models)
+
+    def load_model(self, name: str, *, timeout: float | None = None) -> voice_conversion_pb2.LoadModelResponse:
+        return self.stub.LoadModel(voice_conversion_pb2.LoadModelRequest(name=name), **self._call_kwargs(timeout))
+
+    def unload_model(self, name: str, *, timeout: float | None = None) -> bool:
+        """Frees the model; False when it was not loaded."""
+        request = voice_conversion_pb2.UnloadModelRequest(name=name)
+        return self.stub.UnloadModel(request, **self._call_kwargs(timeout)).was_loaded
+
+    def status(self, *, timeout: float | None = None) -> voice_conversion_pb2.VoiceConversionServiceGetStatusResponse:
+        request = voice_conversion_pb2.VoiceConversionServiceGetStatusRequest()
+        return self.stub.GetStatus(request, **self._call_kwargs(timeout))
+
+
+def _cancel_on_close(call: grpc.Call) -> Iterator[audio_pb2.AudioChunk]:
+    """Iterate a response stream; if the consumer stops early (break, exception, GC), cancel the RPC so the server
+    stops synthesizing instead of filling a buffer nobody reads."""
+    try:
+        yield from call  # type: ignore[misc]
+    finally:
+        call.cancel()
+
+
+def pcm_blocks(samples: np.ndarray, rate: int, block_seconds: float = 0.5) -> Iterator[bytes]:
+    """Float mono samples as PCM16 blocks of `block_seconds`, the shape a live source would stream them in."""
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2")
+    step = max(1, int(rate * block_seconds))
+    for start in range(0, len(pcm), step):
+        yield pcm[start : start + step].tobytes()
+
+
+__all__: Sequence[str] = [
+    "DEFAULT_RVC_TARGET",
+    "DEFAULT_TTS_TARGET",
+    "ENCODINGS",
+    "EXIT_CODES",
+    "EXIT_LOCAL_ERROR",
+    "EXIT_OK",
+    "EXIT_OTHER_RPC_ERROR",
+    "F0_METHODS",
+    "ConversionClient",
+    "StreamStats",
+    "SynthesisOptions",
+    "TtsClient",
+    "audio_input_from_file",
+    "conversion_settings",
+    "describe_rpc_error",
+    "exit_code_for",
+    "output_format",
+    "pcm_blocks",
+]

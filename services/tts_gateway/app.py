@@ -1,0 +1,109 @@
+"""Wiring: flags -> clients, voice catalogue, probe loop, servicer -> ServiceHost."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.server import (
+    EnvArgumentParser,
+    ServiceHost,
+    add_server_arguments,
+    announce_ready,
+    init_service_logging,
+    server_options_from_args,
+)
+from services.tts_gateway.rvc_client import RvcClient
+from services.tts_gateway.servicer import TtsGatewayServicer
+from services.tts_gateway.stats import LatencyWindows
+from services.tts_gateway.triton_client import TritonTts
+from services.tts_gateway.upstreams import UpstreamMonitor
+from services.tts_gateway.validation import Limits, MiB, ReferenceCache, RequestValidator
+from services.tts_gateway.voices import DEFAULT_VOICES_PATH, VoiceCatalog, load_voice_specs
+from voice.v1 import tts_gateway_pb2, tts_gateway_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = tts_gateway_pb2.DESCRIPTOR.services_by_name["TtsGatewayService"].full_name
+
+
+def make_parser() -> EnvArgumentParser:
+    parser = EnvArgumentParser(
+        description="TTS gateway: streaming synthesis via Triton and voice conversion", env_prefix="GATEWAY"
+    )
+    add_server_arguments(parser, port=50051, metrics_port=9101)
+    parser.add_option("--triton-url", default="127.0.0.1:8001", help="Triton gRPC address (host:port)")
+    parser.add_option("--rvc-url", default="127.0.0.1:50052", help="voice-conversion service gRPC address")
+    parser.add_option("--voices", type=Path, default=DEFAULT_VOICES_PATH, help="voices file (TOML or JSON)")
+    parser.add_option(
+        "--max-concurrent-streams", type=int, default=32, help="streams served at once; more get RESOURCE_EXHAUSTED"
+    )
+    parser.add_option("--max-text-chars", type=int, default=5000, help="longest Synthesize text")
+    parser.add_option(
+        "--max-stream-text-chars", type=int, default=50_000, help="most text one StreamingSynthesize call may carry"
+    )
+    parser.add_option("--max-reference-mb", type=float, default=8.0, help="largest reference audio, MiB")
+    parser.add_option("--reference-cache-size", type=int, default=64, help="processed reference clips kept")
+    parser.add_option("--probe-interval", type=float, default=0.5, help="seconds between upstream health probes")
+    return parser
+
+
+@dataclass
+class Gateway:
+    host: ServiceHost
+    servicer: TtsGatewayServicer
+    monitor: UpstreamMonitor
+    triton: TritonTts
+    rvc: RvcClient
+
+
+def build_gateway(args: argparse.Namespace) -> Gateway:
+    host = ServiceHost("tts_gateway", server_options_from_args(args))
+    catalog = VoiceCatalog(load_voice_specs(args.voices))
+    triton = TritonTts(args.triton_url)
+    rvc = RvcClient(args.rvc_url)
+    limits = Limits(
+        max_text_chars=args.max_text_chars,
+        max_stream_text_chars=args.max_stream_text_chars,
+        max_reference_bytes=int(args.max_reference_mb * MiB),
+    )
+    validator = RequestValidator(catalog, limits, ReferenceCache(args.reference_cache_size))
+
+    async def set_serving(serving: bool) -> None:
+        await host.set_serving(serving, SERVICE_NAME)
+
+    monitor = UpstreamMonitor(triton, rvc, catalog, set_serving, interval_s=args.probe_interval)
+    servicer = TtsGatewayServicer(
+        catalog=catalog,
+        validator=validator,
+        triton=triton,
+        rvc=rvc,
+        monitor=monitor,
+        windows=LatencyWindows(),
+        max_concurrent_streams=args.max_concurrent_streams,
+    )
+    host.add_service(
+        SERVICE_NAME, lambda server: tts_gateway_pb2_grpc.add_TtsGatewayServiceServicer_to_server(servicer, server)
+    )
+
+    async def shutdown() -> None:
+        await monitor.stop()
+        await triton.close()
+        await rvc.close()
+
+    host.on_stop(shutdown)
+    return Gateway(host, servicer, monitor, triton, rvc)
+
+
+async def main(argv: list[str]) -> None:
+    args = make_parser().parse_args(argv)
+    init_service_logging("tts_gateway", server_options_from_args(args))
+    gateway = build_gateway(args)
+    await gateway.host.start()
+    # Health starts SERVING; say NOT_SERVING for the gateway until the first probe has seen both upstreams.
+    await gateway.host.set_serving(False, SERVICE_NAME)
+    await gateway.monitor.probe_once()
+    gateway.monitor.start()
+    announce_ready(gateway.host, triton_url=args.triton_url, rvc_url=args.rvc_url)
+    await gateway.host.run_until_signal()

@@ -1,0 +1,360 @@
+"""The synthesis pipeline of one request: text pieces -> Triton -> (voice conversion) -> encoder -> AudioChunks.
+
+Stages run as tasks joined by bounded pipes, so they overlap (Triton works on piece k+1 while conversion works on
+piece k while piece k-1 goes out) and a slow client stalls the stages upstream of it instead of growing memory:
+
+    pieces ──▶ [tts task] ──tts_out──▶ [conversion writer] ─▶ RVC Convert ─▶ [conversion reader] ──conv_out──▶ output
+
+Any stage failing closes every pipe with its error, which the output loop raises; cancelling the pipeline (client
+cancel, deadline) cancels the tasks, and the tasks' `finally` blocks cancel the Triton and conversion calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import numpy as np
+from google.protobuf import duration_pb2
+
+from services.common.audio import StreamResampler, make_encoder
+from services.tts_gateway.rvc_client import ConvertSession, RvcClient, chunk_samples
+from services.tts_gateway.stats import LatencyWindows
+from services.tts_gateway.triton_client import TritonTts, TtsInputs
+from services.tts_gateway.voices import Voice
+from voice.v1 import audio_pb2, conversion_pb2
+
+T = TypeVar("T")
+PIPE_DEPTH = 4  # blocks buffered between two stages; each is at most one sentence of audio
+MAX_CHUNK_SECONDS = 0.5  # output chunks are cut to at most this much audio, for smooth client playback
+# Converted audio within this much of a segment's end counts as the whole segment (SOLA may trim a few ms).
+_CONVERSION_SLACK_S = 0.05
+
+
+class PipeClosed(Exception):
+    """put() on a pipe that was closed (downstream failed or was cancelled)."""
+
+
+class Pipe(Generic[T]):
+    """A bounded async FIFO that can be closed normally (readers see the end) or with an error (readers get it)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: collections.deque[T] = collections.deque()
+        self._maxsize = maxsize
+        self._cond = asyncio.Condition()
+        self._closed = False
+        self._error: BaseException | None = None
+
+    async def put(self, item: T) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self._closed or len(self._items) < self._maxsize)
+            if self._closed:
+                raise PipeClosed
+            self._items.append(item)
+            self._cond.notify_all()
+
+    async def close(self, error: BaseException | None = None) -> None:
+        async with self._cond:
+            if error is not None and self._error is None:
+                self._error = error
+            self._closed = True
+            self._cond.notify_all()
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[T]:
+        while True:
+            async with self._cond:
+                await self._cond.wait_for(lambda: bool(self._items) or self._closed)
+                if self._error is not None:
+                    raise self._error
+                if not self._items:
+                    return
+                item = self._items.popleft()
+                self._cond.notify_all()
+            yield item
+
+
+@dataclass
+class Block:
+    """Audio of one segment (possibly part of it); `end` marks the segment's last block (audio may be empty)."""
+
+    segment: int
+    text: str
+    audio: np.ndarray
+    end: bool = False
+
+
+@dataclass
+class SynthesisPlan:
+    """A validated request: everything the pipeline needs, nothing gRPC-specific."""
+
+    request_id: str
+    voice: Voice
+    mode: str
+    tts_inputs: TtsInputs
+    conversion: conversion_pb2.ConversionSettings | None
+    encoding: int
+    output_rate: int
+
+    @property
+    def tts_rate(self) -> int:
+        return self.voice.model.sample_rate_hz
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(round(seconds * 1e9))
+    return value
+
+
+@dataclass
+class Totals:
+    segments: int = 0
+    texts: list[str] = field(default_factory=list)
+    tts_s: float = 0.0
+    conversion_s: float = 0.0
+    first_audio_s: float | None = None
+
+
+class SynthesisPipeline:
+    """Runs one request. Feed text pieces into `pieces` (then close it); iterate `chunks()` for the output."""
+
+    def __init__(
+        self,
+        plan: SynthesisPlan,
+        triton: TritonTts,
+        rvc: RvcClient | None,
+        windows: LatencyWindows,
+        *,
+        started_at: float | None = None,
+        pipe_depth: int = PIPE_DEPTH,
+    ) -> None:
+        self.plan = plan
+        self.triton = triton
+        self.rvc = rvc
+        self.windows = windows
+        # TTFA counts from the request (or, for streaming input, the first text): the caller may reset it.
+        self.started_at = started_at if started_at is not None else time.perf_counter()
+        self.pieces: Pipe[str] = Pipe(1 << 30)  # text is small; its size is capped at validation
+        self._tts_out: Pipe[Block] = Pipe(pipe_depth)
+        self._conv_out: Pipe[Block] = Pipe(pipe_depth)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pipes: list[Pipe[Block] | Pipe[str]] = [self.pieces, self._tts_out, self._conv_out]
+        self.totals = Totals()
+        self.on_first_audio: Callable[[float], None] | None = None
+
+    # ---- stages ----------------------------------------------------------------------------------------------
+
+    async def fail(self, error: BaseException) -> None:
+        for pipe in self._pipes:
+            await pipe.close(error)
+
+    def _spawn(self, name: str, coro_fn: Callable[[], object]) -> None:
+        async def runner() -> None:
+            try:
+                await coro_fn()  # type: ignore[misc]
+            except PipeClosed:
+                pass  # a later stage failed or finished early; its error is already in the pipes
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                await self.fail(exc)
+
+        self._tasks.append(asyncio.create_task(runner(), name=f"{name}:{self.plan.request_id}"))
+
+    async def _tts_stage(self) -> None:
+        session = self.triton.open(self.plan.voice.model, self.plan.request_id)
+        try:
+            segment = 0
+            async for piece in self.pieces:
+                sent = time.perf_counter()
+                busy_before = session.busy_s
+                first = True
+                async for audio in session.synthesize(piece, self.plan.tts_inputs):
+                    if first:
+                        self.windows.observe("tts_first_audio", time.perf_counter() - sent)
+                        first = False
+                    await self._tts_out.put(Block(segment, piece, audio))
+                self.windows.observe("tts_segment", session.busy_s - busy_before)
+                self.totals.tts_s = session.busy_s
+                self.totals.segments = segment + 1
+                self.totals.texts.append(piece)
+                await self._tts_out.put(Block(segment, piece, np.zeros(0, np.float32), end=True))
+                segment += 1
+            await session.close()
+            await self._tts_out.close()
+        finally:
+            session.cancel()
+
+    async def _conversion_stage(self) -> None:
+        assert self.rvc is not None and self.plan.conversion is not None
+        session = self.rvc.open(self.plan.request_id, self.plan.conversion, self.plan.tts_rate, self.plan.output_rate)
+        # Segment ends in input samples, with the time each was flushed, so output can be attributed and timed.
+        bounds: list[tuple[int, str, float]] = []
+        texts: dict[int, str] = {}
+        state = {"sent": 0, "busy_since": None}
+        try:
+            await session.start()
+            reader = asyncio.create_task(self._conversion_reader(session, bounds, texts, state))
+            try:
+                async for block in self._tts_out:
+                    texts.setdefault(block.segment, block.text)
+                    if block.audio.size:
+                        if state["busy_since"] is None:
+                            state["busy_since"] = time.perf_counter()
+                        await session.send(block.audio)
+                        state["sent"] += block.audio.size
+                    if block.end:
+                        bounds.append((state["sent"], block.text, time.perf_counter()))
+                        await session.flush()
+                await session.finish()
+                await reader
+            finally:
+                if not reader.done():
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reader
+        finally:
+            session.cancel()
+
+    async def _conversion_reader(
+        self, session: ConvertSession, bounds: list[tuple[int, str, float]], texts: dict[int, str], state: dict
+    ) -> None:
+        ratio = self.plan.output_rate / self.plan.tts_rate
+        slack = int(_CONVERSION_SLACK_S * self.plan.output_rate)
+        received = 0
+        timed = 0  # segments whose conversion latency was recorded
+        while True:
+            chunk = await session.read()
+            if chunk is None:
+                break
+            audio = chunk_samples(chunk)
+            if not audio.size:
+                continue
+            # The segment this audio belongs to: the first whose end (in output samples) lies beyond its start.
+            segment = sum(1 for end, _, _ in bounds if round(end * ratio) - slack <= received)
+            received += audio.size
+            await self._conv_out.put(Block(segment, texts.get(segment, ""), audio))
+            now = time.perf_counter()
+            while timed < len(bounds) and received >= round(bounds[timed][0] * ratio) - slack:
+                self.windows.observe("conversion_block", now - bounds[timed][2])
+                timed += 1
+            if state["busy_since"] is not None and received >= round(state["sent"] * ratio) - slack:
+                self.totals.conversion_s += now - state["busy_since"]
+                state["busy_since"] = None
+        if state["busy_since"] is not None:
+            self.totals.conversion_s += time.perf_counter() - state["busy_since"]
+            state["busy_since"] = None
+        await self._conv_out.close()
+
+    # ---- output ----------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._spawn("tts", self._tts_stage)
+        if self.plan.conversion is not None:
+            self._spawn("conversion", self._conversion_stage)
+
+    async def chunks(self) -> AsyncIterator[audio_pb2.AudioChunk]:
+        """Encoded, ordered chunks; the last has is_final and the summary."""
+        plan = self.plan
+        source = self._conv_out if plan.conversion is not None else self._tts_out
+        source_rate = plan.output_rate if plan.conversion is not None else plan.tts_rate
+        resampler = StreamResampler(source_rate, plan.output_rate)
+        encoder = make_encoder(plan.encoding, plan.output_rate)
+        fmt = audio_pb2.AudioFormat(encoding=plan.encoding, sample_rate_hz=plan.output_rate, channels=1)
+        sequence = 0
+        emitted = 0  # samples covered by chunks already sent
+        pending_bytes = b""
+        last_segment = -1
+        segment = 0
+        text = ""
+        max_samples = int(MAX_CHUNK_SECONDS * plan.output_rate)
+
+        def make_chunk(data: bytes, samples: int, final: bool) -> audio_pb2.AudioChunk:
+            nonlocal sequence, emitted, last_segment
+            chunk = audio_pb2.AudioChunk(
+                request_id=plan.request_id,
+                sequence_number=sequence,
+                audio=data,
+                format=fmt,
+                offset=_duration(emitted / plan.output_rate),
+                duration=_duration(samples / plan.output_rate),
+                segment_index=segment,
+                is_final=final,
+            )
+            if segment != last_segment and samples:
+                chunk.segment_text = text
+                last_segment = segment
+            sequence += 1
+            emitted += samples
+            return chunk
+
+        def note_first_audio() -> None:
+            if self.totals.first_audio_s is None:
+                self.totals.first_audio_s = time.perf_counter() - self.started_at
+                if self.on_first_audio is not None:
+                    self.on_first_audio(self.totals.first_audio_s)
+
+        try:
+            async for block in source:
+                if block.end or not block.audio.size:
+                    continue
+                segment, text = block.segment, block.text
+                out = resampler.process(block.audio)
+                for start in range(0, out.size, max_samples):
+                    part = out[start : start + max_samples]
+                    pending_bytes += encoder.encode(part)
+                    if not pending_bytes:
+                        continue  # Opus holds back partial frames; their samples ride on a later chunk
+                    samples = encoder.samples_encoded - emitted
+                    chunk = make_chunk(pending_bytes, samples, False)
+                    pending_bytes = b""
+                    if samples:
+                        note_first_audio()
+                    yield chunk
+            pending_bytes += encoder.encode(resampler.flush())
+            pending_bytes += encoder.finish()
+            samples = encoder.samples_encoded - emitted
+            final = make_chunk(pending_bytes, samples, True)
+            if samples:
+                note_first_audio()
+            final.summary.CopyFrom(self.summary(emitted))
+            yield final
+        finally:
+            encoder.close()
+
+    def summary(self, samples: int) -> audio_pb2.SynthesisSummary:
+        total = time.perf_counter() - self.started_at
+        audio_s = samples / self.plan.output_rate
+        return audio_pb2.SynthesisSummary(
+            processed_text=" ".join(self.totals.texts),
+            segment_count=self.totals.segments,
+            audio_duration=_duration(audio_s),
+            time_to_first_audio=_duration(self.totals.first_audio_s or 0.0),
+            tts_time=_duration(self.totals.tts_s),
+            conversion_time=_duration(self.totals.conversion_s),
+            total_time=_duration(total),
+            real_time_factor=total / audio_s if audio_s > 0 else 0.0,
+        )
+
+    async def aclose(self) -> None:
+        """Cancel every stage (and with them the upstream calls) and wait until they are gone."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for pipe in self._pipes:
+            await pipe.close()
+
+    def cancel(self) -> None:
+        """Synchronous cancel, for gRPC done callbacks."""
+        for task in self._tasks:
+            task.cancel()

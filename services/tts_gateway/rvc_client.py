@@ -1,0 +1,182 @@
+"""Client for voice.v1.VoiceConversionService: one Convert stream per gateway request, FLOAT32 both ways."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import numpy as np
+
+from services.common.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
+from services.tts_gateway.triton_client import UPSTREAM_CHANNEL_OPTIONS
+from voice.v1 import audio_pb2, conversion_pb2, voice_conversion_pb2, voice_conversion_pb2_grpc
+
+UPSTREAM_NAME = "voice_conversion"
+MAX_AUDIO_MESSAGE_BYTES = 1024 * 1024  # the conversion service's per-message cap
+_SAMPLES_PER_MESSAGE = MAX_AUDIO_MESSAGE_BYTES // 4
+
+
+class RvcClient:
+    """One gRPC channel (keepalive, fast reconnect) to the conversion service, shared by all requests."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.channel = grpc.aio.insecure_channel(url, options=UPSTREAM_CHANNEL_OPTIONS)
+        self.stub = voice_conversion_pb2_grpc.VoiceConversionServiceStub(self.channel)
+
+    def unavailable(self, detail: str) -> Unavailable:
+        return Unavailable(f"voice conversion service unavailable at {self.url}: {detail}", retry_after_s=1.0)
+
+    def map_error(self, exc: grpc.aio.AioRpcError) -> ServiceError:
+        """Translate the service's status into ours, saying that it came from voice conversion."""
+        code, detail = exc.code(), exc.details() or exc.code().name
+        if code == grpc.StatusCode.CANCELLED:
+            raise exc
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return self.unavailable(detail)
+        message = f"voice conversion: {detail}"
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return InvalidArgument([("conversion", detail)], message=message)
+        if code == grpc.StatusCode.NOT_FOUND:
+            return NotFound(message, resource_type="conversion model")
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            return FailedPrecondition(message)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return ResourceExhausted(message, retry_after_s=1.0)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return DeadlineExceeded(message)
+        return Internal(message)
+
+    async def probe(self) -> str:
+        """The service's version if it answers GetStatus; raises Unavailable otherwise."""
+        try:
+            status = await self.stub.GetStatus(voice_conversion_pb2.VoiceConversionServiceGetStatusRequest(), timeout=2)
+        except grpc.aio.AioRpcError as exc:
+            raise self.unavailable(exc.details() or exc.code().name) from None
+        return status.version
+
+    async def list_models(self) -> list[voice_conversion_pb2.ModelInfo]:
+        try:
+            response = await self.stub.ListModels(voice_conversion_pb2.ListModelsRequest(), timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            raise self.map_error(exc) from None
+        return list(response.models)
+
+    def open(
+        self, request_id: str, settings: conversion_pb2.ConversionSettings, input_rate: int, output_rate: int
+    ) -> ConvertSession:
+        return ConvertSession(self, request_id, settings, input_rate, output_rate)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class ConvertSession:
+    """One Convert stream: `send` float audio, `flush` at segment ends, `finish` after the last, `read` the output."""
+
+    def __init__(
+        self,
+        owner: RvcClient,
+        request_id: str,
+        settings: conversion_pb2.ConversionSettings,
+        input_rate: int,
+        output_rate: int,
+    ) -> None:
+        self.owner = owner
+        self.output_rate = output_rate
+        self._config = voice_conversion_pb2.ConvertConfig(
+            request_id=request_id,
+            settings=settings,
+            input_format=audio_pb2.AudioFormat(
+                encoding=audio_pb2.AUDIO_ENCODING_FLOAT32, sample_rate_hz=input_rate, channels=1
+            ),
+            output_format=audio_pb2.AudioFormat(
+                encoding=audio_pb2.AUDIO_ENCODING_FLOAT32, sample_rate_hz=output_rate, channels=1
+            ),
+        )
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._metadata = (("x-request-id", request_id),)
+        self.opened_s = 0.0
+
+    async def _ensure_open(self) -> grpc.aio.StreamStreamCall:
+        if self._call is None:
+            self._call = self.owner.stub.Convert(metadata=self._metadata)
+            self.opened_s = time.perf_counter()
+            await self._write(voice_conversion_pb2.ConvertRequest(config=self._config))
+        return self._call
+
+    async def _write(self, message: voice_conversion_pb2.ConvertRequest) -> None:
+        assert self._call is not None
+        try:
+            await self._call.write(message)
+        except grpc.aio.AioRpcError as exc:
+            raise self.owner.map_error(exc) from None
+        except asyncio_invalid_state_errors:
+            # The call already ended (its status is what matters): let `read` report it.
+            pass
+
+    async def start(self) -> None:
+        await self._ensure_open()
+
+    async def send(self, audio: np.ndarray) -> None:
+        await self._ensure_open()
+        data = np.ascontiguousarray(audio, dtype="<f4")
+        for start in range(0, data.size, _SAMPLES_PER_MESSAGE):
+            await self._write(
+                voice_conversion_pb2.ConvertRequest(audio=data[start : start + _SAMPLES_PER_MESSAGE].tobytes())
+            )
+
+    async def flush(self) -> None:
+        await self._ensure_open()
+        await self._write(voice_conversion_pb2.ConvertRequest(flush=voice_conversion_pb2.ConvertRequest.Flush()))
+
+    async def finish(self) -> None:
+        call = await self._ensure_open()
+        try:
+            await call.done_writing()
+        except grpc.aio.AioRpcError as exc:
+            raise self.owner.map_error(exc) from None
+        except asyncio_invalid_state_errors:
+            pass
+
+    async def read(self) -> audio_pb2.AudioChunk | None:
+        """The next output chunk, or None when the stream ended normally."""
+        call = await self._ensure_open()
+        try:
+            chunk = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise self.owner.map_error(exc) from None
+        if chunk is grpc.aio.EOF:
+            code = await call.code()
+            if code != grpc.StatusCode.OK:
+                details = await call.details()
+                raise self.owner.map_error(
+                    grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+                )
+            return None
+        return chunk
+
+    def cancel(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+
+
+def chunk_samples(chunk: audio_pb2.AudioChunk) -> np.ndarray:
+    """Float samples of a FLOAT32 chunk from the conversion service."""
+    if not chunk.audio:
+        return np.zeros(0, dtype=np.float32)
+    return np.frombuffer(chunk.audio, dtype="<f4").astype(np.float32)
+
+
+# grpc.aio raises these when writing to a call that has already finished.
+asyncio_invalid_state_errors: tuple[type[BaseException], ...] = (grpc.aio.UsageError, asyncio.InvalidStateError)

@@ -1,0 +1,209 @@
+"""voice.v1.TtsGatewayService: admission, validation, then hand the request to a SynthesisPipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+from google.protobuf import duration_pb2
+
+from services.common.errors import InvalidArgument, ResourceExhausted, ServiceError, Unavailable
+from services.tts_gateway import stats
+from services.tts_gateway.pipeline import SynthesisPipeline, SynthesisPlan
+from services.tts_gateway.rvc_client import RvcClient
+from services.tts_gateway.text import MAX_PIECE_CHARS, IncrementalSplitter, split_text
+from services.tts_gateway.triton_client import TritonTts
+from services.tts_gateway.upstreams import UpstreamMonitor
+from services.tts_gateway.validation import RequestValidator
+from services.tts_gateway.voices import VoiceCatalog
+from voice.v1 import audio_pb2, tts_gateway_pb2, tts_gateway_pb2_grpc
+
+log = logging.getLogger(__name__)
+VERSION = "0.1.0"
+SUMMARY_METADATA_KEY = "x-summary-bin"
+
+
+class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
+    def __init__(
+        self,
+        *,
+        catalog: VoiceCatalog,
+        validator: RequestValidator,
+        triton: TritonTts,
+        rvc: RvcClient,
+        monitor: UpstreamMonitor,
+        windows: stats.LatencyWindows,
+        max_concurrent_streams: int,
+    ) -> None:
+        self.catalog = catalog
+        self.validator = validator
+        self.triton = triton
+        self.rvc = rvc
+        self.monitor = monitor
+        self.windows = windows
+        self.max_streams = max_concurrent_streams
+        self.active = 0
+        self.started = time.monotonic()
+
+    # ---- helpers -----------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _admission(self) -> Iterator[None]:
+        """Count the stream, or refuse it at once when the limit is reached."""
+        if self.active >= self.max_streams:
+            stats.REJECTED.inc()
+            raise ResourceExhausted(
+                f"the gateway is serving its limit of {self.max_streams} concurrent streams; retry shortly",
+                retry_after_s=0.5,
+            )
+        self.active += 1
+        stats.ACTIVE_STREAMS.inc()
+        try:
+            yield
+        finally:
+            self.active -= 1
+            stats.ACTIVE_STREAMS.dec()
+
+    def _require_voices(self) -> None:
+        if not self.catalog.resolved:
+            detail = self.monitor.catalog_error or self.monitor.states["triton"].last_error or "starting up"
+            raise Unavailable(f"voices are not loaded yet (triton at {self.triton.url}: {detail})", retry_after_s=1.0)
+
+    def _piece_limit(self, plan: SynthesisPlan) -> int:
+        return max(20, min(MAX_PIECE_CHARS, plan.voice.model.max_text_chars))
+
+    async def _stream(
+        self, pipeline: SynthesisPipeline, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[audio_pb2.AudioChunk]:
+        plan = pipeline.plan
+        voice = plan.voice.name
+        await context.send_initial_metadata((("x-request-id", plan.request_id),))
+        # gRPC may end the call (cancel, deadline) while we are parked in a yield: cancel upstream work right away.
+        context.add_done_callback(lambda _: pipeline.cancel())
+        pipeline.on_first_audio = lambda s: (
+            stats.TIME_TO_FIRST_AUDIO.labels(voice).observe(s),
+            self.windows.observe("time_to_first_audio", s),
+        )
+        code = grpc.StatusCode.OK
+        pipeline.start()
+        try:
+            async for chunk in pipeline.chunks():
+                if chunk.is_final:
+                    summary = chunk.summary
+                    context.set_trailing_metadata(((SUMMARY_METADATA_KEY, summary.SerializeToString()),))
+                    stats.REAL_TIME_FACTOR.labels(voice).observe(summary.real_time_factor)
+                    stats.AUDIO_SECONDS.labels(voice).inc(summary.audio_duration.ToNanoseconds() / 1e9)
+                yield chunk
+        except ServiceError as exc:
+            code = exc.code
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except BaseException:
+            code = grpc.StatusCode.INTERNAL
+            raise
+        finally:
+            await pipeline.aclose()
+            stats.STREAMS.labels(voice, code.name).inc()
+            if code != grpc.StatusCode.OK:
+                stats.ERRORS.labels(voice, code.name).inc()
+
+    def _pipeline(self, plan: SynthesisPlan) -> SynthesisPipeline:
+        return SynthesisPipeline(plan, self.triton, self.rvc if plan.conversion else None, self.windows)
+
+    # ---- RPCs ------------------------------------------------------------------------------------------------
+
+    async def Synthesize(
+        self, request: tts_gateway_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[audio_pb2.AudioChunk]:
+        with self._admission():
+            self._require_voices()
+            plan = await self.validator.plan(request, text_field="text")
+            pipeline = self._pipeline(plan)
+            for piece in split_text(request.text, max_chars=self._piece_limit(plan)):
+                await pipeline.pieces.put(piece)
+            await pipeline.pieces.close()
+            async for chunk in self._stream(pipeline, context):
+                yield chunk
+
+    async def StreamingSynthesize(
+        self,
+        request_iterator: AsyncIterator[tts_gateway_pb2.StreamingSynthesizeRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[audio_pb2.AudioChunk]:
+        with self._admission():
+            self._require_voices()
+            first = None
+            async for message in request_iterator:
+                first = message
+                break
+            if first is None or first.WhichOneof("request") != "config":
+                raise InvalidArgument([("config", "the first message must carry the config")])
+            plan = await self.validator.plan(first.config, text_field=None)
+            pipeline = self._pipeline(plan)
+            reader = asyncio.create_task(self._read_text(request_iterator, pipeline))
+            try:
+                async for chunk in self._stream(pipeline, context):
+                    yield chunk
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+
+    async def _read_text(
+        self, request_iterator: AsyncIterator[tts_gateway_pb2.StreamingSynthesizeRequest], pipeline: SynthesisPipeline
+    ) -> None:
+        """Feed complete sentences into the pipeline as text deltas arrive; flush on request and at the end."""
+        splitter = IncrementalSplitter(max_chars=self._piece_limit(pipeline.plan))
+        limit = self.validator.limits.max_stream_text_chars
+        got_text = False
+        try:
+            async for message in request_iterator:
+                kind = message.WhichOneof("request")
+                if kind == "config":
+                    raise InvalidArgument([("config", "must be sent only once, on the first message")])
+                if kind == "text":
+                    if not got_text and message.text.strip():
+                        got_text = True
+                        pipeline.started_at = time.perf_counter()  # TTFA counts from the first text
+                    if splitter.received_chars + len(message.text) > limit:
+                        raise InvalidArgument([("text", f"the stream's text exceeds the {limit}-character limit")])
+                    pieces = splitter.feed(message.text)
+                elif kind == "flush":
+                    pieces = splitter.flush()
+                else:
+                    pieces = []
+                for piece in pieces:
+                    await pipeline.pieces.put(piece)
+            for piece in splitter.flush():
+                await pipeline.pieces.put(piece)
+            await pipeline.pieces.close()
+        except ServiceError as exc:
+            await pipeline.fail(exc)
+        except grpc.aio.AioRpcError:
+            pass  # the client went away; the call's cancellation ends the pipeline
+
+    async def ListVoices(
+        self, request: tts_gateway_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
+    ) -> tts_gateway_pb2.ListVoicesResponse:
+        self._require_voices()
+        return tts_gateway_pb2.ListVoicesResponse(voices=self.catalog.listing(request.language_code))
+
+    async def GetStatus(
+        self, request: tts_gateway_pb2.TtsGatewayServiceGetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> tts_gateway_pb2.TtsGatewayServiceGetStatusResponse:
+        uptime = duration_pb2.Duration()
+        uptime.FromNanoseconds(int((time.monotonic() - self.started) * 1e9))
+        return tts_gateway_pb2.TtsGatewayServiceGetStatusResponse(
+            version=VERSION,
+            uptime=uptime,
+            upstreams=[state.to_proto() for state in self.monitor.states.values()],
+            active_streams=self.active,
+            max_concurrent_streams=self.max_streams,
+            stage_latencies=self.windows.snapshot(),
+        )

@@ -1,0 +1,78 @@
+"""Gateway metrics: Prometheus families, plus recent-window percentiles for GetStatus."""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+import numpy as np
+from google.protobuf import duration_pb2
+from prometheus_client import Counter, Gauge, Histogram
+
+from voice.v1 import tts_gateway_pb2
+
+_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+_RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+
+TIME_TO_FIRST_AUDIO = Histogram(
+    "tts_gateway_time_to_first_audio_seconds",
+    "From request (or first text) to the first audio chunk handed to gRPC.",
+    ["voice"],
+    buckets=_LATENCY_BUCKETS,
+)
+REAL_TIME_FACTOR = Histogram(
+    "tts_gateway_real_time_factor", "Stream wall time divided by audio duration.", ["voice"], buckets=_RTF_BUCKETS
+)
+ACTIVE_STREAMS = Gauge("tts_gateway_active_streams", "Synthesis streams being served now.")
+STAGE_LATENCY = Histogram(
+    "tts_gateway_upstream_latency_seconds",
+    "Per-stage upstream latency: tts_first_audio (piece sent to its first audio), tts_segment (whole piece), "
+    "conversion_block (segment flushed to its converted audio complete).",
+    ["stage"],
+    buckets=_LATENCY_BUCKETS,
+)
+STREAMS = Counter("tts_gateway_streams_total", "Synthesis streams by voice and final status code.", ["voice", "code"])
+ERRORS = Counter("tts_gateway_errors_total", "Failed synthesis streams by voice and status code.", ["voice", "code"])
+AUDIO_SECONDS = Counter("tts_gateway_audio_seconds_total", "Seconds of audio streamed to clients.", ["voice"])
+UPSTREAM_UP = Gauge("tts_gateway_upstream_up", "1 while the last probe of an upstream succeeded.", ["upstream"])
+REJECTED = Counter("tts_gateway_rejected_total", "Streams refused by admission control.")
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(round(seconds * 1e9))
+    return value
+
+
+class LatencyWindows:
+    """Last N observations per stage, for percentile reporting in GetStatus (Prometheus keeps the histograms)."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self._size = size
+        self._windows: dict[str, collections.deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            window = self._windows.setdefault(stage, collections.deque(maxlen=self._size))
+            window.append(seconds)
+        if stage == "time_to_first_audio":
+            return  # has its own per-voice histogram
+        STAGE_LATENCY.labels(stage).observe(seconds)
+
+    def snapshot(self) -> list[tts_gateway_pb2.StageLatency]:
+        with self._lock:
+            items = {stage: np.array(window) for stage, window in self._windows.items() if window}
+        out = []
+        for stage in sorted(items):
+            p50, p90, p99 = np.percentile(items[stage], [50, 90, 99])
+            out.append(
+                tts_gateway_pb2.StageLatency(
+                    stage=stage,
+                    count=int(items[stage].size),
+                    p50=_duration(float(p50)),
+                    p90=_duration(float(p90)),
+                    p99=_duration(float(p99)),
+                )
+            )
+        return out

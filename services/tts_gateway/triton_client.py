@@ -1,0 +1,268 @@
+"""Triton client for TTS models that follow the Spark-TTS / CosyVoice tensor interface.
+
+Model facts (rate, modes, speakers, decoupled or not) are read from Triton's model config, never assumed. Decoupled
+models are driven over one ModelStreamInfer stream per gateway request, one piece in flight at a time (the model
+interleaves requests of one stream otherwise, and we want the pieces in order); other models get one ModelInfer call
+per piece.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2
+from tritonclient.grpc.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException
+
+from services.common.errors import Internal, ServiceError, Unavailable
+
+# Modes as the models' `supported_modes` parameter names them.
+MODE_PRESET = "preset_speaker"
+MODE_ZERO_SHOT = "zero_shot"
+MODE_CROSS_LINGUAL = "cross_lingual"
+MODE_INSTRUCT = "instruct"
+
+# Keepalive so a dead peer is noticed on quiet connections; short reconnect backoff so service resumes quickly after
+# an upstream restart. Our own services accept a ping every 5 s (services/common/server.py).
+UPSTREAM_CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+# Triton by default answers pings more often than every 5 min without data with GOAWAY "too_many_pings", so its
+# channel pings only at that pace and only during calls; the 0.5 s probe loop is what detects a dead Triton.
+TRITON_CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    *(o for o in UPSTREAM_CHANNEL_OPTIONS if not o[0].startswith(("grpc.keepalive", "grpc.http2"))),
+    ("grpc.keepalive_time_ms", 300_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+]
+
+
+@dataclass(frozen=True)
+class TtsModelInfo:
+    """What the gateway needs to know about one Triton TTS model, from its config."""
+
+    name: str
+    sample_rate_hz: int
+    decoupled: bool
+    supported_modes: tuple[str, ...]
+    language_code: str
+    speakers: tuple[str, ...]
+    max_text_chars: int
+    inputs: frozenset[str]
+    reference_sample_rate_hz: int = 16000
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TtsInputs:
+    """Per-request model inputs besides the text."""
+
+    speaker_id: int | None = None
+    length_scale: float | None = None
+    reference_wav: np.ndarray | None = None
+    reference_text: str | None = None
+    instruction: str | None = None
+
+
+def parse_model_config(config: dict) -> TtsModelInfo:
+    """Build TtsModelInfo from the JSON form of a Triton model config; raise ValueError when it lacks the facts."""
+    params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+    name = config.get("name", "")
+    rate_text = params.get("sample_rate_hz", "")
+    if not rate_text.isdigit() or int(rate_text) <= 0:
+        raise ValueError(f"model {name} declares no sample_rate_hz parameter; the gateway never assumes a rate")
+    modes = tuple(m.strip() for m in params.get("supported_modes", MODE_PRESET).split(",") if m.strip())
+    speakers = tuple(s.strip() for s in params.get("speakers", "").split(",") if s.strip())
+    language = params.get("language_code", "").replace("_", "-")
+    return TtsModelInfo(
+        name=name,
+        sample_rate_hz=int(rate_text),
+        decoupled=bool(config.get("model_transaction_policy", {}).get("decoupled", False)),
+        supported_modes=modes,
+        language_code=language,
+        speakers=speakers,
+        max_text_chars=int(params.get("max_text_chars", "2000") or 2000),
+        inputs=frozenset(i["name"] for i in config.get("input", [])),
+        reference_sample_rate_hz=int(params.get("reference_sample_rate_hz", "16000") or 16000),
+        parameters=params,
+    )
+
+
+def _add_tensor(request: service_pb2.ModelInferRequest, name: str, datatype: str, shape: list[int], raw: bytes) -> None:
+    tensor = request.inputs.add()
+    tensor.name = name
+    tensor.datatype = datatype
+    tensor.shape.extend(shape)
+    request.raw_input_contents.append(raw)
+
+
+def _add_string(request: service_pb2.ModelInferRequest, name: str, text: str) -> None:
+    data = text.encode("utf-8")
+    _add_tensor(request, name, "BYTES", [1, 1], struct.pack("<I", len(data)) + data)
+
+
+def build_request(
+    model: TtsModelInfo, text: str, inputs: TtsInputs, request_id: str, *, final_flag: bool
+) -> service_pb2.ModelInferRequest:
+    """One inference request for one piece of text (max_batch_size 1: every tensor has a leading batch dim of 1)."""
+    request = service_pb2.ModelInferRequest(model_name=model.name, id=request_id)
+    _add_string(request, "target_text", text)
+    if inputs.reference_wav is not None:
+        wav = np.ascontiguousarray(inputs.reference_wav, dtype="<f4")
+        _add_tensor(request, "reference_wav", "FP32", [1, wav.size], wav.tobytes())
+        _add_tensor(request, "reference_wav_len", "INT32", [1, 1], struct.pack("<i", wav.size))
+    if inputs.reference_text is not None:
+        _add_string(request, "reference_text", inputs.reference_text)
+    if inputs.instruction is not None:
+        name = "instruct_text" if "instruct_text" in model.inputs else "instruction"
+        _add_string(request, name, inputs.instruction)
+    if inputs.length_scale is not None and "length_scale" in model.inputs:
+        _add_tensor(request, "length_scale", "FP32", [1, 1], struct.pack("<f", inputs.length_scale))
+    if inputs.speaker_id is not None and "speaker_id" in model.inputs:
+        _add_tensor(request, "speaker_id", "INT32", [1, 1], struct.pack("<i", inputs.speaker_id))
+    if final_flag:
+        # Ask for the empty final response so we know when a piece is complete on the shared stream.
+        request.parameters["triton_enable_empty_final_response"].bool_param = True
+    return request
+
+
+def _waveform(response: service_pb2.ModelInferResponse) -> np.ndarray:
+    for index, output in enumerate(response.outputs):
+        if output.name == "waveform":
+            if index < len(response.raw_output_contents):
+                return np.frombuffer(response.raw_output_contents[index], dtype="<f4").astype(np.float32)
+            return np.asarray(output.contents.fp32_contents, dtype=np.float32)
+    return np.zeros(0, dtype=np.float32)
+
+
+class TritonTts:
+    """One gRPC channel to Triton (keepalive, fast reconnect) shared by all requests."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client = InferenceServerClient(url, channel_args=TRITON_CHANNEL_OPTIONS)
+
+    def unavailable(self, detail: str) -> Unavailable:
+        return Unavailable(f"triton unavailable at {self.url}: {detail}", retry_after_s=1.0)
+
+    async def probe(self) -> str:
+        """Server version if Triton is live and ready; raises otherwise."""
+        try:
+            if not await self.client.is_server_ready(client_timeout=2.0):
+                raise self.unavailable("server not ready")
+            metadata = await self.client.get_server_metadata(as_json=True, client_timeout=2.0)
+        except InferenceServerException as exc:
+            raise self.unavailable(exc.message() or str(exc)) from None
+        return str(metadata.get("version", ""))
+
+    async def model_info(self, model: str) -> TtsModelInfo:
+        try:
+            response = await self.client.get_model_config(model, as_json=True, client_timeout=5.0)
+        except InferenceServerException as exc:
+            raise self.unavailable(f"model {model}: {exc.message() or exc}") from None
+        return parse_model_config(response["config"])
+
+    def open(self, model: TtsModelInfo, request_id: str) -> TtsSession:
+        return TtsSession(self, model, request_id)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class TtsSession:
+    """Synthesis for one gateway request. `busy_s` accumulates the time spent waiting on Triton."""
+
+    def __init__(self, owner: TritonTts, model: TtsModelInfo, request_id: str) -> None:
+        self.owner = owner
+        self.model = model
+        self.request_id = request_id
+        self.metadata = (("x-request-id", request_id),)
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._unary: grpc.aio.UnaryUnaryCall | None = None
+        self.busy_s = 0.0
+
+    def _map_error(self, exc: grpc.aio.AioRpcError) -> ServiceError:
+        if exc.code() == grpc.StatusCode.CANCELLED:
+            raise exc
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return self.owner.unavailable(exc.details() or exc.code().name)
+        return Internal(f"triton model {self.model.name} failed: {exc.code().name}: {exc.details()}")
+
+    async def synthesize(self, text: str, inputs: TtsInputs) -> AsyncIterator[np.ndarray]:
+        """Yield the waveform(s) of one piece as Triton produces them."""
+        if self.model.decoupled:
+            async for audio in self._stream_piece(text, inputs):
+                yield audio
+        else:
+            yield await self._infer_piece(text, inputs)
+
+    async def _infer_piece(self, text: str, inputs: TtsInputs) -> np.ndarray:
+        request = build_request(self.model, text, inputs, self.request_id, final_flag=False)
+        started = time.perf_counter()
+        try:
+            self._unary = self.owner.client._client_stub.ModelInfer(request, metadata=self.metadata)
+            response = await self._unary
+        except grpc.aio.AioRpcError as exc:
+            raise self._map_error(exc) from None
+        finally:
+            self._unary = None
+            self.busy_s += time.perf_counter() - started
+        return _waveform(response)
+
+    async def _stream_piece(self, text: str, inputs: TtsInputs) -> AsyncIterator[np.ndarray]:
+        # tritonclient's aio stream_infer refuses the reserved `triton_enable_empty_final_response` parameter, and
+        # without it a client cannot tell when a decoupled request is complete; so we use its stub directly.
+        if self._call is None:
+            self._call = self.owner.client._client_stub.ModelStreamInfer(metadata=self.metadata)
+        call = self._call
+        request = build_request(self.model, text, inputs, self.request_id, final_flag=True)
+        try:
+            await call.write(request)
+            while True:
+                started = time.perf_counter()
+                response = await call.read()
+                self.busy_s += time.perf_counter() - started
+                if response is grpc.aio.EOF:
+                    raise self.owner.unavailable("stream ended before the final response")
+                if response.error_message:
+                    raise Internal(f"triton model {self.model.name} failed: {response.error_message}")
+                infer = response.infer_response
+                audio = _waveform(infer)
+                if audio.size:
+                    yield audio
+                if infer.parameters["triton_final_response"].bool_param:
+                    return
+        except grpc.aio.AioRpcError as exc:
+            raise self._map_error(exc) from None
+
+    async def close(self) -> None:
+        """End the stream politely (all pieces done)."""
+        if self._call is not None:
+            call, self._call = self._call, None
+            try:
+                await call.done_writing()
+                while await call.read() is not grpc.aio.EOF:
+                    pass
+            except grpc.aio.AioRpcError:
+                pass
+
+    def cancel(self) -> None:
+        """Abort whatever is in flight; Triton sees the stream cancelled and stops synthesizing."""
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+        if self._unary is not None:
+            self._unary.cancel()

@@ -1,0 +1,207 @@
+"""Voices: the config file format, and the catalogue resolved against Triton's model configs.
+
+Config file (TOML, or JSON with the same shape):
+
+    [[voice]]
+    name = "joe"                       # unique, used in requests
+    description = "Piper en_US joe"    # optional
+    tts_model = "piper_tts"            # Triton model
+    speaker = "joe"                    # optional default preset speaker (else the model's first)
+    language_code = "en-US"            # optional; else the model's `language_code` parameter
+
+    [voice.conversion]                 # optional default conversion; omit for none
+    model = "world"                    # a model of the voice-conversion service (ListModels)
+    pitch_shift_semitones = 4.0        # any ConversionSettings field, by its proto name
+    formant_shift_semitones = 2.0
+    f0_method = "harvest"              # F0Method name, with or without the F0_METHOD_ prefix
+
+Sample rate, modes, speakers and streaming come from the model's Triton config at start-up, never from this file.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.common.errors import NotFound
+from services.tts_gateway.triton_client import (
+    MODE_CROSS_LINGUAL,
+    MODE_INSTRUCT,
+    MODE_PRESET,
+    MODE_ZERO_SHOT,
+    TritonTts,
+    TtsModelInfo,
+)
+from voice.v1 import conversion_pb2, tts_gateway_pb2
+
+DEFAULT_VOICES_PATH = Path(__file__).with_name("voices.toml")
+
+MODE_TO_PROTO: dict[str, int] = {
+    MODE_PRESET: tts_gateway_pb2.SYNTHESIS_MODE_PRESET_SPEAKER,
+    MODE_ZERO_SHOT: tts_gateway_pb2.SYNTHESIS_MODE_ZERO_SHOT,
+    MODE_CROSS_LINGUAL: tts_gateway_pb2.SYNTHESIS_MODE_CROSS_LINGUAL,
+    MODE_INSTRUCT: tts_gateway_pb2.SYNTHESIS_MODE_INSTRUCT,
+}
+_CONVERSION_FIELDS = {f.name for f in conversion_pb2.ConversionSettings.DESCRIPTOR.fields}
+
+
+class VoiceConfigError(ValueError):
+    """The voices file is malformed; the message names the voice and key."""
+
+
+@dataclass(frozen=True)
+class VoiceSpec:
+    name: str
+    tts_model: str
+    description: str = ""
+    speaker: str = ""
+    language_code: str = ""
+    conversion: conversion_pb2.ConversionSettings | None = None
+
+
+@dataclass(frozen=True)
+class Voice:
+    spec: VoiceSpec
+    model: TtsModelInfo
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def language_code(self) -> str:
+        return self.spec.language_code or self.model.language_code
+
+    @property
+    def speakers(self) -> tuple[str, ...]:
+        speakers = list(self.model.speakers)
+        if self.spec.speaker in speakers:  # the configured default goes first, as ListVoices promises
+            speakers.remove(self.spec.speaker)
+            speakers.insert(0, self.spec.speaker)
+        return tuple(speakers)
+
+    def to_proto(self) -> tts_gateway_pb2.Voice:
+        voice = tts_gateway_pb2.Voice(
+            name=self.name,
+            description=self.spec.description,
+            language_code=self.language_code,
+            tts_model=self.model.name,
+            native_sample_rate_hz=self.model.sample_rate_hz,
+            supported_modes=[MODE_TO_PROTO[m] for m in self.model.supported_modes if m in MODE_TO_PROTO],
+            speakers=self.speakers,
+            streaming=self.model.decoupled,
+        )
+        if self.spec.conversion is not None:
+            voice.default_conversion.CopyFrom(self.spec.conversion)
+        return voice
+
+
+def _conversion_from_table(voice: str, table: dict[str, Any]) -> conversion_pb2.ConversionSettings:
+    unknown = set(table) - _CONVERSION_FIELDS
+    if unknown:
+        raise VoiceConfigError(f"voice {voice!r}: unknown conversion keys {sorted(unknown)}")
+    values = dict(table)
+    if not values.get("model"):
+        raise VoiceConfigError(f"voice {voice!r}: conversion needs a `model`")
+    method = values.get("f0_method")
+    if isinstance(method, str):
+        name = method.upper()
+        name = name if name.startswith("F0_METHOD_") else f"F0_METHOD_{name}"
+        try:
+            values["f0_method"] = conversion_pb2.F0Method.Value(name)
+        except ValueError:
+            raise VoiceConfigError(f"voice {voice!r}: unknown f0_method {method!r}") from None
+    try:
+        return conversion_pb2.ConversionSettings(**values)
+    except (TypeError, ValueError) as exc:
+        raise VoiceConfigError(f"voice {voice!r}: bad conversion value: {exc}") from None
+
+
+def parse_voice_specs(data: dict[str, Any]) -> list[VoiceSpec]:
+    entries = data.get("voice", data.get("voices"))
+    if not isinstance(entries, list) or not entries:
+        raise VoiceConfigError("the voices file needs at least one [[voice]] entry")
+    specs: list[VoiceSpec] = []
+    seen: set[str] = set()
+    allowed = {"name", "description", "tts_model", "speaker", "language_code", "conversion"}
+    for entry in entries:
+        name = str(entry.get("name", "")).strip()
+        if not name:
+            raise VoiceConfigError("every voice needs a `name`")
+        if name in seen:
+            raise VoiceConfigError(f"voice {name!r} is listed twice")
+        seen.add(name)
+        unknown = set(entry) - allowed
+        if unknown:
+            raise VoiceConfigError(f"voice {name!r}: unknown keys {sorted(unknown)}")
+        if not entry.get("tts_model"):
+            raise VoiceConfigError(f"voice {name!r} needs a `tts_model` (a Triton model name)")
+        conversion = entry.get("conversion")
+        specs.append(
+            VoiceSpec(
+                name=name,
+                tts_model=str(entry["tts_model"]),
+                description=str(entry.get("description", "")),
+                speaker=str(entry.get("speaker", "")),
+                language_code=str(entry.get("language_code", "")),
+                conversion=_conversion_from_table(name, conversion) if conversion else None,
+            )
+        )
+    return specs
+
+
+def load_voice_specs(path: Path) -> list[VoiceSpec]:
+    text = path.read_bytes()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text.decode("utf-8"))
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise VoiceConfigError(f"{path}: {exc}") from None
+    return parse_voice_specs(data)
+
+
+class VoiceCatalog:
+    """The configured voices, usable once `resolve` has read their models' configs from Triton."""
+
+    def __init__(self, specs: list[VoiceSpec]) -> None:
+        self.specs = specs
+        self.voices: dict[str, Voice] = {}
+
+    @property
+    def resolved(self) -> bool:
+        return len(self.voices) == len(self.specs)
+
+    async def resolve(self, triton: TritonTts) -> None:
+        models: dict[str, TtsModelInfo] = {}
+        for spec in self.specs:
+            if spec.tts_model not in models:
+                models[spec.tts_model] = await triton.model_info(spec.tts_model)
+        voices: dict[str, Voice] = {}
+        for spec in self.specs:
+            model = models[spec.tts_model]
+            if spec.speaker and model.speakers and spec.speaker not in model.speakers:
+                raise VoiceConfigError(
+                    f"voice {spec.name!r}: speaker {spec.speaker!r} is not one of {model.name}'s {list(model.speakers)}"
+                )
+            voices[spec.name] = Voice(spec, model)
+        self.voices = voices
+
+    def get(self, name: str) -> Voice:
+        voice = self.voices.get(name)
+        if voice is None:
+            known = ", ".join(sorted(s.name for s in self.specs)) or "none"
+            raise NotFound(f"unknown voice {name!r}; voices: {known}", resource_type="voice", resource_name=name)
+        return voice
+
+    def with_mode(self, mode: str) -> list[str]:
+        return sorted(v.name for v in self.voices.values() if mode in v.model.supported_modes)
+
+    def listing(self, language_prefix: str = "") -> list[tts_gateway_pb2.Voice]:
+        prefix = language_prefix.lower().replace("_", "-")
+        return [
+            v.to_proto()
+            for v in sorted(self.voices.values(), key=lambda v: v.name)
+            if v.language_code.lower().replace("_", "-").startswith(prefix)
+        ]
