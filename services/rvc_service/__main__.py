@@ -1,0 +1,116 @@
+"""Entry point: ``python -m services.rvc_service`` (flags also read RVC_* environment variables; see --help)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.server import (
+    EnvArgumentParser,
+    ServiceHost,
+    add_server_arguments,
+    announce_ready,
+    init_service_logging,
+    server_options_from_args,
+)
+from services.rvc_service.pool import WorkerPool, default_workers
+from services.rvc_service.registry import ModelRegistry
+from services.rvc_service.servicer import VoiceConversionServicer
+from voice.v1 import voice_conversion_pb2, voice_conversion_pb2_grpc
+
+log = logging.getLogger("services.rvc_service")
+
+SERVICE_NAME = voice_conversion_pb2.DESCRIPTOR.services_by_name["VoiceConversionService"].full_name
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
+VERSION = "0.1.0"
+
+
+def resolve_device(requested: str) -> str:
+    """auto -> cuda (device 0) when torch sees a GPU, else cpu; cuda[:n] is checked to exist."""
+    import torch
+
+    if requested == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {requested}: torch sees no CUDA device")
+        index = torch.device(requested).index or 0
+        if index >= torch.cuda.device_count():
+            raise SystemExit(f"--device {requested}: only {torch.cuda.device_count()} CUDA device(s)")
+        return f"cuda:{index}"
+    raise SystemExit(f"--device must be auto, cpu or cuda[:n], got {requested!r}")
+
+
+def make_parser() -> EnvArgumentParser:
+    parser = EnvArgumentParser(prog="python -m services.rvc_service", description=__doc__, env_prefix="RVC")
+    add_server_arguments(parser, port=50052, metrics_port=9102)
+    parser.add_option("--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help="RVC checkpoints (.pth/.index)")
+    parser.add_option("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_option("--workers", type=int, default=0, help="conversion workers (0: 2-4 per GPU, one per CPU core)")
+    parser.add_option(
+        "--threads-per-worker",
+        type=int,
+        default=0,
+        help="CPU only: torch intra-op threads per worker (0: cores/workers)",
+    )
+    parser.add_option("--queue-capacity", type=int, default=64, help="waiting jobs beyond which work is refused")
+    parser.add_option("--memory-budget-mb", type=int, default=4096, help="memory for loaded RVC models (LRU beyond)")
+    parser.add_option("--preload", default="", help="comma-separated model names to load at start-up")
+    parser.add_option("--max-stream-seconds", type=float, default=3600.0, help="longest input one Convert call takes")
+    return parser
+
+
+@dataclass
+class RvcService:
+    host: ServiceHost
+    pool: WorkerPool
+    registry: ModelRegistry
+    servicer: VoiceConversionServicer
+
+
+def build_service(args: argparse.Namespace) -> RvcService:
+    """Everything but start(): registry, pool, servicer, host (the pool is closed by the host's stop hook)."""
+    device = resolve_device(args.device)
+    workers = args.workers or default_workers(device)
+    if args.queue_capacity < 1:
+        raise SystemExit("--queue-capacity must be at least 1")
+    registry = ModelRegistry(args.models_dir, device, args.memory_budget_mb << 20)
+    for name in filter(None, (n.strip() for n in args.preload.split(","))):
+        log.info("preloading %s", name)
+        registry.load(name)  # a bad name fails start-up loudly rather than the first request
+    pool = WorkerPool(
+        workers,
+        args.queue_capacity,
+        device=device,
+        threads_per_worker=args.threads_per_worker or None,
+    )
+    servicer = VoiceConversionServicer(
+        registry, pool, device=device, version=VERSION, max_stream_seconds=args.max_stream_seconds
+    )
+    host = ServiceHost("rvc_service", server_options_from_args(args))
+    host.add_service(
+        SERVICE_NAME,
+        lambda server: voice_conversion_pb2_grpc.add_VoiceConversionServiceServicer_to_server(servicer, server),
+    )
+    host.on_stop(lambda: pool.aclose(join_timeout=10))
+    return RvcService(host, pool, registry, servicer)
+
+
+async def main(argv: list[str]) -> None:
+    args = make_parser().parse_args(argv)
+    init_service_logging("rvc_service", server_options_from_args(args))
+    service = build_service(args)
+    await service.host.start()
+    stats = service.pool.stats()
+    announce_ready(service.host, device=service.pool.device, workers=stats.workers)
+    await service.host.run_until_signal()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))

@@ -1,0 +1,408 @@
+"""Worker pool that runs conversion jobs on threads, driven from asyncio.
+
+Why threads: the heavy parts (torch kernels, pyworld's C analysis, faiss) release the GIL, and threads share the
+model weights the registry loaded once per device, so N workers cost no extra model memory.
+
+* CUDA: every worker owns one ``torch.cuda.Stream``; a job runs inside ``torch.cuda.stream(s)`` and the worker
+  synchronizes only that stream before handing the result back, so conversions (and a Triton TTS on the same GPU)
+  overlap instead of serializing on the default stream.
+* CPU: ``torch.set_num_threads`` sets the size of the OpenMP team that *each* parallel region gets, and every worker
+  thread that enters a parallel region gets its own team. So the pool sets it once, process-wide, to
+  ``cores // workers``: with all workers busy the process uses about ``cores`` compute threads, not
+  ``workers * cores`` (calling it per worker thread would only rewrite the same global value).
+* Jobs with the same ``key`` (one conversion stream) run one at a time in submission order; different keys run in
+  parallel. Only the head job of each key sits in the shared FIFO, so a long stream cannot block a worker waiting
+  on its own earlier block.
+* The queue is bounded: when ``capacity`` jobs are already waiting, ``submit`` raises ``PoolFull`` at once
+  (RESOURCE_EXHAUSTED with a retry hint derived from the recent job time).
+* Cancellation: cancelling the awaiting coroutine (client gone, deadline passed) drops a queued job and sets the
+  job's ``CancelToken``; a running job stops at its next check (engines check between segments), the worker is then
+  free again. A job whose token is already set is dropped when it reaches the head of the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from services.common.errors import ResourceExhausted, Unavailable
+from services.rvc_service import metrics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class JobCancelled(Exception):
+    """Raised inside a job (by ``CancelToken.raise_if_cancelled``) or for a job dropped before it ran."""
+
+
+class CancelToken:
+    """Thread-safe flag a job polls between segments; set when its client is gone."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def __call__(self) -> bool:  # lets engines take it as a plain `should_stop()` callable
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._event.is_set():
+            raise JobCancelled(self.reason)
+
+
+class PoolFull(ResourceExhausted):
+    """The bounded queue is full; the client should retry after ``retry_after_s``."""
+
+
+class PoolClosed(Unavailable):
+    """The pool is shutting down and takes no more work."""
+
+
+@dataclass(frozen=True)
+class JobResult(Generic[T]):
+    value: T
+    run_seconds: float  # time on a worker, queueing excluded
+    wait_seconds: float  # time in the queue
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    workers: int
+    busy: int
+    queue_depth: int
+    queue_capacity: int
+    cuda_streams: int
+
+
+@dataclass
+class _Job:
+    fn: Callable[[CancelToken], Any]
+    key: str | None
+    model: str
+    token: CancelToken
+    audio_seconds: float | None
+    future: concurrent.futures.Future[Any]
+    enqueued_at: float
+
+
+def default_workers(device: str) -> int:
+    """Two per GPU overlap one job's host work (F0, faiss) with another's kernels; on CPU one per core."""
+    cores = os.cpu_count() or 1
+    if device.startswith("cuda"):
+        return max(2, min(4, cores // 2))
+    return max(1, min(8, cores))
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        workers: int,
+        queue_capacity: int,
+        *,
+        device: str = "cpu",
+        threads_per_worker: int | None = None,
+        name: str = "rvc-worker",
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        if queue_capacity < 1:
+            raise ValueError(f"queue_capacity must be at least 1, got {queue_capacity}")
+        self.workers = workers
+        self.capacity = queue_capacity
+        self.device = device
+        self._cond = threading.Condition()
+        self._ready: collections.deque[_Job] = collections.deque()  # head job of each idle key, FIFO
+        self._blocked: dict[str, collections.deque[_Job]] = {}  # later jobs of keys that have one queued/running
+        self._active_keys: set[str] = set()  # keys with a job in _ready or running
+        self._queued = 0
+        self._busy = 0
+        self._queued_by_model: collections.Counter[str] = collections.Counter()
+        self._busy_by_model: collections.Counter[str] = collections.Counter()
+        self._running_tokens: set[CancelToken] = set()
+        self._closed = False
+        self._job_ema_s = 0.5  # recent job time, for the retry hint
+        self._cuda = device.startswith("cuda")
+        if not self._cuda:
+            cores = os.cpu_count() or 1
+            self.threads_per_worker = threads_per_worker or max(1, cores // workers)
+            with contextlib.suppress(ImportError):
+                import torch
+
+                torch.set_num_threads(self.threads_per_worker)
+        else:
+            self.threads_per_worker = threads_per_worker or 1
+        self._threads = [
+            threading.Thread(target=self._worker_main, args=(i,), name=f"{name}-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        self._started = threading.Barrier(workers + 1)
+        self._start_errors: list[BaseException] = []
+        for thread in self._threads:
+            thread.start()
+        self._started.wait()
+        if self._start_errors:
+            self._shutdown_threads()
+            raise RuntimeError(f"worker start failed: {self._start_errors[0]}") from self._start_errors[0]
+        metrics.WORKERS.set(workers)
+        metrics.QUEUE_CAPACITY.set(queue_capacity)
+
+    # ---------------------------------------------------------------------------------------------------- submit
+
+    def submit(
+        self,
+        fn: Callable[[CancelToken], T],
+        *,
+        model: str,
+        key: str | None = None,
+        token: CancelToken | None = None,
+        audio_seconds: float | None = None,
+    ) -> concurrent.futures.Future[JobResult[T]]:
+        """Queue ``fn(token)``; raises PoolFull at once when the queue is full, PoolClosed after close()."""
+        job = _Job(
+            fn,
+            key,
+            model,
+            token if token is not None else CancelToken(),
+            audio_seconds,
+            concurrent.futures.Future(),
+            time.perf_counter(),
+        )
+        with self._cond:
+            if self._closed:
+                raise PoolClosed("voice conversion is shutting down", retry_after_s=1.0)
+            idle = self.workers - self._busy
+            if self._queued >= self.capacity + idle:
+                metrics.JOBS.labels(model, "rejected").inc()
+                raise PoolFull(
+                    f"conversion queue is full ({self.capacity} waiting jobs); retry later",
+                    retry_after_s=self._retry_hint_locked(),
+                )
+            self._queued += 1
+            self._queued_by_model[model] += 1
+            metrics.QUEUE_DEPTH.labels(model).set(self._queued_by_model[model])
+            if key is not None and key in self._active_keys:
+                self._blocked.setdefault(key, collections.deque()).append(job)
+            else:
+                if key is not None:
+                    self._active_keys.add(key)
+                self._ready.append(job)
+                self._cond.notify()
+        job.future.add_done_callback(lambda f: self._on_future_done(job, f))
+        return job.future
+
+    async def run(
+        self,
+        fn: Callable[[CancelToken], T],
+        *,
+        model: str,
+        key: str | None = None,
+        token: CancelToken | None = None,
+        audio_seconds: float | None = None,
+    ) -> JobResult[T]:
+        """Submit and await. If the caller is cancelled the job is dropped (queued) or told to stop (running)."""
+        token = token if token is not None else CancelToken()
+        future = self.submit(fn, model=model, key=key, token=token, audio_seconds=audio_seconds)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            token.cancel("caller cancelled")
+            future.cancel()  # no-op once running; the token stops it at the next segment
+            raise
+
+    def _on_future_done(self, job: _Job, future: concurrent.futures.Future[Any]) -> None:
+        """A queued job cancelled by its caller leaves the queue now, so depth and capacity reflect reality."""
+        if not future.cancelled():
+            return
+        with self._cond:
+            removed = False
+            with contextlib.suppress(ValueError):
+                self._ready.remove(job)
+                removed = True
+                self._release_key_locked(job.key)
+            if not removed and job.key is not None and job.key in self._blocked:
+                with contextlib.suppress(ValueError):
+                    self._blocked[job.key].remove(job)
+                    removed = True
+                    if not self._blocked[job.key]:
+                        del self._blocked[job.key]
+            if removed:
+                self._dequeued_locked(job)
+                metrics.JOBS.labels(job.model, "cancelled").inc()
+
+    # ---------------------------------------------------------------------------------------------------- workers
+
+    def _dequeued_locked(self, job: _Job) -> None:
+        self._queued -= 1
+        self._queued_by_model[job.model] -= 1
+        metrics.QUEUE_DEPTH.labels(job.model).set(self._queued_by_model[job.model])
+
+    def _release_key_locked(self, key: str | None) -> None:
+        """The key's current job is done (or dropped): promote its next job, or mark the key idle."""
+        if key is None:
+            return
+        pending = self._blocked.get(key)
+        if pending:
+            self._ready.append(pending.popleft())
+            if not pending:
+                del self._blocked[key]
+            self._cond.notify()
+        else:
+            self._active_keys.discard(key)
+
+    def _retry_hint_locked(self) -> float:
+        waves = self._queued / self.workers + 1
+        return float(min(30.0, max(0.1, waves * self._job_ema_s)))
+
+    def _cuda_stream(self) -> Any:
+        import torch
+
+        device = torch.device(self.device)
+        if device.index is not None:
+            torch.cuda.set_device(device)
+        return torch.cuda.Stream(device=device)
+
+    def _worker_main(self, index: int) -> None:
+        stream = None
+        try:
+            if self._cuda:
+                stream = self._cuda_stream()
+        except BaseException as exc:  # reported to the constructor
+            self._start_errors.append(exc)
+        finally:
+            self._started.wait()
+        if self._start_errors:
+            return
+        while True:
+            with self._cond:
+                while not self._ready and not self._closed:
+                    self._cond.wait()
+                if not self._ready:  # closed and drained
+                    return
+                job = self._ready.popleft()
+                self._dequeued_locked(job)
+                if not job.future.set_running_or_notify_cancel() or job.token.cancelled:
+                    # Caller gone while it waited: drop without running.
+                    if not job.future.done():
+                        job.future.set_exception(JobCancelled(job.token.reason or "cancelled"))
+                    metrics.JOBS.labels(job.model, "cancelled").inc()
+                    self._release_key_locked(job.key)
+                    continue
+                self._busy += 1
+                self._busy_by_model[job.model] += 1
+                metrics.BUSY_WORKERS.labels(job.model).set(self._busy_by_model[job.model])
+                self._running_tokens.add(job.token)
+            self._run_job(job, stream)
+            with self._cond:
+                self._busy -= 1
+                self._busy_by_model[job.model] -= 1
+                metrics.BUSY_WORKERS.labels(job.model).set(self._busy_by_model[job.model])
+                self._running_tokens.discard(job.token)
+                self._release_key_locked(job.key)
+
+    def _run_job(self, job: _Job, stream: Any) -> None:
+        started = time.perf_counter()
+        wait = started - job.enqueued_at
+        metrics.QUEUE_WAIT_SECONDS.labels(job.model).observe(wait)
+        try:
+            with self._device_context(stream):
+                value = job.fn(job.token)
+                if stream is not None:
+                    stream.synchronize()  # only this worker's stream: other workers' kernels keep running
+        except JobCancelled as exc:
+            metrics.JOBS.labels(job.model, "cancelled").inc()
+            job.future.set_exception(exc)
+            return
+        except Exception as exc:  # the caller sees the engine's own exception
+            metrics.JOBS.labels(job.model, "error").inc()
+            job.future.set_exception(exc)
+            return
+        elapsed = time.perf_counter() - started
+        self._job_ema_s = 0.8 * self._job_ema_s + 0.2 * elapsed
+        metrics.JOBS.labels(job.model, "ok").inc()
+        metrics.JOB_SECONDS.labels(job.model).observe(elapsed)
+        if job.audio_seconds:
+            metrics.AUDIO_SECONDS.labels(job.model).inc(job.audio_seconds)
+            metrics.REAL_TIME_FACTOR.labels(job.model).observe(elapsed / job.audio_seconds)
+        job.future.set_result(JobResult(value, elapsed, wait))
+
+    @contextlib.contextmanager
+    def _device_context(self, stream: Any) -> Iterator[None]:
+        if stream is None:
+            yield
+            return
+        import torch
+
+        with torch.cuda.stream(stream):
+            yield
+
+    # ---------------------------------------------------------------------------------------------------- state
+
+    def stats(self) -> PoolStats:
+        with self._cond:
+            return PoolStats(
+                workers=self.workers,
+                busy=self._busy,
+                queue_depth=self._queued,
+                queue_capacity=self.capacity,
+                cuda_streams=self.workers if self._cuda else 0,
+            )
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return list(self._threads)
+
+    def close(self, *, cancel_running: bool = True, timeout: float | None = 30.0) -> None:
+        """Refuse new work, drop queued jobs, stop running ones at their next check, and join the workers."""
+        with self._cond:
+            self._closed = True
+            dropped = list(self._ready)
+            for pending in self._blocked.values():
+                dropped.extend(pending)
+            self._ready.clear()
+            self._blocked.clear()
+            for job in dropped:
+                self._dequeued_locked(job)
+            if cancel_running:
+                for token in self._running_tokens:
+                    token.cancel("service shutting down")
+            self._cond.notify_all()
+        for job in dropped:
+            job.token.cancel("service shutting down")
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(PoolClosed("voice conversion is shutting down", retry_after_s=1.0))
+        self._shutdown_threads(timeout)
+
+    def _shutdown_threads(self, timeout: float | None = 30.0) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            log.warning("workers still running after close: %s", ", ".join(alive))
+
+    async def aclose(self, *, cancel_running: bool = True, join_timeout: float | None = 30.0) -> None:
+        await asyncio.to_thread(self.close, cancel_running=cancel_running, timeout=join_timeout)

@@ -1,0 +1,366 @@
+"""Block-wise streaming conversion with left context and a SOLA crossfade at block seams.
+
+Audio arrives as the TTS produces it, in pieces of any size. ``SolaStitcher`` (pure numpy, no I/O) cuts the input
+into windows ``[left context | block | look-ahead]``; each window is converted on its own (a pool job), and the
+stitcher keeps only the part of the output that belongs to the block:
+
+* left context gives the engine (F0 tracker, content encoder, vocoder) history, so a block's start sounds like the
+  middle of an utterance rather than a cold start;
+* the look-ahead (crossfade + search samples) is converted twice, at the end of one window and the start of the
+  next. SOLA picks the offset in a short search window where the new output best matches the previous block's tail
+  (normalized cross-correlation), then crossfades over that overlap, so seams have neither clicks nor phase jumps;
+* positions are tracked in absolute input samples and mapped to output samples by rounding, so the output length
+  equals ``input_seconds * out_rate`` minus at most the search window, however the input was split.
+
+A flush (or the end of input) converts everything buffered in one last window, look-ahead included. After a mid-
+stream flush the next block starts without a crossfade partner (its left context still makes it continuous in
+content); flushes come at sentence ends, where the signal is usually near silence.
+
+``ConversionStream`` drives a stitcher through the worker pool for one Convert call: it resamples the client's audio
+to the engine's rate, runs each window as a pool job keyed by the stream (so its blocks run in order), resamples the
+result to the requested rate, encodes it and builds sequence-numbered ``AudioChunk`` messages.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import numpy as np
+from google.protobuf import duration_pb2
+
+from services.common.audio import AudioEncoder, StreamResampler, make_encoder
+from services.rvc_service.pool import CancelToken, WorkerPool
+from voice.v1 import audio_pb2
+
+# A window's conversion: (input at the engine's input rate, leading context samples, cancel token) -> the output of
+# audio[context:] only, at the engine's output rate (the shape of RvcModel.convert_block).
+ConvertFn = Callable[[np.ndarray, int, CancelToken], np.ndarray]
+
+
+@dataclass(frozen=True)
+class BlockSettings:
+    block_s: float = 0.5  # new audio per window; latency is about block + look-ahead
+    context_s: float = 0.5  # left context converted with each block and then discarded
+    crossfade_s: float = 0.04  # SOLA crossfade length at each seam
+    search_s: float = 0.015  # SOLA search range: at least one period of the lowest F0 (~67 Hz)
+    min_window_s: float = 0.1  # shorter windows (tiny final pieces) are zero-padded for the engine
+
+    def validate(self) -> BlockSettings:
+        if not (self.block_s > 0 and self.context_s >= 0 and self.crossfade_s >= 0 and self.search_s >= 0):
+            raise ValueError(f"invalid block settings: {self}")
+        if self.crossfade_s + self.search_s >= self.block_s:
+            raise ValueError("crossfade + search must be shorter than a block")
+        return self
+
+
+@dataclass(frozen=True)
+class Window:
+    """One piece of input to convert: ``audio`` = context + new samples (+ look-ahead), zero-padded by ``pad``."""
+
+    index: int
+    audio: np.ndarray
+    start: int  # absolute input sample of audio[0]
+    emit_from: int  # absolute input sample where this window's committed output begins
+    advance_to: int  # absolute input sample up to which output is committed after this window
+    final: bool  # converts everything buffered (flush or end of input)
+    pad: int  # zeros appended to reach the engine's minimum length
+
+    @property
+    def new_samples(self) -> int:
+        return self.advance_to - self.emit_from
+
+    @property
+    def context(self) -> int:
+        """Leading samples of ``audio`` that are context only (the engine converts but does not return them)."""
+        return self.emit_from - self.start
+
+
+def best_offset(search: np.ndarray, reference: np.ndarray) -> int:
+    """Offset k in [0, len(search) - len(reference)] where search[k:k+n] best matches reference (normalized
+    cross-correlation, so a louder stretch does not win just by energy)."""
+    n = reference.size
+    if n == 0 or search.size < n:
+        return 0
+    num = np.correlate(search.astype(np.float64), reference.astype(np.float64), mode="valid")
+    energy = np.cumsum(np.concatenate(([0.0], search.astype(np.float64) ** 2)))
+    den = np.sqrt(energy[n:] - energy[:-n]) + 1e-8
+    return int(np.argmax(num / den))
+
+
+class SolaStitcher:
+    """Per-stream DSP state: feed input, take windows to convert, hand back converted windows, get output."""
+
+    def __init__(self, in_rate: int, out_rate: int, settings: BlockSettings | None = None) -> None:
+        self.in_rate = in_rate
+        self.out_rate = out_rate
+        self.settings = (settings or BlockSettings()).validate()
+        s = self.settings
+        self._ratio = out_rate / in_rate
+        self.block_in = max(1, round(s.block_s * in_rate))
+        self.context_in = round(s.context_s * in_rate)
+        self.crossfade_out = round(s.crossfade_s * out_rate)
+        self.search_out = round(s.search_s * out_rate)
+        # Input samples whose output covers the crossfade tail plus the search range (+1 for rounding).
+        self.lookahead_in = math.ceil((self.crossfade_out + self.search_out) / self._ratio) + 1
+        self.min_window_in = round(s.min_window_s * in_rate)
+        fade = np.sin(0.5 * np.pi * (np.arange(self.crossfade_out) + 0.5) / max(1, self.crossfade_out)) ** 2
+        self._fade_in = fade.astype(np.float32)  # sin² in + cos² out sum to 1: no level dip for aligned signals
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf_start = 0  # absolute input index of _buf[0]
+        self._emitted = 0  # absolute input index up to which output is committed
+        self._tail: np.ndarray | None = None  # previous window's output just past its block: the crossfade partner
+        self._next_index = 0
+        self.output_samples = 0
+
+    @property
+    def received(self) -> int:
+        return self._buf_start + self._buf.size
+
+    @property
+    def pending(self) -> int:
+        """Input samples received but not yet committed to output."""
+        return self.received - self._emitted
+
+    def feed(self, samples: np.ndarray) -> None:
+        if samples.size:
+            self._buf = np.concatenate((self._buf, np.asarray(samples, dtype=np.float32).reshape(-1)))
+
+    def next_window(self, *, final: bool = False) -> Window | None:
+        """The next window to convert, or None until enough input arrived (``final``: whatever is buffered)."""
+        if final:
+            if self.pending <= 0:
+                return None
+            end = advance_to = self.received
+        else:
+            if self.pending < self.block_in + self.lookahead_in:
+                return None
+            advance_to = self._emitted + self.block_in
+            end = advance_to + self.lookahead_in
+        start = max(self._buf_start, self._emitted - self.context_in)
+        audio = self._buf[start - self._buf_start : end - self._buf_start]
+        pad = max(0, self.min_window_in - audio.size)
+        if pad:
+            audio = np.concatenate((audio, np.zeros(pad, dtype=np.float32)))
+        window = Window(self._next_index, audio.copy(), start, self._emitted, advance_to, final, pad)
+        self._next_index += 1
+        return window
+
+    def _out_pos(self, input_pos: int) -> int:
+        return round(input_pos * self._ratio)
+
+    def accept(self, window: Window, converted: np.ndarray) -> np.ndarray:
+        """Stitch a converted window onto the stream; returns the output samples now final."""
+        if window.emit_from != self._emitted:
+            raise RuntimeError("windows must be accepted in the order they were taken")
+        region = np.asarray(converted, dtype=np.float32).reshape(-1)
+        # `converted` is the output of audio[context:]. Engines may round their frame count; pin it to the length
+        # the input implies, dropping the output of the zero padding.
+        expected = self._out_pos(window.start + window.audio.size - window.pad) - self._out_pos(window.emit_from)
+        if region.size < expected:
+            region = np.concatenate((region, np.zeros(expected - region.size, dtype=np.float32)))
+        region = region[:expected]
+        offset = 0
+        tail = self._tail
+        if tail is not None and tail.size and region.size >= tail.size + self.search_out:
+            offset = best_offset(region[: tail.size + self.search_out], tail)
+        if window.final:
+            out = region[offset:].copy()
+            self._tail = None
+        else:
+            n_emit = self._out_pos(window.advance_to) - self._out_pos(window.emit_from)
+            out = region[offset : offset + n_emit].copy()
+            self._tail = region[offset + n_emit : offset + n_emit + self.crossfade_out].copy()
+        if tail is not None and tail.size:
+            n = min(tail.size, out.size)
+            fade_in = self._fade_in[:n] if n == self.crossfade_out else _fade(n)
+            out[:n] = tail[:n] * (1.0 - fade_in) + out[:n] * fade_in
+        self._emitted = window.advance_to
+        keep_from = max(self._buf_start, self._emitted - self.context_in)
+        self._buf = self._buf[keep_from - self._buf_start :]
+        self._buf_start = keep_from
+        self.output_samples += out.size
+        return out
+
+
+def _fade(n: int) -> np.ndarray:
+    return (np.sin(0.5 * np.pi * (np.arange(n) + 0.5) / max(1, n)) ** 2).astype(np.float32)
+
+
+def convert_offline(
+    audio: np.ndarray,
+    in_rate: int,
+    out_rate: int,
+    convert: Callable[[np.ndarray, int], np.ndarray],
+    settings: BlockSettings | None = None,
+    pieces: list[int] | None = None,
+) -> np.ndarray:
+    """Run a stitcher synchronously over ``audio`` fed in ``pieces`` (cycled sizes); ``convert(audio, context)``
+    returns the output of audio[context:]. For tests and benchmarks."""
+    stitcher = SolaStitcher(in_rate, out_rate, settings)
+    sizes = pieces or [audio.size]
+    out: list[np.ndarray] = []
+    pos, i = 0, 0
+    while pos < audio.size:
+        n = sizes[i % len(sizes)]
+        stitcher.feed(audio[pos : pos + n])
+        pos += n
+        i += 1
+        while (window := stitcher.next_window()) is not None:
+            out.append(stitcher.accept(window, convert(window.audio, window.context)))
+    if (window := stitcher.next_window(final=True)) is not None:
+        out.append(stitcher.accept(window, convert(window.audio, window.context)))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def duration_proto(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(round(seconds * 1e9))
+    return value
+
+
+@dataclass(frozen=True)
+class EngineRates:
+    input_hz: int  # rate the engine wants its input at
+    output_hz: int  # rate the engine produces
+
+
+class ConversionStream:
+    """One Convert call's conversion state: input resampler, stitcher, pool jobs, output resampler, encoder."""
+
+    def __init__(
+        self,
+        *,
+        pool: WorkerPool,
+        convert: ConvertFn,
+        model: str,
+        key: str,
+        request_id: str,
+        input_rate: int,
+        engine: EngineRates,
+        output_encoding: int,
+        output_rate: int,
+        settings: BlockSettings | None = None,
+        token: CancelToken | None = None,
+    ) -> None:
+        self.pool = pool
+        self.convert = convert
+        self.model = model
+        self.key = key
+        self.request_id = request_id
+        self.input_rate = input_rate
+        self.engine = engine
+        self.output_rate = output_rate
+        self.token = token if token is not None else CancelToken()
+        self.stitcher = SolaStitcher(engine.input_hz, engine.output_hz, settings)
+        self._in_resampler = StreamResampler(input_rate, engine.input_hz)
+        self._out_resampler = StreamResampler(engine.output_hz, output_rate)
+        self.encoder: AudioEncoder = make_encoder(output_encoding, output_rate)
+        self.format = audio_pb2.AudioFormat(encoding=output_encoding, sample_rate_hz=output_rate, channels=1)
+        self.started = time.perf_counter()
+        self.first_audio_at: float | None = None
+        self.conversion_seconds = 0.0
+        self.blocks = 0
+        self._sequence = 0
+        self._samples_sent = 0
+        self.received_samples = 0  # client samples, at input_rate
+        self._closed = False
+
+    @property
+    def samples_sent(self) -> int:
+        """Output samples handed out so far (at ``output_rate``)."""
+        return self._samples_sent
+
+    async def _run_window(self, window: Window) -> np.ndarray:
+        result = await self.pool.run(
+            lambda token: self.convert(window.audio, window.context, token),
+            model=self.model,
+            key=self.key,
+            token=self.token,
+            audio_seconds=window.new_samples / self.engine.input_hz,
+        )
+        self.conversion_seconds += result.run_seconds
+        self.blocks += 1
+        return self.stitcher.accept(window, result.value)
+
+    def _chunk(self, samples: np.ndarray, *, block: int, extra: bytes = b"") -> audio_pb2.AudioChunk:
+        data = self.encoder.encode(samples) + extra
+        chunk = audio_pb2.AudioChunk(
+            request_id=self.request_id,
+            sequence_number=self._sequence,
+            audio=data,
+            format=self.format,
+            offset=duration_proto(self._samples_sent / self.output_rate),
+            duration=duration_proto(samples.size / self.output_rate),
+            segment_index=block,
+        )
+        self._sequence += 1
+        self._samples_sent += samples.size
+        if self.first_audio_at is None and samples.size:
+            self.first_audio_at = time.perf_counter()
+        return chunk
+
+    async def _drain(self, *, final: bool) -> AsyncIterator[audio_pb2.AudioChunk]:
+        while (window := self.stitcher.next_window()) is not None:
+            out = self._out_resampler.process(await self._run_window(window))
+            if out.size:
+                yield self._chunk(out, block=window.index)
+        if final:
+            window = self.stitcher.next_window(final=True)
+            block = window.index if window is not None else max(0, self.blocks - 1)
+            out = await self._run_window(window) if window is not None else np.zeros(0, dtype=np.float32)
+            out = np.concatenate((self._out_resampler.process(out), self._out_resampler.flush()))
+            # A later block needs fresh resampler state; the flushed one has been drained.
+            self._out_resampler = StreamResampler(self.engine.output_hz, self.output_rate)
+            if out.size:
+                yield self._chunk(out, block=block)
+
+    def push(self, samples: np.ndarray) -> AsyncIterator[audio_pb2.AudioChunk]:
+        """Add client audio (at ``input_rate``); yields a chunk per block as soon as it is converted."""
+        self.received_samples += samples.size
+        self.stitcher.feed(self._in_resampler.process(samples))
+        return self._drain(final=False)
+
+    def flush(self) -> AsyncIterator[audio_pb2.AudioChunk]:
+        """Convert and yield everything buffered (the stream stays open)."""
+        self.stitcher.feed(self._in_resampler.flush())
+        self._in_resampler = StreamResampler(self.input_rate, self.engine.input_hz)
+        return self._drain(final=True)
+
+    async def finish(self) -> AsyncIterator[audio_pb2.AudioChunk]:
+        """End of input: flush, then a final chunk with the encoder's trailer and the summary."""
+        async for chunk in self.flush():
+            yield chunk
+        trailer = self.encoder.finish()
+        self._closed = True
+        total = time.perf_counter() - self.started
+        audio_seconds = self._samples_sent / self.output_rate
+        final = audio_pb2.AudioChunk(
+            request_id=self.request_id,
+            sequence_number=self._sequence,
+            audio=trailer,
+            format=self.format,
+            offset=duration_proto(audio_seconds),
+            duration=duration_proto(0.0),
+            segment_index=max(0, self.blocks - 1),
+            is_final=True,
+            summary=audio_pb2.SynthesisSummary(
+                segment_count=self.blocks,
+                audio_duration=duration_proto(audio_seconds),
+                time_to_first_audio=duration_proto((self.first_audio_at or time.perf_counter()) - self.started),
+                conversion_time=duration_proto(self.conversion_seconds),
+                total_time=duration_proto(total),
+                real_time_factor=total / audio_seconds if audio_seconds else 0.0,
+            ),
+        )
+        self._sequence += 1
+        yield final
+
+    def close(self) -> None:
+        """Abandon the stream (client gone): stop its jobs and release the encoder."""
+        self.token.cancel("stream closed")
+        if not self._closed:
+            self._closed = True
+            self.encoder.close()
