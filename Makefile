@@ -9,7 +9,7 @@ NODE_STAMP := clients/node/node_modules/.installed
 PROTOS := $(wildcard proto/voice/v1/*.proto)
 # buf breaking compares the contract with main (on main itself: with the last commit).
 BREAKING_BASE ?= $(shell git merge-base HEAD main 2>/dev/null || echo HEAD)
-DEV_REQS := requirements-dev.txt services/common/requirements.txt services/tts_gateway/requirements.txt \
+DEV_REQS := requirements-dev.txt requirements-parity.txt services/common/requirements.txt services/tts_gateway/requirements.txt \
             services/rvc_service/requirements.txt
 
 .PHONY: setup run test lint format bench clean
@@ -20,6 +20,8 @@ setup: $(VENV)/.installed $(GEN_STAMP) $(TRITON_VENV)/.installed $(NODE_STAMP)
 $(VENV)/.installed: $(DEV_REQS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	# The parity test's reference implementation pins versions that clash with ours; only its network is used.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-parity.txt
 	$(PY) services/rvc_service/torchaudio_cpu.py
 	$(PY) -c "import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()['purelib'], 'voice_serving.pth').write_text('$(CURDIR)\n$(CURDIR)/gen/python\n')"
 	touch $@

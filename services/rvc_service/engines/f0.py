@@ -1,0 +1,182 @@
+"""Pitch (F0) estimation at RVC's frame rate (16 kHz input, 10 ms hop, 50-1100 Hz) and its coarse quantisation.
+
+Every estimator returns exactly `n_frames` values in Hz (0 = unvoiced), so the pipeline can index F0 and content
+features by the same frame number whatever the method.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .params import F0_METHODS, MethodUnavailable
+
+SR = 16000
+HOP = 160
+F0_MIN = 50.0
+F0_MAX = 1100.0
+_MEL_MIN = 1127.0 * np.log(1 + F0_MIN / 700)
+_MEL_MAX = 1127.0 * np.log(1 + F0_MAX / 700)
+
+
+def shift_f0(f0: np.ndarray, semitones: float) -> np.ndarray:
+    return (f0 * 2.0 ** (semitones / 12.0)).astype(np.float32)
+
+
+def coarse_f0(f0: np.ndarray) -> np.ndarray:
+    """Mel-scale quantisation to the pitch-embedding indexes 1..255 (1 = unvoiced), as RVC trains with."""
+    mel = 1127.0 * np.log(1 + f0 / 700.0)
+    voiced = mel > 0
+    mel[voiced] = (mel[voiced] - _MEL_MIN) * 254 / (_MEL_MAX - _MEL_MIN) + 1
+    return np.clip(np.rint(mel), 1, 255).astype(np.int64)
+
+
+def _fit(f0: np.ndarray, n: int, center: bool = False) -> np.ndarray:
+    """Trim or zero-pad to n frames; `center` splits the padding across both ends (Praat drops edge frames)."""
+    f0 = np.asarray(f0, dtype=np.float32)
+    if len(f0) >= n:
+        return f0[:n]
+    missing = n - len(f0)
+    left = (missing + 1) // 2 if center else 0
+    return np.pad(f0, (left, missing - left))
+
+
+class F0Estimator:
+    """All F0 methods on one torch device. Neural models load on first use and are shared by threads afterwards."""
+
+    def __init__(self, device: torch.device | str = "cpu", rmvpe_path: str | Path | None = None) -> None:
+        self.device = torch.device(device)
+        self.rmvpe_path = Path(rmvpe_path) if rmvpe_path else None
+        self._models: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def available(self) -> tuple[str, ...]:
+        return tuple(m for m in F0_METHODS if m != "rmvpe" or self.has_rmvpe)
+
+    @property
+    def has_rmvpe(self) -> bool:
+        return self.rmvpe_path is not None and self.rmvpe_path.is_file()
+
+    def default_method(self) -> str:
+        """The contract's F0_METHOD_UNSPECIFIED: rmvpe when its weights are installed, otherwise harvest."""
+        return "rmvpe" if self.has_rmvpe else "harvest"
+
+    def estimate(
+        self, audio: np.ndarray, method: str, n_frames: int | None = None, filter_radius: int = 3
+    ) -> np.ndarray:
+        """F0 in Hz of 16 kHz mono float audio, one value per 10 ms frame (n_frames defaults to len // 160)."""
+        n = len(audio) // HOP if n_frames is None else n_frames
+        method = method or self.default_method()
+        x = np.ascontiguousarray(audio, dtype=np.float32)
+        if method == "pm":
+            return self._pm(x, n)
+        if method in ("harvest", "dio"):
+            return self._world(x, n, method, filter_radius)
+        if method in ("crepe", "crepe-tiny"):
+            return self._crepe(x, n, "tiny" if method == "crepe-tiny" else "full")
+        if method == "fcpe":
+            return self._fcpe(x, n)
+        if method == "rmvpe":
+            return _fit(self._model("rmvpe").infer(x), n)
+        raise MethodUnavailable(f"unknown F0 method {method!r}")
+
+    # -------------------------------------------------------------------------------------------------- methods
+
+    @staticmethod
+    def _pm(x: np.ndarray, n: int) -> np.ndarray:
+        import parselmouth
+
+        pitch = parselmouth.Sound(x.astype(np.float64), SR).to_pitch_ac(
+            time_step=HOP / SR, voicing_threshold=0.6, pitch_floor=F0_MIN, pitch_ceiling=F0_MAX
+        )
+        return _fit(pitch.selected_array["frequency"], n, center=True)
+
+    @staticmethod
+    def _world(x: np.ndarray, n: int, method: str, filter_radius: int) -> np.ndarray:
+        import pyworld
+        from scipy.signal import medfilt
+
+        xd = x.astype(np.float64)
+        fn = pyworld.harvest if method == "harvest" else pyworld.dio
+        f0, t = fn(xd, SR, f0_floor=F0_MIN, f0_ceil=F0_MAX, frame_period=1000 * HOP / SR)
+        f0 = pyworld.stonemask(xd, f0, t, SR)  # refine the coarse estimate, as RVC does
+        if method == "harvest" and filter_radius > 0:
+            f0 = medfilt(f0, 2 * filter_radius + 1)  # removes single-frame octave jumps and breath blips
+        return _fit(f0, n)
+
+    def _crepe(self, x: np.ndarray, n: int, capacity: str) -> np.ndarray:
+        import torchcrepe
+
+        model = self._model("crepe-" + capacity)
+        audio = torch.from_numpy(x)[None].to(self.device)
+        probs = []
+        with torch.inference_mode():
+            for frames in torchcrepe.preprocess(audio, SR, HOP, 512, self.device, pad=True):
+                probs.append(model(frames, embed=False))
+            p = torch.cat(probs).reshape(1, -1, torchcrepe.PITCH_BINS).transpose(1, 2)
+            # weighted_argmax rather than torchcrepe's default Viterbi: Viterbi runs through librosa/numba, whose JIT
+            # costs ~40 s on first use; RVC's median/mean filters below do the smoothing instead.
+            f0, periodicity = torchcrepe.postprocess(
+                p, F0_MIN, F0_MAX, torchcrepe.decode.weighted_argmax, return_periodicity=True
+            )
+            periodicity = torchcrepe.filter.median(periodicity, 3)
+            f0 = torchcrepe.filter.mean(f0, 3)
+            f0[periodicity < 0.1] = 0  # RVC's voicing threshold on CREPE's confidence
+        return _fit(f0[0].float().cpu().numpy(), n)
+
+    def _fcpe(self, x: np.ndarray, n: int) -> np.ndarray:
+        model = self._model("fcpe")
+        audio = torch.from_numpy(x)[None, :, None].to(self.device)
+        with torch.inference_mode():
+            f0 = model.infer(
+                audio,
+                sr=SR,
+                decoder_mode="local_argmax",
+                threshold=0.006,
+                f0_min=F0_MIN,
+                f0_max=F0_MAX,
+                interp_uv=False,
+                output_interp_target_length=n,
+            )
+        return _fit(f0.squeeze().float().cpu().numpy().reshape(-1), n)
+
+    # ------------------------------------------------------------------------------------------------- models
+
+    def _model(self, name: str) -> Any:
+        model = self._models.get(name)
+        if model is not None:
+            return model
+        with self._lock:
+            if name not in self._models:
+                self._models[name] = self._load(name)
+            return self._models[name]
+
+    def _load(self, name: str) -> Any:
+        if name.startswith("crepe-"):
+            import torchcrepe
+
+            capacity = name.split("-", 1)[1]
+            # A private instance rather than torchcrepe's module-global model, so devices and threads don't collide.
+            model = torchcrepe.Crepe(capacity)
+            weights = Path(torchcrepe.__file__).parent / "assets" / f"{capacity}.pth"
+            model.load_state_dict(torch.load(str(weights), map_location="cpu", weights_only=True))
+            return model.eval().to(self.device)
+        if name == "fcpe":
+            from torchfcpe import spawn_bundled_infer_model
+
+            return spawn_bundled_infer_model(device=str(self.device))
+        if name == "rmvpe":
+            if not self.has_rmvpe:
+                raise MethodUnavailable("rmvpe needs its weight file (rmvpe.pt in the models directory)")
+            from .rmvpe import Rmvpe
+
+            try:
+                return Rmvpe(self.rmvpe_path, self.device)  # type: ignore[arg-type]
+            except Exception as exc:  # a corrupt file makes the method unavailable, not the service
+                raise MethodUnavailable(f"rmvpe weights at {self.rmvpe_path} do not load: {exc}") from exc
+        raise MethodUnavailable(f"unknown F0 method {name!r}")

@@ -1,0 +1,355 @@
+"""The Retrieval-based Voice Conversion inference pipeline on a WebUI `.pth` checkpoint.
+
+Per call: resample to 16 kHz, high-pass (48 Hz), reflect-pad, F0 on the whole padded input, then per segment (long
+inputs split at quiet points): content features -> optional index blend -> x2 to the 100 Hz F0 frame rate ->
+protect unvoiced frames -> synthesizer. Finally the loudness envelope mix and resampling to the requested rate.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soxr
+import torch
+import torch.nn.functional as F
+from scipy import signal
+
+from .content import ContentEncoder
+from .f0 import HOP, SR, F0Estimator, coarse_f0, shift_f0
+from .index import RetrievalIndex
+from .params import ConversionParams, InvalidParameters, MethodUnavailable, ModelLoadError
+from .synthesizer import Synthesizer, build_synthesizer
+
+_HIGHPASS = signal.butter(N=5, Wn=48, btype="high", fs=SR)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """Segmenting, in seconds: reflect padding per side, search span for a quiet cut, cut spacing, longest unsplit
+    input. The defaults are the WebUI's for full-precision inference (1/6/38/41)."""
+
+    x_pad: float = 1.0
+    x_query: float = 6.0
+    x_center: float = 38.0
+    x_max: float = 41.0
+
+
+# ------------------------------------------------------------------------------------------------ pure pipeline steps
+
+
+def to_16k(audio: np.ndarray, sr: int) -> np.ndarray:
+    x = np.asarray(audio, dtype=np.float32)
+    if x.ndim == 2:  # (samples, channels) -> mono
+        x = x.mean(axis=1)
+    return x if sr == SR else soxr.resample(x, sr, SR).astype(np.float32)
+
+
+def highpass(audio: np.ndarray) -> np.ndarray:
+    """Zero-phase 48 Hz high-pass: removes rumble and DC that would otherwise leak into the content features."""
+    if len(audio) <= 3 * 6:  # filtfilt needs a few samples beyond the filter order
+        return audio
+    return signal.filtfilt(*_HIGHPASS, audio).astype(np.float32)
+
+
+def protect_features(feats: torch.Tensor, feats0: torch.Tensor, pitchf: torch.Tensor, protect: float) -> torch.Tensor:
+    """Where a frame is unvoiced (F0 < 1 Hz) keep `1 - protect` of the original features, so consonants and breaths
+    are not smeared by retrieved vectors; voiced frames keep the blended features. protect >= 0.5 disables it."""
+    if protect >= 0.5:
+        return feats
+    w = torch.where(pitchf >= 1, torch.ones_like(pitchf), torch.full_like(pitchf, protect)).unsqueeze(-1)
+    return feats * w + feats0 * (1 - w)
+
+
+def _rms_envelope(x: np.ndarray, sr: int, n_out: int) -> np.ndarray:
+    # RMS over 1 s frames every 0.5 s (centred, zero-padded), linearly stretched to n_out samples.
+    frame, hop = sr // 2 * 2, sr // 2
+    xp = np.pad(x.astype(np.float64), (frame // 2, frame // 2))
+    n_frames = 1 + (len(xp) - frame) // hop if len(xp) >= frame else 1
+    c = np.concatenate([[0.0], np.cumsum(xp**2)])
+    starts = np.arange(n_frames) * hop
+    ends = np.minimum(starts + frame, len(xp))
+    rms = np.sqrt((c[ends] - c[starts]) / frame)
+    t = torch.from_numpy(rms)[None, None]
+    return F.interpolate(t, size=n_out, mode="linear").numpy()[0, 0]
+
+
+def mix_rms(source: np.ndarray, source_sr: int, out: np.ndarray, out_sr: int, rate: float) -> np.ndarray:
+    """Blend loudness envelopes: rate 1 keeps the output's own, rate 0 imposes the source's."""
+    if rate >= 1 or len(out) == 0:
+        return out
+    rms_src = _rms_envelope(source, source_sr, len(out))
+    rms_out = np.maximum(_rms_envelope(out, out_sr, len(out)), 1e-6)
+    return (out * rms_src ** (1 - rate) * rms_out ** (rate - 1)).astype(np.float32)
+
+
+def split_points(audio: np.ndarray, cfg: PipelineConfig) -> list[int]:
+    """Cut positions (in samples of `audio`, 16 kHz) every x_center seconds, each moved to the quietest 10 ms window
+    within x_query seconds, when the input is longer than x_max."""
+    t_query, t_center, t_max = (int(v * SR) for v in (cfg.x_query, cfg.x_center, cfg.x_max))
+    if len(audio) + HOP <= t_max:
+        return []
+    energy = np.convolve(np.abs(audio), np.ones(HOP, dtype=np.float32), mode="same")
+    cuts = []
+    for t in range(t_center, len(audio), t_center):
+        lo, hi = max(t - t_query, 0), min(t + t_query, len(audio))
+        cuts.append(lo + int(np.argmin(energy[lo:hi])))
+    return cuts
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+
+
+class RvcModel:
+    """One loaded RVC voice. `convert` and `convert_block` are thread-safe (weights are read-only)."""
+
+    engine = "rvc"
+
+    def __init__(
+        self,
+        name: str,
+        net: Synthesizer,
+        version: str,
+        content_encoder: ContentEncoder,
+        f0: F0Estimator,
+        index: RetrievalIndex | None,
+        device: torch.device,
+        info: str = "",
+        pipeline: PipelineConfig | None = None,
+    ) -> None:
+        self.name = name
+        self.net = net
+        self.version = version
+        self.content_encoder = content_encoder
+        self.f0 = f0
+        self.index = index
+        self.device = device
+        self.info = info
+        self.pipeline = pipeline or PipelineConfig()
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        device: torch.device | str = "cpu",
+        *,
+        content_encoder: ContentEncoder | str | Path,
+        rmvpe_path: str | Path | None = None,
+        f0_estimator: F0Estimator | None = None,
+        index_path: str | Path | None = None,
+        name: str | None = None,
+        pipeline: PipelineConfig | None = None,
+    ) -> RvcModel:
+        """Load a WebUI checkpoint. Pass a shared ContentEncoder/F0Estimator to avoid one copy per voice.
+        Raises ModelLoadError for anything that makes the files unusable."""
+        p, dev = Path(path), torch.device(device)
+        try:
+            cpt = torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelLoadError(f"{p.name} is not a loadable checkpoint: {exc}") from exc
+        if not isinstance(cpt, dict) or "config" not in cpt or "weight" not in cpt:
+            raise ModelLoadError(f"{p.name} is not an RVC model (needs 'config' and 'weight')")
+        version = str(cpt.get("version", "v1"))
+        if version not in ("v1", "v2"):
+            raise ModelLoadError(f"{p.name}: unsupported RVC version {version!r}")
+        use_f0 = bool(int(cpt.get("f0", 1)))
+        try:
+            net = build_synthesizer(cpt["config"], cpt["weight"], version, use_f0).to(dev)
+        except Exception as exc:
+            raise ModelLoadError(f"{p.name}: {exc}") from exc
+        encoder = (
+            content_encoder
+            if isinstance(content_encoder, ContentEncoder)
+            else ContentEncoder.load(content_encoder, dev)
+        )
+        index = RetrievalIndex.load(index_path) if index_path else None
+        want_dim = 256 if version == "v1" else 768
+        if index is not None and index.dim != want_dim:
+            raise ModelLoadError(
+                f"index {Path(index_path).name} has {index.dim}-dim vectors; {version} needs {want_dim}"
+            )
+        f0 = f0_estimator or F0Estimator(dev, rmvpe_path)
+        return cls(name or p.stem, net, version, encoder, f0, index, dev, str(cpt.get("info", "")), pipeline)
+
+    # --------------------------------------------------------------------------------------------- description
+
+    @property
+    def sample_rate(self) -> int:
+        return self.net.cfg.sr
+
+    @property
+    def uses_f0(self) -> bool:
+        return self.net.use_f0
+
+    @property
+    def has_index(self) -> bool:
+        return self.index is not None
+
+    @property
+    def speaker_count(self) -> int:
+        return self.net.cfg.spk_embed_dim
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held by this voice alone (synthesizer + index); the shared content encoder is not counted."""
+        params = sum(t.numel() * t.element_size() for t in self.net.state_dict().values())
+        return params + (self.index.memory_bytes if self.index else 0)
+
+    def validate(self, params: ConversionParams) -> ConversionParams:
+        params.validate(self.speaker_count)
+        if params.f0_method == "rmvpe" and self.uses_f0 and not self.f0.has_rmvpe:
+            raise MethodUnavailable("rmvpe needs its weight file (rmvpe.pt in the models directory)")
+        return params
+
+    # ---------------------------------------------------------------------------------------------- conversion
+
+    def convert(
+        self,
+        audio: np.ndarray,
+        sr: int,
+        params: ConversionParams,
+        *,
+        out_sr: int | None = None,
+        seed: int | None = None,
+    ) -> tuple[np.ndarray, int]:
+        """Convert a whole utterance. Returns (float32 mono audio, its rate): the model's rate unless out_sr is given.
+        The output covers exactly the input's duration."""
+        self.validate(params)
+        if sr <= 0:
+            raise InvalidParameters([("sample_rate_hz", "must be positive")])
+        x = to_16k(audio, sr)
+        peak = float(np.abs(x).max()) / 0.95 if len(x) else 0.0
+        if peak > 1:
+            x = x / peak
+        x = highpass(x)
+        tgt = self.sample_rate
+        n_out = round(len(x) * tgt / SR)
+        if len(x) < HOP:
+            return self._finish(np.zeros(n_out, np.float32), x, params, out_sr)
+        gen = self._generator(seed)
+        t_pad = int(self.pipeline.x_pad * SR)
+        t_pad = t_pad // HOP * HOP
+        padded = np.pad(x, (t_pad, t_pad), mode="reflect")
+        pitch, pitchf = self._pitch(padded, params)
+        bounds = [0, *[c // HOP * HOP for c in split_points(x, self.pipeline)], len(x)]
+        pieces = []
+        for s, e in itertools.pairwise(bounds):
+            if e <= s:
+                continue
+            seg = padded[s : e + 2 * t_pad]
+            sl = slice(s // HOP, (e + 2 * t_pad) // HOP)
+            y = self._segment(
+                seg, pitch[sl] if pitch is not None else None, pitchf[sl] if pitchf is not None else None, params, gen
+            )
+            start = round(t_pad * tgt / SR)
+            pieces.append(_fit_len(y[start:], round((e - s) * tgt / SR)))
+        y = _fit_len(np.concatenate(pieces), n_out)
+        return self._finish(y, x, params, out_sr)
+
+    def convert_block(
+        self,
+        audio: np.ndarray,
+        sr: int,
+        params: ConversionParams,
+        *,
+        context: int,
+        out_sr: int | None = None,
+        seed: int | None = None,
+    ) -> np.ndarray:
+        """Streaming step: `audio` is left context followed by the new block (`context` samples of it are context, at
+        `sr`). Returns only the converted block, exactly len(block) * rate / sr samples at out_sr (default the
+        model's rate). The context gives the content encoder and F0 tracker history; pick >= 0.3 s. Pass 16 kHz
+        input to avoid per-block resampling edges, and join blocks with a crossfade (SOLA) upstream."""
+        self.validate(params)
+        if not 0 <= context <= len(audio):
+            raise InvalidParameters([("context", f"must be between 0 and {len(audio)}")])
+        rate = out_sr or self.sample_rate
+        n_block_out = round((len(audio) - context) * rate / sr)
+        x = highpass(to_16k(audio, sr))
+        ctx16 = round(context * SR / sr)
+        # Half a content frame of mirrored look-ahead so the final frames of the block still get features.
+        tail = min(480, len(x) - 1) if len(x) > 1 else 0
+        xp = np.pad(x, (0, tail), mode="reflect") if tail else x
+        if len(xp) < 2 * HOP + 400:
+            return np.zeros(n_block_out, np.float32)
+        pitch, pitchf = self._pitch(xp, params)
+        y = self._segment(xp, pitch, pitchf, params, self._generator(seed))
+        tgt = self.sample_rate
+        y = _fit_len(y, round(len(x) * tgt / SR))
+        y = mix_rms(x, SR, y, tgt, params.rms_mix_rate)
+        block = y[round(ctx16 * tgt / SR) :]
+        if rate != tgt:
+            block = soxr.resample(block, tgt, rate).astype(np.float32)
+        return _fit_len(block, n_block_out)
+
+    # -------------------------------------------------------------------------------------------------- steps
+
+    def _generator(self, seed: int | None) -> torch.Generator | None:
+        if seed is None:
+            return None
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def _pitch(self, audio16k: np.ndarray, params: ConversionParams) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if not self.uses_f0:
+            return None, None
+        n = len(audio16k) // HOP
+        f0 = self.f0.estimate(audio16k, params.f0_method, n, params.filter_radius)
+        f0 = shift_f0(f0, params.pitch_shift_semitones)
+        return coarse_f0(f0.copy()), f0
+
+    def features(self, audio16k: np.ndarray, index_rate: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Content features at 100 frames/s: (after index blend, before blend), each [1, frames, dim]."""
+        x = torch.from_numpy(np.ascontiguousarray(audio16k, dtype=np.float32)).to(self.device)[None]
+        feats = self.content_encoder.extract(x, self.version).float()
+        feats0 = feats
+        if self.index is not None and index_rate > 0:
+            blended = self.index.blend(feats[0].cpu().numpy(), index_rate)
+            feats = torch.from_numpy(blended).to(self.device)[None]
+        # 50 Hz content frames -> 100 Hz F0 frames.
+        return feats.repeat_interleave(2, dim=1), feats0.repeat_interleave(2, dim=1)
+
+    def _segment(
+        self,
+        audio16k: np.ndarray,
+        pitch: np.ndarray | None,
+        pitchf: np.ndarray | None,
+        params: ConversionParams,
+        gen: torch.Generator | None,
+    ) -> np.ndarray:
+        feats, feats0 = self.features(audio16k, params.index_rate)
+        p_len = min(len(audio16k) // HOP, feats.shape[1])
+        feats, feats0 = feats[:, :p_len], feats0[:, :p_len]
+        pt = pft = None
+        if pitch is not None and pitchf is not None:
+            pt = torch.from_numpy(_fit_len(pitch, p_len, fill=1)).to(self.device)[None]
+            pft = torch.from_numpy(_fit_len(pitchf, p_len)).to(self.device)[None]
+            feats = protect_features(feats, feats0, pft, params.protect)
+        lengths = torch.tensor([p_len], device=self.device)
+        sid = torch.tensor([params.speaker_id], device=self.device)
+        y = self.net.infer(feats, lengths, pt, pft, sid, generator=gen)
+        return y[0, 0].float().cpu().numpy()
+
+    def _finish(
+        self, y: np.ndarray, x16: np.ndarray, params: ConversionParams, out_sr: int | None
+    ) -> tuple[np.ndarray, int]:
+        tgt = self.sample_rate
+        y = mix_rms(x16, SR, y, tgt, params.rms_mix_rate)
+        rate = out_sr or tgt
+        if rate != tgt and len(y):
+            y = _fit_len(soxr.resample(y, tgt, rate).astype(np.float32), round(len(y) * rate / tgt))
+        peak = float(np.abs(y).max()) / 0.99 if len(y) else 0.0
+        if peak > 1:  # keep headroom instead of clipping
+            y = y / peak
+        return y.astype(np.float32), rate
+
+
+def _fit_len(x: np.ndarray, n: int, fill: Any = 0) -> np.ndarray:
+    if len(x) >= n:
+        return x[:n]
+    return np.concatenate([x, np.full(n - len(x), fill, dtype=x.dtype)])
+
+
+__all__ = ["PipelineConfig", "RvcModel", "highpass", "mix_rms", "protect_features", "split_points", "to_16k"]

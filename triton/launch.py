@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""Start the Triton Inference Server bundled in the nvidia-pytriton wheel with this project's model repository.
+
+Run it as a script with the Triton environment's interpreter (it is not a package: `triton` would clash with OpenAI's
+triton on GPU hosts):
+
+    .venv-triton/bin/python triton/launch.py [--grpc-port 8001] [--instance-count 2] ...
+
+It finds the tritonserver binary of the interpreter running it, installs the python-backend stub built for that
+interpreter's Python version, sets PATH and LD_LIBRARY_PATH so the stub runs this environment's python with its own
+libpython, starts the server, waits until it is ready (then prints the addresses), forwards SIGTERM/SIGINT and exits
+with the server's exit code. Every flag has an environment-variable equivalent (shown in --help).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import FrameType
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_REPOSITORY = HERE / "model_repo"
+
+
+def _env(name: str, default: str | None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Start the Triton server bundled in nvidia-pytriton with the TTS model repository.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--model-repository",
+        default=_env("TRITON_MODEL_REPOSITORY", str(DEFAULT_REPOSITORY)),
+        help="model repository folder [env TRITON_MODEL_REPOSITORY]",
+    )
+    parser.add_argument(
+        "--address",
+        default=_env("TRITON_ADDRESS", "0.0.0.0"),
+        help="address the HTTP, gRPC and metrics endpoints bind to [env TRITON_ADDRESS]",
+    )
+    parser.add_argument(
+        "--http-port", type=int, default=int(_env("TRITON_HTTP_PORT", "8000")), help="HTTP port [env TRITON_HTTP_PORT]"
+    )
+    parser.add_argument(
+        "--grpc-port", type=int, default=int(_env("TRITON_GRPC_PORT", "8001")), help="gRPC port [env TRITON_GRPC_PORT]"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("TRITON_METRICS_PORT", "8002")),
+        help="Prometheus metrics port [env TRITON_METRICS_PORT]",
+    )
+    count = _env("TRITON_INSTANCE_COUNT", None)
+    parser.add_argument(
+        "--instance-count",
+        type=int,
+        default=int(count) if count else None,
+        help="override instance_group count of every model (each instance is one stub process); "
+        "default: what each config.pbtxt says [env TRITON_INSTANCE_COUNT]",
+    )
+    parser.add_argument(
+        "--models",
+        default=_env("TRITON_MODELS", ""),
+        help="comma-separated models to load (explicit model control); empty loads all [env TRITON_MODELS]",
+    )
+    parser.add_argument(
+        "--log-verbose",
+        type=int,
+        default=int(_env("TRITON_LOG_VERBOSE", "0")),
+        help="tritonserver --log-verbose level [env TRITON_LOG_VERBOSE]",
+    )
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=float(_env("TRITON_READY_TIMEOUT", "180")),
+        help="seconds to wait for readiness before giving up [env TRITON_READY_TIMEOUT]",
+    )
+    parser.add_argument(
+        "server_args",
+        nargs=argparse.REMAINDER,
+        help="extra tritonserver arguments after `--`, passed unchanged",
+    )
+    args = parser.parse_args(argv)
+    if args.server_args and args.server_args[0] == "--":
+        args.server_args = args.server_args[1:]
+    return args
+
+
+def pytriton_root() -> Path:
+    # find_spec, not import: importing pytriton pulls in its whole client stack just to learn a path.
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit(f"nvidia-pytriton is not installed for {sys.executable}: run `make .venv-triton/.installed`")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def prepare_stub(server_dir: Path) -> None:
+    """Install the python-backend stub matching this interpreter (the wheel ships one per Python version)."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    source = server_dir / "python_backend_stubs" / version / "triton_python_backend_stub"
+    target = server_dir / "backends" / "python" / "triton_python_backend_stub"
+    if not source.is_file():
+        sys.exit(f"no python backend stub for Python {version} in {source.parent.parent}")
+    if target.is_file() and target.stat().st_size == source.stat().st_size:
+        return
+    # Copy then rename, so two launchers starting at once never see a half-written stub.
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".stub-")
+    os.close(fd)
+    shutil.copy2(source, tmp)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, target)
+
+
+def server_env(root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    # The stub runs `python3` from PATH: this environment's bin must come first so the models see its packages.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # The interpreter's own libpython first; otherwise the stub may pick a system libpython of the same soname.
+    libdirs = [sysconfig.get_config_var("LIBDIR") or "", str(root.parent / "nvidia_pytriton.libs")]
+    if env.get("LD_LIBRARY_PATH"):
+        libdirs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(d for d in libdirs if d)
+    return env
+
+
+def staged_repository(repository: Path, instance_count: int) -> Path:
+    """Copy the repository with every instance_group count rewritten (Triton has no flag for it)."""
+    staged = Path(tempfile.mkdtemp(prefix="triton-repo-"))
+    shutil.copytree(repository, staged, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    for config in staged.glob("*/config.pbtxt"):
+        text = config.read_text(encoding="utf-8")
+
+        def rewrite(block: re.Match[str]) -> str:
+            return re.sub(r"count\s*:\s*\d+", f"count: {instance_count}", block.group(0))
+
+        config.write_text(re.sub(r"instance_group\s*\[.*?\]", rewrite, text, flags=re.S), encoding="utf-8")
+    return staged
+
+
+def _die_with_parent() -> None:
+    # If the launcher is killed outright, take the server down with it instead of leaving it holding the ports.
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    repository = Path(args.model_repository).resolve()
+    if not repository.is_dir():
+        sys.exit(f"model repository {repository} does not exist")
+    root = pytriton_root()
+    server_dir = root / "tritonserver"
+    binary = server_dir / "bin" / "tritonserver"
+    if not binary.is_file():
+        sys.exit(f"tritonserver binary missing at {binary}")
+    prepare_stub(server_dir)
+
+    staged: Path | None = None
+    if args.instance_count is not None:
+        if args.instance_count < 1:
+            sys.exit("--instance-count must be at least 1")
+        staged = staged_repository(repository, args.instance_count)
+        repository = staged
+
+    command = [
+        str(binary),
+        f"--model-repository={repository}",
+        f"--backend-directory={server_dir / 'backends'}",
+        f"--http-address={args.address}",
+        f"--http-port={args.http_port}",
+        f"--grpc-address={args.address}",
+        f"--grpc-port={args.grpc_port}",
+        f"--metrics-address={args.address}",
+        f"--metrics-port={args.metrics_port}",
+        "--allow-gpu-metrics=false",  # no DCGM on CPU hosts; GPU hosts use the NGC image instead
+        f"--log-verbose={args.log_verbose}",
+        "--exit-on-error=true",
+    ]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if models:
+        command.append("--model-control-mode=explicit")
+        command.extend(f"--load-model={m}" for m in models)
+    command.extend(args.server_args)
+
+    proc = subprocess.Popen(command, env=server_env(root), preexec_fn=_die_with_parent)
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+
+    host = "127.0.0.1" if args.address in ("0.0.0.0", "") else args.address
+    timed_out = False
+    try:
+        if wait_ready(proc, f"http://{host}:{args.http_port}/v2/health/ready", args.ready_timeout):
+            print(
+                f"triton ready: grpc={host}:{args.grpc_port} http=http://{host}:{args.http_port} "
+                f"metrics=http://{host}:{args.metrics_port}/metrics repository={args.model_repository}",
+                flush=True,
+            )
+        elif proc.poll() is None:
+            print(f"triton not ready after {args.ready_timeout:.0f}s; stopping it", file=sys.stderr, flush=True)
+            timed_out = True
+            proc.terminate()
+        code = proc.wait()
+    finally:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+    if timed_out:
+        return 1
+    # A signal-terminated server reports -N; shells expect 128+N.
+    return 128 - code if code < 0 else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
