@@ -311,15 +311,20 @@ class WorkerPool:
                 self._busy_by_model[job.model] += 1
                 metrics.BUSY_WORKERS.labels(job.model).set(self._busy_by_model[job.model])
                 self._running_tokens.add(job.token)
-            self._run_job(job, stream)
+            outcome = self._run_job(job, stream)
             with self._cond:
                 self._busy -= 1
                 self._busy_by_model[job.model] -= 1
                 metrics.BUSY_WORKERS.labels(job.model).set(self._busy_by_model[job.model])
                 self._running_tokens.discard(job.token)
                 self._release_key_locked(job.key)
+            # Settle only after the bookkeeping: a caller that sees its result also sees this worker idle again.
+            if isinstance(outcome, BaseException):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
 
-    def _run_job(self, job: _Job, stream: Any) -> None:
+    def _run_job(self, job: _Job, stream: Any) -> JobResult | BaseException:
         started = time.perf_counter()
         wait = started - job.enqueued_at
         metrics.QUEUE_WAIT_SECONDS.labels(job.model).observe(wait)
@@ -330,12 +335,10 @@ class WorkerPool:
                     stream.synchronize()  # only this worker's stream: other workers' kernels keep running
         except JobCancelled as exc:
             metrics.JOBS.labels(job.model, "cancelled").inc()
-            job.future.set_exception(exc)
-            return
+            return exc
         except Exception as exc:  # the caller sees the engine's own exception
             metrics.JOBS.labels(job.model, "error").inc()
-            job.future.set_exception(exc)
-            return
+            return exc
         elapsed = time.perf_counter() - started
         self._job_ema_s = 0.8 * self._job_ema_s + 0.2 * elapsed
         metrics.JOBS.labels(job.model, "ok").inc()
@@ -343,7 +346,7 @@ class WorkerPool:
         if job.audio_seconds:
             metrics.AUDIO_SECONDS.labels(job.model).inc(job.audio_seconds)
             metrics.REAL_TIME_FACTOR.labels(job.model).observe(elapsed / job.audio_seconds)
-        job.future.set_result(JobResult(value, elapsed, wait))
+        return JobResult(value, elapsed, wait)
 
     @contextlib.contextmanager
     def _device_context(self, stream: Any) -> Iterator[None]:
