@@ -14,14 +14,21 @@ current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("reques
 
 
 def resolve_request_id(client_value: str, *, field: str = "request_id") -> str:
-    """Return the client's id if it is acceptable, a new UUID if it is empty; raise InvalidArgument otherwise."""
+    """The id of this request: the request's field, else the `x-request-id` metadata (bound by the server
+    interceptor), else a new UUID. Raises InvalidArgument for an unacceptable client id. The result is bound to the
+    log context of the current task, so every later log line of the request carries it."""
+    if not client_value and current_request_id.get() != "-":
+        client_value, field = current_request_id.get(), REQUEST_ID_METADATA_KEY
     if not client_value:
-        return uuid.uuid4().hex
-    if len(client_value) > MAX_REQUEST_ID_LENGTH or not all(33 <= ord(c) <= 126 for c in client_value):
+        request_id = uuid.uuid4().hex
+    elif len(client_value) > MAX_REQUEST_ID_LENGTH or not all(33 <= ord(c) <= 126 for c in client_value):
         raise InvalidArgument(
             [(field, f"must be at most {MAX_REQUEST_ID_LENGTH} printable ASCII characters without spaces")]
         )
-    return client_value
+    else:
+        request_id = client_value
+    bind_request_id(request_id)
+    return request_id
 
 
 def bind_request_id(request_id: str) -> contextvars.Token[str]:

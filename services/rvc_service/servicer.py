@@ -17,7 +17,7 @@ import numpy as np
 
 from services.common import audio as A
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.common.request_id import REQUEST_ID_METADATA_KEY, bind_request_id, resolve_request_id
+from services.common.request_id import REQUEST_ID_METADATA_KEY, resolve_request_id
 from services.rvc_service import metrics
 from services.rvc_service.engines import ConversionParams, InvalidParameters, MethodUnavailable, VoiceModel
 from services.rvc_service.engines.f0 import SR as RVC_INPUT_HZ
@@ -167,17 +167,13 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
 
     @staticmethod
     async def _send_request_id(context: grpc.aio.ServicerContext, client_value: str, field: str) -> str:
-        """Resolve the id (field, else x-request-id metadata, else new), send it as initial metadata, bind to logs."""
-        metadata_id = dict(context.invocation_metadata() or ()).get(REQUEST_ID_METADATA_KEY, "")
+        """Resolve the id (field, else x-request-id metadata, else new) and send it as initial metadata."""
         try:
-            request_id = resolve_request_id(
-                client_value or (metadata_id if isinstance(metadata_id, str) else ""), field=field
-            )
+            request_id = resolve_request_id(client_value, field=field)
         except InvalidArgument:
             await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, uuid.uuid4().hex),))
             raise
         await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, request_id),))
-        bind_request_id(request_id)
         return request_id
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:

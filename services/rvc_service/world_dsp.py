@@ -9,6 +9,7 @@ starts in well under a second (the engines package would pull in torch and trans
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
 
@@ -77,7 +78,9 @@ def start_process_pool(processes: int) -> None:
     with _pool_lock:
         if _pool is not None or processes < 1:
             return
-        _pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"))
+        _pool = ProcessPoolExecutor(
+            max_workers=processes, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_stop_signals
+        )
         # Start the workers now so the first request does not pay for interpreter start-up.
         list(_pool.map(_warm_up, range(processes)))
 
@@ -88,6 +91,13 @@ def stop_process_pool() -> None:
         pool, _pool = _pool, None
     if pool is not None:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ignore_stop_signals() -> None:
+    # Ctrl-C reaches the whole process group; the service drains in-flight streams on SIGINT/SIGTERM, so its DSP
+    # workers must keep serving until the service shuts the pool down itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _warm_up(_: int) -> None:

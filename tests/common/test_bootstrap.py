@@ -304,3 +304,19 @@ def test_grpcurl_lists_the_service_via_reflection() -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=10)
+
+
+async def test_request_id_from_metadata_when_the_field_is_empty(host: ServiceHost) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+        stub = tts_gateway_pb2_grpc.TtsGatewayServiceStub(channel)
+        request = tts_gateway_pb2.SynthesizeRequest(text="ab", output_format=PCM16)
+        chunks = [c async for c in stub.Synthesize(request, metadata=[("x-request-id", "trace-42")])]
+        assert {c.request_id for c in chunks} == {"trace-42"}
+        field_wins = tts_gateway_pb2.SynthesizeRequest(text="a", output_format=PCM16, request_id="mine")
+        chunks = [c async for c in stub.Synthesize(field_wins, metadata=[("x-request-id", "trace-42")])]
+        assert chunks[0].request_id == "mine"
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stub.Synthesize(request, metadata=[("x-request-id", "has space")]):
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "x-request-id" in err.value.details()
