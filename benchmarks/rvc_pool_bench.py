@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 from services.common import audio as A  # noqa: E402
-from services.rvc_service import world_dsp  # noqa: E402
 from services.rvc_service.engines import ConversionParams, VoiceModel  # noqa: E402
 from services.rvc_service.pool import WorkerPool  # noqa: E402
 from services.rvc_service.registry import ModelRegistry  # noqa: E402
@@ -138,16 +137,9 @@ def main() -> None:
         print(f"GPU: {torch.cuda.get_device_name(torch.device(args.device).index or 0)}")
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     if "world" in engines:
-        print("world, WORLD DSP in the calling worker thread (pyworld holds the GIL):")
         registry = ModelRegistry(args.models_dir or tempfile.mkdtemp(), args.device)
         world = registry.get("world-default")
         asyncio.run(bench_engine("world", world, ConversionParams(pitch_shift_semitones=3.0), args))
-        print(f"world, WORLD DSP in {args.max_workers} spawned processes (the service default on multi-core hosts):")
-        world_dsp.start_process_pool(args.max_workers)
-        try:
-            asyncio.run(bench_engine("world", world, ConversionParams(pitch_shift_semitones=3.0), args))
-        finally:
-            world_dsp.stop_process_pool()
     if "rvc" in engines:
         models_dir = args.models_dir or tiny_rvc_models()
         registry = ModelRegistry(models_dir, args.device)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,6 @@ from services.common.server import (
     init_service_logging,
     server_options_from_args,
 )
-from services.rvc_service import world_dsp
 from services.rvc_service.pool import WorkerPool, default_workers
 from services.rvc_service.registry import ModelRegistry
 from services.rvc_service.servicer import VoiceConversionServicer
@@ -64,12 +62,6 @@ def make_parser() -> EnvArgumentParser:
     parser.add_option("--queue-capacity", type=int, default=64, help="waiting jobs beyond which work is refused")
     parser.add_option("--memory-budget-mb", type=int, default=4096, help="memory for loaded RVC models (LRU beyond)")
     parser.add_option("--preload", default="", help="comma-separated model names to load at start-up")
-    parser.add_option(
-        "--world-processes",
-        type=int,
-        default=-1,
-        help="processes for WORLD voices (pyworld holds the GIL); -1: min(workers, cores) when above 1, 0: in-thread",
-    )
     parser.add_option("--max-stream-seconds", type=float, default=3600.0, help="longest input one Convert call takes")
     return parser
 
@@ -107,10 +99,6 @@ def build_service(args: argparse.Namespace) -> RvcService:
         lambda server: voice_conversion_pb2_grpc.add_VoiceConversionServiceServicer_to_server(servicer, server),
     )
     host.on_stop(lambda: pool.aclose(join_timeout=10))
-    world_processes = args.world_processes if args.world_processes >= 0 else min(workers, os.cpu_count() or 1)
-    if world_processes > 1:
-        world_dsp.start_process_pool(world_processes)
-        host.on_stop(lambda: asyncio.to_thread(world_dsp.stop_process_pool))
     return RvcService(host, pool, registry, servicer)
 
 

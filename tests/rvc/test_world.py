@@ -54,22 +54,3 @@ def test_builtins_and_block_api(voice_in: np.ndarray) -> None:
     assert _f0(y, sr) > 200 * 2 ** (3.5 / 12)  # its +4 semitone offset
     block = bright.convert_block(voice_in, 24000, ConversionParams(), context=12000)
     assert len(block) == 12000
-
-
-def test_world_in_worker_processes_matches_in_thread_output() -> None:
-    """The service runs WORLD DSP in spawned processes (pyworld holds the GIL); the result must not change."""
-    from services.rvc_service import world_dsp
-
-    rate = 16000
-    t = np.arange(rate) / rate
-    tone = (0.4 * np.sin(2 * np.pi * 180 * t) + 0.2 * np.sin(2 * np.pi * 360 * t)).astype(np.float32)
-    voice = BUILTIN_VOICES["world-bright"]
-    params = ConversionParams(pitch_shift_semitones=2.0)
-    in_thread, _ = voice.convert(tone, rate, params)
-    world_dsp.start_process_pool(2)
-    try:
-        in_process, _ = voice.convert(tone, rate, params)
-    finally:
-        world_dsp.stop_process_pool()
-    assert in_process.shape == in_thread.shape
-    np.testing.assert_allclose(in_process, in_thread, atol=1e-6)

@@ -11,9 +11,25 @@ from dataclasses import dataclass
 import numpy as np
 import soxr
 
-from services.rvc_service.world_dsp import WORK_SR, fit_len, run_shift_voice
-
 from .params import ConversionParams, InvalidParameters
+
+WORK_SR = 24000
+FRAME_MS = 5.0
+
+
+def warp_envelope(sp: np.ndarray, ratio: float) -> np.ndarray:
+    """Envelope frames [t, bins] warped so the content at bin k moves to bin k * ratio (ratio > 1 raises formants)."""
+    if ratio == 1.0:
+        return sp
+    bins = np.arange(sp.shape[1], dtype=np.float64)
+    src = bins / ratio  # where each output bin reads from
+    lo = np.clip(np.floor(src).astype(np.int64), 0, sp.shape[1] - 1)
+    hi = np.clip(lo + 1, 0, sp.shape[1] - 1)
+    frac = np.clip(src - lo, 0.0, 1.0)
+    # Interpolate in the log domain: envelopes span many decades and linear interpolation would bias peaks.
+    log_sp = np.log(np.maximum(sp, 1e-16))
+    out = log_sp[:, lo] * (1 - frac) + log_sp[:, hi] * frac
+    return np.exp(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +74,7 @@ class WorldVoice:
         y = self._process(xw, params)
         if rate != WORK_SR and len(y):
             y = soxr.resample(y, WORK_SR, rate).astype(np.float32)
-        return fit_len(y, n_out), rate
+        return _fit_len(y, n_out), rate
 
     def convert_block(
         self,
@@ -77,12 +93,23 @@ class WorldVoice:
         return y[round(context * rate / sr) :][: round((len(audio) - context) * rate / sr)]
 
     def _process(self, x: np.ndarray, params: ConversionParams) -> np.ndarray:
-        return run_shift_voice(
-            x,
-            params.f0_method == "harvest",
-            params.pitch_shift_semitones + self.pitch_offset,
-            params.formant_shift_semitones + self.formant_offset,
-        )
+        import pyworld
+
+        if len(x) < WORK_SR * FRAME_MS / 1000 * 4:  # too short for any analysis frame
+            return np.zeros_like(x)
+        xd = x.astype(np.float64)
+        analyse = pyworld.harvest if params.f0_method == "harvest" else pyworld.dio
+        f0, t = analyse(xd, WORK_SR, f0_floor=50.0, f0_ceil=1100.0, frame_period=FRAME_MS)
+        f0 = pyworld.stonemask(xd, f0, t, WORK_SR)
+        sp = pyworld.cheaptrick(xd, f0, t, WORK_SR)
+        ap = pyworld.d4c(xd, f0, t, WORK_SR)
+        f0 = f0 * 2.0 ** ((params.pitch_shift_semitones + self.pitch_offset) / 12.0)
+        sp = warp_envelope(sp, 2.0 ** ((params.formant_shift_semitones + self.formant_offset) / 12.0))
+        y = pyworld.synthesize(f0, np.ascontiguousarray(sp), ap, WORK_SR, FRAME_MS)
+        peak = float(np.abs(y).max()) / 0.99 if len(y) else 0.0
+        if peak > 1:
+            y = y / peak
+        return _fit_len(y.astype(np.float32), len(x))
 
 
 BUILTIN_VOICES: dict[str, WorldVoice] = {
@@ -90,3 +117,9 @@ BUILTIN_VOICES: dict[str, WorldVoice] = {
     # A lighter timbre: a few semitones up with formants raised less than pitch, so it sounds brighter, not chipmunk.
     "world-bright": WorldVoice("world-bright", pitch_offset=4.0, formant_offset=2.0),
 }
+
+
+def _fit_len(x: np.ndarray, n: int) -> np.ndarray:
+    if len(x) >= n:
+        return x[:n]
+    return np.concatenate([x, np.zeros(n - len(x), dtype=x.dtype)])
