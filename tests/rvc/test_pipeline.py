@@ -104,6 +104,9 @@ def test_rejections(alto: RvcModel, tmp_path: Path, hf_encoder: ContentEncoder) 
     with pytest.raises(InvalidParameters) as err:
         alto.convert(x, 16000, ConversionParams(speaker_id=2))
     assert err.value.violations[0][0] == "speaker_id"
+    with pytest.raises(InvalidParameters) as formant:
+        alto.convert(x, 16000, ConversionParams(formant_shift_semitones=2.0))
+    assert formant.value.violations[0][0] == "formant_shift_semitones"
     with pytest.raises(MethodUnavailable):
         alto.convert(x, 16000, ConversionParams(f0_method="rmvpe"))
     (tmp_path / "junk.pth").write_bytes(b"\x00garbage")

@@ -200,6 +200,11 @@ class RvcModel:
 
     def validate(self, params: ConversionParams) -> ConversionParams:
         params.validate(self.speaker_count)
+        if params.formant_shift_semitones != 0:
+            # The RVC network has no formant control; silently ignoring the request would mislead the client.
+            raise InvalidParameters(
+                [("formant_shift_semitones", "RVC models have no formant control; leave it 0 or use a WORLD voice")]
+            )
         if params.f0_method == "rmvpe" and self.uses_f0 and not self.f0.has_rmvpe:
             raise MethodUnavailable("rmvpe needs its weight file (rmvpe.pt in the models directory)")
         return params
