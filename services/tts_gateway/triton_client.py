@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
-from tritonclient.grpc import service_pb2
-from tritonclient.grpc.aio import InferenceServerClient
-from tritonclient.utils import InferenceServerException
+from google.protobuf.json_format import MessageToDict
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from services.common.errors import Internal, ServiceError, Unavailable
 
@@ -149,11 +148,18 @@ def _waveform(response: service_pb2.ModelInferResponse) -> np.ndarray:
 
 
 class TritonTts:
-    """One gRPC channel to Triton (keepalive, fast reconnect) shared by all requests."""
+    """One gRPC channel to Triton (keepalive, fast reconnect) shared by all requests.
+
+    It talks to Triton through the generated KServe-v2 stub that tritonclient ships (tritonclient.grpc.service_pb2
+    _grpc) rather than tritonclient's aio wrapper: the wrapper's stream_infer refuses the reserved
+    `triton_enable_empty_final_response` parameter, without which a client cannot tell when a decoupled request is
+    complete, and owning the channel lets us set its keepalive and reconnect options.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.client = InferenceServerClient(url, channel_args=TRITON_CHANNEL_OPTIONS)
+        self.channel = grpc.aio.insecure_channel(url, options=TRITON_CHANNEL_OPTIONS)
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
 
     def unavailable(self, detail: str) -> Unavailable:
         return Unavailable(f"triton unavailable at {self.url}: {detail}", retry_after_s=1.0)
@@ -161,25 +167,26 @@ class TritonTts:
     async def probe(self) -> str:
         """Server version if Triton is live and ready; raises otherwise."""
         try:
-            if not await self.client.is_server_ready(client_timeout=2.0):
+            ready = await self.stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=2.0)
+            if not ready.ready:
                 raise self.unavailable("server not ready")
-            metadata = await self.client.get_server_metadata(as_json=True, client_timeout=2.0)
-        except InferenceServerException as exc:
-            raise self.unavailable(exc.message() or str(exc)) from None
-        return str(metadata.get("version", ""))
+            metadata = await self.stub.ServerMetadata(service_pb2.ServerMetadataRequest(), timeout=2.0)
+        except grpc.aio.AioRpcError as exc:
+            raise self.unavailable(exc.details() or exc.code().name) from None
+        return metadata.version
 
     async def model_info(self, model: str) -> TtsModelInfo:
         try:
-            response = await self.client.get_model_config(model, as_json=True, client_timeout=5.0)
-        except InferenceServerException as exc:
-            raise self.unavailable(f"model {model}: {exc.message() or exc}") from None
-        return parse_model_config(response["config"])
+            response = await self.stub.ModelConfig(service_pb2.ModelConfigRequest(name=model), timeout=5.0)
+        except grpc.aio.AioRpcError as exc:
+            raise self.unavailable(f"model {model}: {exc.details() or exc.code().name}") from None
+        return parse_model_config(MessageToDict(response.config, preserving_proto_field_name=True))
 
     def open(self, model: TtsModelInfo, request_id: str) -> TtsSession:
         return TtsSession(self, model, request_id)
 
     async def close(self) -> None:
-        await self.client.close()
+        await self.channel.close()
 
 
 class TtsSession:
@@ -213,7 +220,7 @@ class TtsSession:
         request = build_request(self.model, text, inputs, self.request_id, final_flag=False)
         started = time.perf_counter()
         try:
-            self._unary = self.owner.client._client_stub.ModelInfer(request, metadata=self.metadata)
+            self._unary = self.owner.stub.ModelInfer(request, metadata=self.metadata)
             response = await self._unary
         except grpc.aio.AioRpcError as exc:
             raise self._map_error(exc) from None
@@ -223,10 +230,8 @@ class TtsSession:
         return _waveform(response)
 
     async def _stream_piece(self, text: str, inputs: TtsInputs) -> AsyncIterator[np.ndarray]:
-        # tritonclient's aio stream_infer refuses the reserved `triton_enable_empty_final_response` parameter, and
-        # without it a client cannot tell when a decoupled request is complete; so we use its stub directly.
         if self._call is None:
-            self._call = self.owner.client._client_stub.ModelStreamInfer(metadata=self.metadata)
+            self._call = self.owner.stub.ModelStreamInfer(metadata=self.metadata)
         call = self._call
         request = build_request(self.model, text, inputs, self.request_id, final_flag=True)
         try:
