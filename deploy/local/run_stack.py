@@ -95,6 +95,9 @@ def main() -> int:
                 child.process.kill()
             print(f"  stopped {child.name} (exit {child.process.returncode})", flush=True)
 
+    # Ctrl-C and SIGTERM both stop the stack. SIGINT is set explicitly: a shell starting us in the background
+    # leaves it ignored, and Python would inherit that.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     lines: list[str] = []
     try:
@@ -102,7 +105,7 @@ def main() -> int:
             print("starting Triton (piper_tts on CPU) ...", flush=True)
             triton = spawn(
                 "triton",
-                [str(TRITON_PYTHON), "triton/launch.py", "--host", args.host,
+                [str(TRITON_PYTHON), "triton/launch.py", "--address", args.host,
                  "--http-port", str(args.triton_http_port), "--grpc-port", str(args.triton_grpc_port),
                  "--metrics-port", str(args.triton_metrics_port)],
             )  # fmt: skip
@@ -147,7 +150,7 @@ def main() -> int:
         print("\nTry:")
         print(f'  .venv/bin/python -m clients.python --target {args.host}:{args.gateway_port} say '
               '"Hello from the speech stack. This is the second sentence." --voice joe -o hello.wav')  # fmt: skip
-    print(f"  grpcurl -plaintext {args.host}:{args.gateway_port} list   # reflection is on\n", flush=True)
+    print(f"  .venv/bin/grpcurl -plaintext {args.host}:{args.gateway_port} list   # reflection is on\n", flush=True)
     try:
         while all(child.process.poll() is None for child in children):
             time.sleep(0.5)
