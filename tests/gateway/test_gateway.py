@@ -232,6 +232,28 @@ async def test_cancel_mid_stream_ends_the_triton_and_conversion_streams(
     assert status.active_streams == 0
 
 
+async def test_deadline_ends_the_triton_and_conversion_streams(stub, triton_server, rvc_service) -> None:
+    long_text = " ".join(f"Here is line number {i} of a story that runs past its deadline." for i in range(30))
+    pieces_at_start = _triton_pieces(triton_server.metrics_url)
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in stub.Synthesize(request(text=long_text, voice="joe-world-high"), timeout=1.5):
+            pass
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 3
+    deadline = time.monotonic() + 5
+    while await _rvc_active_streams(rvc_service.address) != 0:
+        assert time.monotonic() < deadline, "conversion stream still open after the deadline"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)  # a sentence already in synthesis may finish
+    settled = _triton_pieces(triton_server.metrics_url)
+    await asyncio.sleep(2.0)
+    assert _triton_pieces(triton_server.metrics_url) == settled, "Triton kept synthesizing after the deadline"
+    assert settled - pieces_at_start < 30
+    status = await stub.GetStatus(tts_gateway_pb2.TtsGatewayServiceGetStatusRequest())
+    assert status.active_streams == 0
+
+
 async def test_bad_inputs_get_their_status_and_the_gateway_keeps_serving(stub) -> None:
     ref = audio_pb2.AudioInput(audio=b"not audio", format=audio_pb2.AudioFormat(encoding=WAV))
     cases = [
