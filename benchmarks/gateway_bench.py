@@ -95,9 +95,7 @@ async def sequential_ttfa(triton: TritonTts, rvc_address: str, text: str) -> flo
     """Whole clip from the non-decoupled model, then the whole clip through ConvertClip: first audio = the end."""
     model = await triton.model_info("piper_tts_whole")
     started = time.perf_counter()
-    response = await triton.stub.ModelInfer(
-        build_request(model, text, TtsInputs(), "bench-seq", final_flag=False)
-    )
+    response = await triton.stub.ModelInfer(build_request(model, text, TtsInputs(), "bench-seq", final_flag=False))
     wav = np.frombuffer(response.raw_output_contents[0], dtype="<f4")
     async with grpc.aio.insecure_channel(rvc_address) as channel:
         stub = voice_conversion_pb2_grpc.VoiceConversionServiceStub(channel)
