@@ -171,16 +171,25 @@ class SynthesisPipeline:
 
     async def _tts_stage(self) -> None:
         session = self.triton.open(self.plan.voice.model, self.plan.request_id)
+        rate = self.plan.voice.model.sample_rate_hz
+        first_audio_at: float | None = None  # when Triton's first audio for this request arrived
+        produced_s = 0.0
         try:
             segment = 0
             async for piece in self.pieces:
                 sent = time.perf_counter()
+                # Audio the listener still has if playback began at the first response: the model schedules our
+                # next sentence behind streams whose listeners are closer to running dry.
+                ahead = None if first_audio_at is None else max(0.0, produced_s - (sent - first_audio_at))
                 busy_before = session.busy_s
                 first = True
-                async for audio in session.synthesize(piece, self.plan.tts_inputs):
+                async for audio in session.synthesize(piece, self.plan.tts_inputs, playback_ahead_s=ahead):
                     if first:
                         self.windows.observe("tts_first_audio", time.perf_counter() - sent)
                         first = False
+                    if first_audio_at is None:
+                        first_audio_at = time.perf_counter()
+                    produced_s += audio.size / rate
                     await self._tts_out.put(Block(segment, piece, audio))
                 self.windows.observe("tts_segment", session.busy_s - busy_before)
                 self.totals.tts_s = session.busy_s

@@ -114,7 +114,13 @@ def _add_string(request: service_pb2.ModelInferRequest, name: str, text: str) ->
 
 
 def build_request(
-    model: TtsModelInfo, text: str, inputs: TtsInputs, request_id: str, *, final_flag: bool
+    model: TtsModelInfo,
+    text: str,
+    inputs: TtsInputs,
+    request_id: str,
+    *,
+    final_flag: bool,
+    playback_ahead_s: float | None = None,
 ) -> service_pb2.ModelInferRequest:
     """One inference request for one piece of text (max_batch_size 1: every tensor has a leading batch dim of 1)."""
     request = service_pb2.ModelInferRequest(model_name=model.name, id=request_id)
@@ -132,6 +138,9 @@ def build_request(
         _add_tensor(request, "length_scale", "FP32", [1, 1], struct.pack("<f", inputs.length_scale))
     if inputs.speaker_id is not None and "speaker_id" in model.inputs:
         _add_tensor(request, "speaker_id", "INT32", [1, 1], struct.pack("<i", inputs.speaker_id))
+    if playback_ahead_s is not None and "playback_ahead_s" in model.inputs:
+        # Lets the model's scheduler serve new streams before this one's next sentence while we are ahead.
+        _add_tensor(request, "playback_ahead_s", "FP32", [1, 1], struct.pack("<f", playback_ahead_s))
     if final_flag:
         # Ask for the empty final response so we know when a piece is complete on the shared stream.
         request.parameters["triton_enable_empty_final_response"].bool_param = True
@@ -208,16 +217,21 @@ class TtsSession:
             return self.owner.unavailable(exc.details() or exc.code().name)
         return Internal(f"triton model {self.model.name} failed: {exc.code().name}: {exc.details()}")
 
-    async def synthesize(self, text: str, inputs: TtsInputs) -> AsyncIterator[np.ndarray]:
-        """Yield the waveform(s) of one piece as Triton produces them."""
+    async def synthesize(
+        self, text: str, inputs: TtsInputs, *, playback_ahead_s: float | None = None
+    ) -> AsyncIterator[np.ndarray]:
+        """Yield the waveform(s) of one piece as Triton produces them. `playback_ahead_s`: audio the listener still
+        has buffered, a scheduling hint for models that declare that input."""
         if self.model.decoupled:
-            async for audio in self._stream_piece(text, inputs):
+            async for audio in self._stream_piece(text, inputs, playback_ahead_s):
                 yield audio
         else:
-            yield await self._infer_piece(text, inputs)
+            yield await self._infer_piece(text, inputs, playback_ahead_s)
 
-    async def _infer_piece(self, text: str, inputs: TtsInputs) -> np.ndarray:
-        request = build_request(self.model, text, inputs, self.request_id, final_flag=False)
+    async def _infer_piece(self, text: str, inputs: TtsInputs, playback_ahead_s: float | None) -> np.ndarray:
+        request = build_request(
+            self.model, text, inputs, self.request_id, final_flag=False, playback_ahead_s=playback_ahead_s
+        )
         started = time.perf_counter()
         try:
             self._unary = self.owner.stub.ModelInfer(request, metadata=self.metadata)
@@ -229,11 +243,15 @@ class TtsSession:
             self.busy_s += time.perf_counter() - started
         return _waveform(response)
 
-    async def _stream_piece(self, text: str, inputs: TtsInputs) -> AsyncIterator[np.ndarray]:
+    async def _stream_piece(
+        self, text: str, inputs: TtsInputs, playback_ahead_s: float | None
+    ) -> AsyncIterator[np.ndarray]:
         if self._call is None:
             self._call = self.owner.stub.ModelStreamInfer(metadata=self.metadata)
         call = self._call
-        request = build_request(self.model, text, inputs, self.request_id, final_flag=True)
+        request = build_request(
+            self.model, text, inputs, self.request_id, final_flag=True, playback_ahead_s=playback_ahead_s
+        )
         try:
             await call.write(request)
             while True:

@@ -209,6 +209,30 @@ def test_new_stream_is_not_queued_behind_a_long_one(triton_server: TritonServer)
     assert short_first_at - short_started < 0.5 * (long_end_at - short_started), (short.arrivals_s, long.final_s)
 
 
+def test_playback_ahead_hint_lets_a_new_stream_go_first(triton_server: TritonServer) -> None:
+    """A request saying its listener has a minute of audio buffered waits behind one that arrived after it."""
+    busy_text = " ".join(f"Background sentence {i} keeps the instance busy." for i in range(6))
+    results: dict[str, StreamResult] = {}
+    sent_at: dict[str, float] = {}
+
+    def run(name: str, text: str, **controls: float) -> None:
+        sent_at[name] = time.monotonic()
+        results[name] = stream(triton_server, tts_inputs(text, **controls))
+
+    busy = threading.Thread(target=run, args=("busy", busy_text))
+    busy.start()
+    time.sleep(0.5)  # the instance is now synthesizing the background stream
+    ahead = threading.Thread(target=run, args=("ahead", "I am far ahead. No hurry."), kwargs={"playback_ahead_s": 60.0})
+    ahead.start()
+    time.sleep(0.05)
+    run("fresh", "I just started. Serve me.")
+    for thread in (busy, ahead):
+        thread.join(timeout=120)
+    assert all(r.error is None and r.pieces for r in results.values()), {k: r.error for k, r in results.items()}
+    first = {name: sent_at[name] + r.arrivals_s[0] for name, r in results.items()}
+    assert sent_at["ahead"] < sent_at["fresh"] and first["fresh"] < first["ahead"], first
+
+
 def test_length_scale_changes_duration(triton_server: TritonServer) -> None:
     slow = whole(
         triton_server, tts_inputs("The quick brown fox jumps over the lazy dog.", length_scale=1.6, **NO_NOISE)
@@ -279,6 +303,10 @@ BAD_REQUESTS: dict[str, tuple[list[grpcclient.InferInput], list[str]]] = {
     "length_scale too large": (tts_inputs("Hello.", length_scale=10.0), ["length_scale must be between", "10.0"]),
     "length_scale nan": (tts_inputs("Hello.", length_scale=float("nan")), ["length_scale must be between"]),
     "negative noise": (tts_inputs("Hello.", noise_scale=-1.0), ["noise_scale must be between"]),
+    "negative playback hint": (
+        tts_inputs("Hello.", playback_ahead_s=-1.0),
+        ["playback_ahead_s must be between"],
+    ),
     "unknown speaker": (tts_inputs("Hello.", speaker_id=3), ["speaker_id 3 is out of range", "0=joe"]),
     "nothing to speak": (tts_inputs("?? — ??"), ["nothing to speak"]),
 }

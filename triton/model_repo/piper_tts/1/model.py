@@ -9,7 +9,7 @@ Tensor interface (shared with the Spark-TTS and CosyVoice Triton runtimes; max_b
 leading batch dimension of 1):
   inputs   target_text BYTES [1,1]; optional reference_wav FP32 [1,N], reference_wav_len INT32 [1,1],
            reference_text BYTES [1,1]; optional controls length_scale, noise_scale, noise_w FP32 [1,1],
-           speaker_id INT32 [1,1]
+           speaker_id INT32 [1,1]; playback_ahead_s FP32 [1,1] (scheduling hint, see Job.deadline)
   output   waveform FP32 [1,N], mono, at the rate declared in the config parameter `sample_rate_hz`.
 
 In decoupled mode, requests are not synthesized one after another: a worker thread per model instance interleaves
@@ -38,6 +38,9 @@ CONTROL_RANGES: dict[str, tuple[float, float]] = {
     "length_scale": (0.25, 4.0),
     "noise_scale": (0.0, 2.0),
     "noise_w": (0.0, 2.0),
+    # Seconds of audio the caller still has buffered ahead of playback (a gateway sending a stream sentence by
+    # sentence); scheduling only, it never changes the audio.
+    "playback_ahead_s": (0.0, 3600.0),
 }
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -60,6 +63,7 @@ class Controls:
     noise_scale: float | None = None
     noise_w: float | None = None
     speaker_id: int | None = None
+    playback_ahead_s: float | None = None
 
 
 @dataclass
@@ -79,10 +83,11 @@ class Job:
         """When the listener runs out of audio, assuming playback starts at the first response.
 
         A request with nothing sent yet is due since it arrived, so new streams go first; a stream that is far ahead
-        of real time waits while others catch up.
+        of real time waits while others catch up. A caller that sends one sentence per request says how much audio
+        its listener still has (`playback_ahead_s`), so its next sentence does not jump ahead of new streams.
         """
         if self.first_sent_s is None:
-            return self.received_s
+            return self.received_s + (self.controls.playback_ahead_s or 0.0)
         return self.first_sent_s + self.audio_sent_s
 
 
