@@ -71,6 +71,8 @@ class TtsInputs:
 
     speaker_id: int | None = None
     length_scale: float | None = None
+    noise_scale: float | None = None
+    noise_w: float | None = None
     reference_wav: np.ndarray | None = None
     reference_text: str | None = None
     instruction: str | None = None
@@ -134,8 +136,10 @@ def build_request(
     if inputs.instruction is not None:
         name = "instruct_text" if "instruct_text" in model.inputs else "instruction"
         _add_string(request, name, inputs.instruction)
-    if inputs.length_scale is not None and "length_scale" in model.inputs:
-        _add_tensor(request, "length_scale", "FP32", [1, 1], struct.pack("<f", inputs.length_scale))
+    for control in ("length_scale", "noise_scale", "noise_w"):
+        value = getattr(inputs, control)
+        if value is not None and control in model.inputs:
+            _add_tensor(request, control, "FP32", [1, 1], struct.pack("<f", value))
     if inputs.speaker_id is not None and "speaker_id" in model.inputs:
         _add_tensor(request, "speaker_id", "INT32", [1, 1], struct.pack("<i", inputs.speaker_id))
     if playback_ahead_s is not None and "playback_ahead_s" in model.inputs:

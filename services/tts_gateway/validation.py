@@ -234,6 +234,7 @@ class RequestValidator:
                 f"voice {voice.name!r} (model {voice.model.name}) does not support mode {mode}; {where}",
                 violations=[("MODE", f"voice/{voice.name}", f"{mode} not in {list(voice.model.supported_modes)}")],
             )
+        inputs.noise_scale, inputs.noise_w = voice.spec.noise_scale, voice.spec.noise_w
         speaker = ""
         if mode == MODE_PRESET and message.WhichOneof("mode") == "preset_speaker":
             speaker = message.preset_speaker.speaker

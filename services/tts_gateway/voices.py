@@ -8,6 +8,8 @@ Config file (TOML, or JSON with the same shape):
     tts_model = "piper_tts"            # Triton model
     speaker = "joe"                    # optional default preset speaker (else the model's first)
     language_code = "en-US"            # optional; else the model's `language_code` parameter
+    noise_scale = 0.667                # optional model controls, sent when the model declares the input
+    noise_w = 0.8                      # (0 and 0 make Piper deterministic)
 
     [voice.conversion]                 # optional default conversion; omit for none
     model = "world"                    # a model of the voice-conversion service (ListModels)
@@ -46,6 +48,7 @@ MODE_TO_PROTO: dict[str, int] = {
     MODE_INSTRUCT: tts_gateway_pb2.SYNTHESIS_MODE_INSTRUCT,
 }
 _CONVERSION_FIELDS = {f.name for f in conversion_pb2.ConversionSettings.DESCRIPTOR.fields}
+_NOISE_KEYS = ("noise_scale", "noise_w")  # Piper-style model controls a voice may fix
 
 
 class VoiceConfigError(ValueError):
@@ -60,6 +63,8 @@ class VoiceSpec:
     speaker: str = ""
     language_code: str = ""
     conversion: conversion_pb2.ConversionSettings | None = None
+    noise_scale: float | None = None
+    noise_w: float | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,7 @@ def parse_voice_specs(data: dict[str, Any]) -> list[VoiceSpec]:
         raise VoiceConfigError("the voices file needs at least one [[voice]] entry")
     specs: list[VoiceSpec] = []
     seen: set[str] = set()
-    allowed = {"name", "description", "tts_model", "speaker", "language_code", "conversion"}
+    allowed = {"name", "description", "tts_model", "speaker", "language_code", "conversion", *_NOISE_KEYS}
     for entry in entries:
         name = str(entry.get("name", "")).strip()
         if not name:
@@ -148,9 +153,16 @@ def parse_voice_specs(data: dict[str, Any]) -> list[VoiceSpec]:
                 speaker=str(entry.get("speaker", "")),
                 language_code=str(entry.get("language_code", "")),
                 conversion=_conversion_from_table(name, conversion) if conversion else None,
+                **{key: _noise(name, key, entry[key]) for key in _NOISE_KEYS if key in entry},
             )
         )
     return specs
+
+
+def _noise(voice: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 2.0:
+        raise VoiceConfigError(f"voice {voice!r}: {key} must be a number between 0 and 2, got {value!r}")
+    return float(value)
 
 
 def load_voice_specs(path: Path) -> list[VoiceSpec]:

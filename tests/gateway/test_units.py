@@ -105,6 +105,8 @@ def test_shipped_voices_file_parses() -> None:
         ({"voice": [{"name": "a", "tts_model": "m", "colour": "red"}]}, "unknown keys"),
         ({"voice": [{"name": "a", "tts_model": "m", "conversion": {"pitch": 1}}]}, "unknown conversion keys"),
         ({"voice": [{"name": "a", "tts_model": "m", "conversion": {"model": "w", "f0_method": "x"}}]}, "f0_method"),
+        ({"voice": [{"name": "a", "tts_model": "m", "noise_scale": 3}]}, "noise_scale must be a number between"),
+        ({"voice": [{"name": "a", "tts_model": "m", "noise_w": "loud"}]}, "noise_w must be a number between"),
     ],
 )
 def test_bad_voice_files_are_rejected_with_a_reason(data: dict, message: str) -> None:
