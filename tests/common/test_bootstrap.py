@@ -4,13 +4,11 @@ graceful shutdown. Uses the harness servicer in harness_server.py (the real serv
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -25,6 +23,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from services.common.errors import status_details
 from services.common.server import ServiceHost
 from tests.common.harness_server import build_host, make_parser
+from tests.fixtures.service_process import spawn_service
 from voice.v1 import audio_pb2, tts_gateway_pb2, tts_gateway_pb2_grpc
 
 GATEWAY_SERVICE = "voice.v1.TtsGatewayService"
@@ -210,22 +209,11 @@ async def test_health_watch_sees_not_serving_on_shutdown() -> None:
         await stopping
 
 
-def _spawn_harness(*extra: str) -> tuple[subprocess.Popen[str], dict[str, int]]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.common.harness_server", "--port", "0", "--metrics-port", "0", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if not line:
-        process.kill()
-        raise AssertionError(f"harness did not start: {process.stderr.read() if process.stderr else ''}")
-    return process, json.loads(line)
+def _spawn_harness(*extra: str) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    log_path = Path(tempfile.mkdtemp(prefix="harness-")) / "harness.log"
+    args = ["--port", "0", "--metrics-port", "0", *extra]
+    harness = spawn_service("tests.common.harness_server", args, log_path, "HARNESS_")
+    return harness.process, {"port": harness.port, "metrics_port": harness.metrics_port}
 
 
 def test_sigterm_lets_an_open_stream_finish() -> None:
