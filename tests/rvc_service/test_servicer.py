@@ -6,6 +6,7 @@ import asyncio
 import io
 import re
 import signal
+import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterable
@@ -371,17 +372,24 @@ def test_sigterm_lets_an_open_convert_stream_finish(tmp_path) -> None:
         with grpc.insecure_channel(service.address) as channel:
             stub = voice_conversion_pb2_grpc.VoiceConversionServiceStub(channel)
             sent_signal = []
+            stream_open = threading.Event()
 
             def messages():
                 yield config()
                 for i, message in enumerate(audio_messages(tone(2.0), piece=2000)):
                     if i == 4:
+                        # Only once the server is handling this call: a signal that beats the call's arrival would
+                        # test refusal of a new RPC, not the drain of an open one.
+                        assert stream_open.wait(30)
                         service.process.send_signal(signal.SIGTERM)  # mid-stream
                         sent_signal.append(True)
                         time.sleep(0.3)
                     yield message
 
-            chunks = list(stub.Convert(messages()))
+            call = stub.Convert(messages())
+            call.initial_metadata()  # the service sends x-request-id when it starts handling the call
+            stream_open.set()
+            chunks = list(call)
         assert sent_signal and chunks[-1].is_final
         assert chunks[-1].summary.audio_duration.ToNanoseconds() == pytest.approx(2.0e9, abs=0.5e9)
         assert service.process.wait(20) == 0
