@@ -7,6 +7,7 @@ BadRequest field violations, RetryInfo, PreconditionFailure or ResourceInfo alon
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 import grpc
@@ -17,6 +18,38 @@ from grpc_status import rpc_status
 
 FieldViolations = Sequence[tuple[str, str]]
 
+# Status messages and details travel in HTTP/2 trailers, which peers cap (16 KiB by default): a client value echoed
+# whole (a 10,000-character voice name) would turn a precise error into RESOURCE_EXHAUSTED "Stream removed".
+MAX_MESSAGE_CHARS = 1000
+MAX_DETAIL_CHARS = 400
+MAX_VIOLATIONS = 20
+ECHO_CHARS = 64
+
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][\w.+@-]+){2,}[/\\]?")
+_TRACE_MARKERS = ("Traceback", 'File "', "  at ")
+
+
+def upstream_message(text: str, limit: int = 300) -> str:
+    """What of an upstream's error text may reach a client: its first line, no tracebacks, no file paths.
+
+    The full text belongs in the server log (under the request id); clients get enough to act on.
+    """
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    first = next((line for line in lines if not line.startswith(_TRACE_MARKERS)), "")
+    for marker in _TRACE_MARKERS:
+        if marker in first:
+            first = first[: first.index(marker)].rstrip(" :,")
+    first = _PATH.sub("<path>", first)
+    return clip(first, limit) or "no details"
+
+
+def clip(value: str, limit: int = ECHO_CHARS) -> str:
+    """A client-supplied value shortened for echoing in an error message."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}…(+{len(value) - limit} chars)"
+
 
 class ServiceError(Exception):
     """An error that becomes a gRPC status with rich details."""
@@ -24,6 +57,7 @@ class ServiceError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str, *, details: Iterable[Message] = ()) -> None:
+        message = clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
         self.details = list(details)
@@ -48,7 +82,10 @@ class InvalidArgument(ServiceError):
     def __init__(self, violations: FieldViolations, message: str | None = None) -> None:
         if not violations:
             raise ValueError("InvalidArgument needs at least one field violation")
-        self.violations = list(violations)
+        self.violations = [
+            (clip(field, ECHO_CHARS * 2), clip(description, MAX_DETAIL_CHARS))
+            for field, description in violations[:MAX_VIOLATIONS]
+        ]
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
@@ -67,7 +104,9 @@ class NotFound(ServiceError):
         if resource_type or resource_name:
             details.append(
                 error_details_pb2.ResourceInfo(
-                    resource_type=resource_type, resource_name=resource_name, description=message
+                    resource_type=resource_type,
+                    resource_name=clip(resource_name),
+                    description=clip(message, MAX_DETAIL_CHARS),
                 )
             )
         super().__init__(message, details=details)
@@ -83,8 +122,10 @@ class FailedPrecondition(ServiceError):
             details.append(
                 error_details_pb2.PreconditionFailure(
                     violations=[
-                        error_details_pb2.PreconditionFailure.Violation(type=t, subject=s, description=d)
-                        for t, s, d in violations
+                        error_details_pb2.PreconditionFailure.Violation(
+                            type=t, subject=clip(s), description=clip(d, MAX_DETAIL_CHARS)
+                        )
+                        for t, s, d in violations[:MAX_VIOLATIONS]
                     ]
                 )
             )
@@ -158,6 +199,8 @@ __all__ = [
     "ServiceError",
     "Unauthenticated",
     "Unavailable",
+    "clip",
     "code_pb2",
     "status_details",
+    "upstream_message",
 ]

@@ -1,12 +1,21 @@
 """Server interceptor: auth, request-id logging context, per-RPC metrics and ServiceError -> rich status.
 
 One interceptor wraps every handler so that each RPC is counted exactly once with its final status code, whatever
-way it ends (returned, aborted, raised ServiceError, crashed, or cancelled by the client).
+way it ends (returned, aborted, raised ServiceError, crashed, or cancelled by the client). It also guards every RPC
+against what a client can do wrong without the handler noticing:
+
+* Request bytes that do not parse (garbage, invalid UTF-8 in a string field) become INVALID_ARGUMENT at once. gRPC's
+  own handling of a failing deserializer leaves a server-streaming call open forever, so the deserializer is wrapped
+  to hand over a marker instead of raising, and the marker is turned into the error where the handler would read it.
+* Response-streaming RPCs end with DEADLINE_EXCEEDED after `idle_timeout_s` without a client message or a response,
+  and after `max_stream_s` in all, so no stream holds a server slot forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import hmac
 import inspect
 import logging
@@ -17,7 +26,7 @@ from typing import Any
 import grpc
 
 from services.common import metrics
-from services.common.errors import ServiceError
+from services.common.errors import DeadlineExceeded, InvalidArgument, ServiceError
 from services.common.request_id import REQUEST_ID_METADATA_KEY, bind_request_id, current_request_id
 
 log = logging.getLogger(__name__)
@@ -41,6 +50,114 @@ def _split_method(full_method: str) -> tuple[str, str]:
     return service, method
 
 
+class Unparseable:
+    """Stands in for a request message whose bytes did not parse."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(
+            [
+                (
+                    "request",
+                    f"the message bytes are not a valid {self.type_name}: encode it from the voice.v1 .proto "
+                    "files, with valid UTF-8 in every string field",
+                )
+            ]
+        )
+
+
+def _tolerant_deserializer(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    owner = getattr(deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    type_name = getattr(descriptor, "full_name", "request message")
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # DecodeError, UnicodeDecodeError, RuntimeWarning-as-error: all mean "not parseable"
+            return Unparseable(type_name)
+
+    return parse
+
+
+class _Activity:
+    """When the RPC last moved: a client message arrived or a response left."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.monotonic()
+
+    def touch(self) -> None:
+        self.last = time.monotonic()
+
+
+async def _parsed_requests(requests: AsyncIterator[Any], activity: _Activity) -> AsyncIterator[Any]:
+    async for request in requests:
+        activity.touch()
+        if isinstance(request, Unparseable):
+            raise request.error()
+        yield request
+
+
+async def _watched(
+    responses: AsyncIterator[Any], activity: _Activity, *, idle_timeout_s: float | None, max_stream_s: float | None
+) -> AsyncIterator[Any]:
+    """Yield `responses`, ending with DEADLINE_EXCEEDED when the stream idles or runs too long.
+
+    Each step of the handler runs as a task (all steps in one context, so request-id bindings made by the handler
+    persist), which lets the timer cancel a handler parked on an upstream or on a silent client.
+    """
+    context = contextvars.copy_context()
+
+    async def step_once() -> Any:
+        return await responses.__anext__()
+
+    try:
+        while True:
+            step = asyncio.create_task(step_once(), context=context)
+            try:
+                while True:
+                    limits = []
+                    if idle_timeout_s is not None:
+                        limits.append(activity.last + idle_timeout_s)
+                    if max_stream_s is not None:
+                        limits.append(activity.started + max_stream_s)
+                    timeout = max(0.0, min(limits) - time.monotonic()) if limits else None
+                    done, _ = await asyncio.wait({step}, timeout=timeout)
+                    if done:
+                        break
+                    now = time.monotonic()
+                    if max_stream_s is not None and now >= activity.started + max_stream_s:
+                        raise DeadlineExceeded(
+                            f"the stream reached the server's limit of {max_stream_s:g} s; split the work into "
+                            "shorter calls"
+                        )
+                    if idle_timeout_s is not None and now >= activity.last + idle_timeout_s:
+                        raise DeadlineExceeded(
+                            f"the stream was idle for {idle_timeout_s:g} s (no request message and no response); "
+                            "send messages or close the stream sooner"
+                        )
+            except BaseException:
+                step.cancel()
+                with contextlib.suppress(BaseException):
+                    await step
+                raise
+            try:
+                message = step.result()
+            except StopAsyncIteration:
+                return
+            activity.touch()
+            yield message
+    finally:
+        with contextlib.suppress(BaseException):
+            await responses.aclose()  # type: ignore[attr-defined]
+
+
 async def abort_with_service_error(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
     status = error.to_grpc_status()
     await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
@@ -59,6 +176,10 @@ class _CallObserver:
         self.token = bind_request_id(request_id if isinstance(request_id, str) and request_id else "-")
         metrics.RPC_STARTED.labels(service, method, rpc_type).inc()
 
+    @property
+    def request_id(self) -> str:
+        return current_request_id.get()
+
     async def fail(self, exc: BaseException) -> None:
         """Translate an exception escaping the handler into a status; re-raises as gRPC expects."""
         if isinstance(exc, ServiceError):
@@ -72,7 +193,10 @@ class _CallObserver:
             raise exc
         log.exception("unhandled error in %s/%s", self.service, self.method, exc_info=exc)
         self.code = grpc.StatusCode.INTERNAL
-        await self.context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see server logs")
+        await self.context.abort(
+            grpc.StatusCode.INTERNAL,
+            f"internal error; the server log has the details under request id {self.request_id}",
+        )
 
     def finish(self) -> None:
         code = self.code or self.context.code() or grpc.StatusCode.OK
@@ -93,8 +217,16 @@ class _CallObserver:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, *, auth_token: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        auth_token: str | None = None,
+        idle_timeout_s: float | None = None,
+        max_stream_s: float | None = None,
+    ) -> None:
         self._auth_token = auth_token.encode() if auth_token else None
+        self._idle_timeout_s = idle_timeout_s if idle_timeout_s and idle_timeout_s > 0 else None
+        self._max_stream_s = max_stream_s if max_stream_s and max_stream_s > 0 else None
 
     def _authorized(self, details: grpc.HandlerCallDetails, service: str) -> bool:
         if self._auth_token is None or service in AUTH_EXEMPT_SERVICES:
@@ -116,18 +248,28 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         service, method = _split_method(handler_call_details.method)
         rpc_type = _rpc_type(handler)
         behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-        if not self._authorized(handler_call_details, service):
+        authorized = self._authorized(handler_call_details, service)
+        if not authorized:
             behavior = _unauthenticated_behavior(handler.response_streaming)
+
+        request_streaming = handler.request_streaming
+        idle_timeout_s, max_stream_s = self._idle_timeout_s, self._max_stream_s
 
         if handler.response_streaming:
 
             async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 call = _CallObserver(service, method, rpc_type, context)
                 sent = metrics.STREAM_MESSAGES_SENT.labels(service, method)
+                activity = _Activity()
                 try:
+                    if request_streaming:
+                        request = _parsed_requests(request, activity)
+                    elif authorized and isinstance(request, Unparseable):
+                        raise request.error()
                     result = behavior(request, context)
                     if inspect.isasyncgen(result):
-                        async for message in result:
+                        watched = _watched(result, activity, idle_timeout_s=idle_timeout_s, max_stream_s=max_stream_s)
+                        async for message in watched:
                             sent.inc()
                             yield message
                     else:
@@ -143,6 +285,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 call = _CallObserver(service, method, rpc_type, context)
                 try:
+                    if request_streaming:
+                        request = _parsed_requests(request, _Activity())
+                    elif authorized and isinstance(request, Unparseable):
+                        raise request.error()
                     return await behavior(request, context)
                 except BaseException as exc:
                     await call.fail(exc)
@@ -159,7 +305,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         }[rpc_type]
         return factory(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant_deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 

@@ -47,6 +47,8 @@ class ServerOptions:
     tls_client_ca: Path | None = None
     auth_token: str | None = None
     max_concurrent_rpcs: int | None = None
+    stream_idle_timeout: float = 60.0
+    max_stream_duration: float = 3600.0
     log_level: str = "INFO"
     log_format: str = "json"
 
@@ -70,6 +72,19 @@ def add_server_arguments(parser: EnvArgumentParser, *, port: int, metrics_port: 
         help="when set, every RPC except health checks needs metadata 'authorization: Bearer <token>'",
     )
     parser.add_option("--max-concurrent-rpcs", type=int, default=None, help="hard cap on concurrent RPCs (gRPC core)")
+    parser.add_option(
+        "--stream-idle-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a streaming RPC may go without a request message or a response before it ends with "
+        "DEADLINE_EXCEEDED (0 off)",
+    )
+    parser.add_option(
+        "--max-stream-duration",
+        type=float,
+        default=3600.0,
+        help="seconds a streaming RPC may last in all before it ends with DEADLINE_EXCEEDED (0 off)",
+    )
     parser.add_option("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
     parser.add_option("--log-format", default="json", choices=["json", "text"], help="log line format")
 
@@ -140,7 +155,13 @@ class ServiceHost:
         o = self.options
         limit = o.max_message_mb * MiB
         server = grpc.aio.server(
-            interceptors=[ServerInterceptor(auth_token=o.auth_token)],
+            interceptors=[
+                ServerInterceptor(
+                    auth_token=o.auth_token,
+                    idle_timeout_s=o.stream_idle_timeout,
+                    max_stream_s=o.max_stream_duration,
+                )
+            ],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.channels import add_upstream_credential_options, credentials_from_args
 from services.common.server import (
     EnvArgumentParser,
     ServiceHost,
@@ -15,6 +16,7 @@ from services.common.server import (
     init_service_logging,
     server_options_from_args,
 )
+from services.tts_gateway.admission import RealTimeAdmission
 from services.tts_gateway.rvc_client import RvcClient
 from services.tts_gateway.servicer import TtsGatewayServicer
 from services.tts_gateway.stats import LatencyWindows
@@ -35,9 +37,25 @@ def make_parser() -> EnvArgumentParser:
     add_server_arguments(parser, port=50051, metrics_port=9101)
     parser.add_option("--triton-url", default="127.0.0.1:8001", help="Triton gRPC address (host:port)")
     parser.add_option("--rvc-url", default="127.0.0.1:50052", help="voice-conversion service gRPC address")
+    # Per-upstream credentials: bearer token, TLS with an own CA, mTLS client certificate, server-name override.
+    add_upstream_credential_options(parser, "triton", "Triton")
+    add_upstream_credential_options(parser, "rvc", "the voice-conversion service")
     parser.add_option("--voices", type=Path, default=DEFAULT_VOICES_PATH, help="voices file (TOML or JSON)")
     parser.add_option(
         "--max-concurrent-streams", type=int, default=32, help="streams served at once; more get RESOURCE_EXHAUSTED"
+    )
+    parser.add_option(
+        "--admission-target-load",
+        type=float,
+        default=0.8,
+        help="admit a stream only while the measured model predicts every admitted stream produces audio in at most "
+        "this many seconds per second of audio (below 1 keeps headroom); 0 turns real-time admission off",
+    )
+    parser.add_option(
+        "--admission-cold-start-streams",
+        type=int,
+        default=2,
+        help="streams of a voice admitted at once before its real-time cost has been measured",
     )
     parser.add_option("--max-text-chars", type=int, default=5000, help="longest Synthesize text")
     parser.add_option(
@@ -61,8 +79,8 @@ class Gateway:
 def build_gateway(args: argparse.Namespace) -> Gateway:
     host = ServiceHost("tts_gateway", server_options_from_args(args))
     catalog = VoiceCatalog(load_voice_specs(args.voices))
-    triton = TritonTts(args.triton_url)
-    rvc = RvcClient(args.rvc_url)
+    triton = TritonTts(args.triton_url, credentials_from_args(args, "triton"))
+    rvc = RvcClient(args.rvc_url, credentials_from_args(args, "rvc"))
     limits = Limits(
         max_text_chars=args.max_text_chars,
         max_stream_text_chars=args.max_stream_text_chars,
@@ -82,6 +100,11 @@ def build_gateway(args: argparse.Namespace) -> Gateway:
         monitor=monitor,
         windows=LatencyWindows(),
         max_concurrent_streams=args.max_concurrent_streams,
+        admission=RealTimeAdmission(
+            target_load=args.admission_target_load or 1.0,
+            cold_start_streams=args.admission_cold_start_streams,
+            enabled=args.admission_target_load > 0,
+        ),
     )
     host.add_service(
         SERVICE_NAME, lambda server: tts_gateway_pb2_grpc.add_TtsGatewayServiceServicer_to_server(servicer, server)

@@ -32,6 +32,9 @@ from voice.v1 import audio_pb2, conversion_pb2
 T = TypeVar("T")
 PIPE_DEPTH = 4  # blocks buffered between two stages; each is at most one sentence of audio
 MAX_CHUNK_SECONDS = 0.5  # output chunks are cut to at most this much audio, for smooth client playback
+# No chunk but a stream's last is shorter than this: slivers cost a message each and help no player. Audio is split
+# into equal parts instead (0.5 s + 1 ms becomes two chunks of 0.25 s) and a tiny block waits for the next one.
+MIN_CHUNK_SECONDS = 0.02
 # Converted audio within this much of a segment's end counts as the whole segment (SOLA may trim a few ms).
 _CONVERSION_SLACK_S = 0.05
 
@@ -149,6 +152,8 @@ class SynthesisPipeline:
         self._pipes: list[Pipe[Block] | Pipe[str]] = [self.pieces, self._tts_out, self._conv_out]
         self.totals = Totals()
         self.on_first_audio: Callable[[float], None] | None = None
+        self.audio_seconds = 0.0  # audio handed out so far
+        self.streamed_input = False  # text arrives over time (StreamingSynthesize): waiting for it is not work
 
     # ---- stages ----------------------------------------------------------------------------------------------
 
@@ -209,9 +214,22 @@ class SynthesisPipeline:
         bounds: list[tuple[int, str, float]] = []
         texts: dict[int, str] = {}
         state = {"sent": 0, "busy_since": None}
+
+        async def read_all() -> None:
+            # A failed conversion call must fail the request now, not when the writer next looks at the reader: the
+            # writer may be waiting on Triton (which would go on synthesizing for a dead stream) or writing into a
+            # call that has already ended.
+            try:
+                await self._conversion_reader(session, bounds, texts, state)
+            except (asyncio.CancelledError, PipeClosed):
+                raise
+            except BaseException as exc:
+                await self.fail(exc)
+                raise
+
         try:
             await session.start()
-            reader = asyncio.create_task(self._conversion_reader(session, bounds, texts, state))
+            reader = asyncio.create_task(read_all())
             try:
                 async for block in self._tts_out:
                     texts.setdefault(block.segment, block.text)
@@ -285,6 +303,8 @@ class SynthesisPipeline:
         segment = 0
         text = ""
         max_samples = int(MAX_CHUNK_SECONDS * plan.output_rate)
+        min_samples = max(1, int(MIN_CHUNK_SECONDS * plan.output_rate))
+        held = np.zeros(0, dtype=np.float32)  # resampled audio too short for a chunk of its own yet
 
         def make_chunk(data: bytes, samples: int, final: bool) -> audio_pb2.AudioChunk:
             nonlocal sequence, emitted, last_segment
@@ -303,6 +323,7 @@ class SynthesisPipeline:
                 last_segment = segment
             sequence += 1
             emitted += samples
+            self.audio_seconds = emitted / plan.output_rate
             return chunk
 
         def note_first_audio() -> None:
@@ -317,8 +338,13 @@ class SynthesisPipeline:
                     continue
                 segment, text = block.segment, block.text
                 out = resampler.process(block.audio)
-                for start in range(0, out.size, max_samples):
-                    part = out[start : start + max_samples]
+                if held.size:
+                    out = np.concatenate((held, out))
+                if out.size < min_samples:
+                    held = out
+                    continue
+                held = np.zeros(0, dtype=np.float32)
+                for part in np.array_split(out, -(-out.size // max_samples)):
                     pending_bytes += encoder.encode(part)
                     if not pending_bytes:
                         continue  # Opus holds back partial frames; their samples ride on a later chunk
@@ -328,7 +354,7 @@ class SynthesisPipeline:
                     if samples:
                         note_first_audio()
                     yield chunk
-            pending_bytes += encoder.encode(resampler.flush())
+            pending_bytes += encoder.encode(np.concatenate((held, resampler.flush())))
             pending_bytes += encoder.finish()
             samples = encoder.samples_encoded - emitted
             final = make_chunk(pending_bytes, samples, True)

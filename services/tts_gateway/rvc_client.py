@@ -8,6 +8,7 @@ import time
 import grpc
 import numpy as np
 
+from services.common.channels import UpstreamCredentials, open_channel
 from services.common.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -17,6 +18,7 @@ from services.common.errors import (
     ResourceExhausted,
     ServiceError,
     Unavailable,
+    upstream_message,
 )
 from services.tts_gateway.triton_client import UPSTREAM_CHANNEL_OPTIONS
 from voice.v1 import audio_pb2, conversion_pb2, voice_conversion_pb2, voice_conversion_pb2_grpc
@@ -29,9 +31,12 @@ _SAMPLES_PER_MESSAGE = MAX_AUDIO_MESSAGE_BYTES // 4
 class RvcClient:
     """One gRPC channel (keepalive, fast reconnect) to the conversion service, shared by all requests."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, credentials: UpstreamCredentials | None = None) -> None:
         self.url = url
-        self.channel = grpc.aio.insecure_channel(url, options=UPSTREAM_CHANNEL_OPTIONS)
+        self.upstream = open_channel("voice conversion service", url, UPSTREAM_CHANNEL_OPTIONS, credentials)
+        self.channel = self.upstream.channel
+        # The token as metadata on a plaintext channel (with TLS it rides as call credentials): every call adds it.
+        self.call_metadata = self.upstream.call_metadata
         self.stub = voice_conversion_pb2_grpc.VoiceConversionServiceStub(self.channel)
 
     def unavailable(self, detail: str) -> Unavailable:
@@ -39,9 +44,11 @@ class RvcClient:
 
     def map_error(self, exc: grpc.aio.AioRpcError) -> ServiceError:
         """Translate the service's status into ours, saying that it came from voice conversion."""
-        code, detail = exc.code(), exc.details() or exc.code().name
+        code, detail = exc.code(), upstream_message(exc.details() or exc.code().name)
         if code == grpc.StatusCode.CANCELLED:
             raise exc
+        if refused := self.upstream.refused(exc):
+            return refused
         if code == grpc.StatusCode.UNAVAILABLE:
             return self.unavailable(detail)
         message = f"voice conversion: {detail}"
@@ -60,14 +67,18 @@ class RvcClient:
     async def probe(self) -> str:
         """The service's version if it answers GetStatus; raises Unavailable otherwise."""
         try:
-            status = await self.stub.GetStatus(voice_conversion_pb2.VoiceConversionServiceGetStatusRequest(), timeout=2)
+            status = await self.stub.GetStatus(
+                voice_conversion_pb2.VoiceConversionServiceGetStatusRequest(), timeout=2, metadata=self.call_metadata
+            )
         except grpc.aio.AioRpcError as exc:
-            raise self.unavailable(exc.details() or exc.code().name) from None
+            raise (self.upstream.refused(exc) or self.unavailable(exc.details() or exc.code().name)) from None
         return status.version
 
     async def list_models(self) -> list[voice_conversion_pb2.ModelInfo]:
         try:
-            response = await self.stub.ListModels(voice_conversion_pb2.ListModelsRequest(), timeout=5)
+            response = await self.stub.ListModels(
+                voice_conversion_pb2.ListModelsRequest(), timeout=5, metadata=self.call_metadata
+            )
         except grpc.aio.AioRpcError as exc:
             raise self.map_error(exc) from None
         return list(response.models)
@@ -105,7 +116,7 @@ class ConvertSession:
             ),
         )
         self._call: grpc.aio.StreamStreamCall | None = None
-        self._metadata = (("x-request-id", request_id),)
+        self._metadata = (*owner.call_metadata, ("x-request-id", request_id))
         self.opened_s = 0.0
 
     async def _ensure_open(self) -> grpc.aio.StreamStreamCall:

@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 from google.protobuf import duration_pb2
 
-from services.common.errors import InvalidArgument, ResourceExhausted, ServiceError, Unavailable
+from services.common.errors import Internal, InvalidArgument, ResourceExhausted, ServiceError, Unavailable
 from services.tts_gateway import stats
+from services.tts_gateway.admission import RealTimeAdmission
 from services.tts_gateway.pipeline import SynthesisPipeline, SynthesisPlan
 from services.tts_gateway.rvc_client import RvcClient
-from services.tts_gateway.text import MAX_PIECE_CHARS, IncrementalSplitter, split_text
+from services.tts_gateway.text import MAX_PIECE_CHARS, IncrementalSplitter, first_control_character, split_text
 from services.tts_gateway.triton_client import TritonTts
 from services.tts_gateway.upstreams import UpstreamMonitor
 from services.tts_gateway.validation import RequestValidator
@@ -38,6 +39,7 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         monitor: UpstreamMonitor,
         windows: stats.LatencyWindows,
         max_concurrent_streams: int,
+        admission: RealTimeAdmission | None = None,
     ) -> None:
         self.catalog = catalog
         self.validator = validator
@@ -46,16 +48,17 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         self.monitor = monitor
         self.windows = windows
         self.max_streams = max_concurrent_streams
+        self.admission = admission or RealTimeAdmission(enabled=False)
         self.active = 0
         self.started = time.monotonic()
 
     # ---- helpers -----------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _admission(self) -> Iterator[None]:
-        """Count the stream, or refuse it at once when the limit is reached."""
+    def _slot(self) -> Iterator[None]:
+        """Count the call, or refuse it at once when the hard limit of concurrent streams is reached."""
         if self.active >= self.max_streams:
-            stats.REJECTED.inc()
+            stats.REJECTED.labels("max_streams").inc()
             raise ResourceExhausted(
                 f"the gateway is serving its limit of {self.max_streams} concurrent streams; retry shortly",
                 retry_after_s=0.5,
@@ -67,6 +70,33 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         finally:
             self.active -= 1
             stats.ACTIVE_STREAMS.dec()
+
+    @contextlib.asynccontextmanager
+    async def _real_time_admission(self, pipeline: SynthesisPipeline) -> AsyncIterator[None]:
+        """Admit the planned stream only if every admitted stream stays real time with it; teach the estimator
+        from how the stream went."""
+        voice = pipeline.plan.voice.name
+        decision, ticket = self.admission.try_admit(voice, time.monotonic())
+        stats.observe_admission(self.admission)
+        if ticket is None:
+            stats.REJECTED.labels("real_time_capacity").inc()
+            raise ResourceExhausted(decision.reason, retry_after_s=decision.retry_after_s)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            totals = pipeline.totals
+            audio_s = pipeline.audio_seconds if ok else 0.0
+            busy = None if pipeline.streamed_input else totals.tts_s + totals.conversion_s
+            self.admission.finish(ticket, time.monotonic(), audio_s=audio_s, busy_s=busy)
+            stats.observe_admission(self.admission)
+
+    def _check_available(self, plan: SynthesisPlan) -> None:
+        """Fail fast with UNAVAILABLE when an upstream this request needs is down now."""
+        reason = self.monitor.unavailable_reason(plan.voice, converted=plan.conversion is not None)
+        if reason:
+            raise Unavailable(f"voice {plan.voice.name!r} is unavailable now: {reason}", retry_after_s=1.0)
 
     def _require_voices(self) -> None:
         if not self.catalog.resolved:
@@ -121,22 +151,24 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
     async def Synthesize(
         self, request: tts_gateway_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[audio_pb2.AudioChunk]:
-        with self._admission():
+        with self._slot():
             self._require_voices()
             plan = await self.validator.plan(request, text_field="text")
+            self._check_available(plan)
             pipeline = self._pipeline(plan)
-            for piece in split_text(request.text, max_chars=self._piece_limit(plan)):
-                await pipeline.pieces.put(piece)
-            await pipeline.pieces.close()
-            async for chunk in self._stream(pipeline, context):
-                yield chunk
+            async with self._real_time_admission(pipeline):
+                for piece in split_text(request.text, max_chars=self._piece_limit(plan)):
+                    await pipeline.pieces.put(piece)
+                await pipeline.pieces.close()
+                async for chunk in self._stream(pipeline, context):
+                    yield chunk
 
     async def StreamingSynthesize(
         self,
         request_iterator: AsyncIterator[tts_gateway_pb2.StreamingSynthesizeRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[audio_pb2.AudioChunk]:
-        with self._admission():
+        with self._slot():
             self._require_voices()
             first = None
             async for message in request_iterator:
@@ -145,15 +177,18 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
             if first is None or first.WhichOneof("request") != "config":
                 raise InvalidArgument([("config", "the first message must carry the config")])
             plan = await self.validator.plan(first.config, text_field=None)
+            self._check_available(plan)
             pipeline = self._pipeline(plan)
-            reader = asyncio.create_task(self._read_text(request_iterator, pipeline))
-            try:
-                async for chunk in self._stream(pipeline, context):
-                    yield chunk
-            finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
+            pipeline.streamed_input = True
+            async with self._real_time_admission(pipeline):
+                reader = asyncio.create_task(self._read_text(request_iterator, pipeline))
+                try:
+                    async for chunk in self._stream(pipeline, context):
+                        yield chunk
+                finally:
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await reader
 
     async def _read_text(
         self, request_iterator: AsyncIterator[tts_gateway_pb2.StreamingSynthesizeRequest], pipeline: SynthesisPipeline
@@ -168,6 +203,11 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
                 if kind == "config":
                     raise InvalidArgument([("config", "must be sent only once, on the first message")])
                 if kind == "text":
+                    bad = first_control_character(message.text)
+                    if bad is not None:
+                        raise InvalidArgument(
+                            [("text", f"contains control character U+{ord(message.text[bad]):04X}; remove it")]
+                        )
                     if not got_text and message.text.strip():
                         got_text = True
                         pipeline.started_at = time.perf_counter()  # TTFA counts from the first text
@@ -185,14 +225,31 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
             await pipeline.pieces.close()
         except ServiceError as exc:
             await pipeline.fail(exc)
+        except asyncio.CancelledError:
+            raise
         except grpc.aio.AioRpcError:
             pass  # the client went away; the call's cancellation ends the pipeline
+        except Exception as exc:  # anything else must still end the call, never leave it waiting for text
+            log.exception("reading the text stream failed")
+            await pipeline.fail(Internal(f"reading the text stream failed (request id {pipeline.plan.request_id})"))
+            raise exc
 
     async def ListVoices(
         self, request: tts_gateway_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
     ) -> tts_gateway_pb2.ListVoicesResponse:
         self._require_voices()
-        return tts_gateway_pb2.ListVoicesResponse(voices=self.catalog.listing(request.language_code))
+        voices = self.catalog.listing(request.language_code)
+        for voice in voices:
+            self._annotate(voice)
+        return tts_gateway_pb2.ListVoicesResponse(voices=voices)
+
+    def _annotate(self, voice: tts_gateway_pb2.Voice) -> tts_gateway_pb2.Voice:
+        reason = self.monitor.unavailable_reason(
+            self.catalog.get(voice.name), converted=voice.HasField("default_conversion")
+        )
+        voice.available = not reason
+        voice.unavailable_reason = reason
+        return voice
 
     async def GetStatus(
         self, request: tts_gateway_pb2.TtsGatewayServiceGetStatusRequest, context: grpc.aio.ServicerContext
@@ -206,4 +263,23 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
             active_streams=self.active,
             max_concurrent_streams=self.max_streams,
             stage_latencies=self.windows.snapshot(),
+            voices=self._voice_statuses(),
         )
+
+    def _voice_statuses(self) -> list[tts_gateway_pb2.VoiceStatus]:
+        if not self.catalog.resolved:
+            return []
+        active = self.admission.active_by_voice()
+        out = []
+        for voice in self.catalog.listing():
+            self._annotate(voice)
+            out.append(
+                tts_gateway_pb2.VoiceStatus(
+                    name=voice.name,
+                    available=voice.available,
+                    unavailable_reason=voice.unavailable_reason,
+                    active_streams=active.get(voice.name, 0),
+                    estimated_capacity_streams=self.admission.capacity_streams(voice.name) or 0,
+                )
+            )
+        return out

@@ -9,6 +9,7 @@ import numpy as np
 from google.protobuf import duration_pb2
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.tts_gateway.admission import RealTimeAdmission
 from voice.v1 import tts_gateway_pb2
 
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
@@ -35,7 +36,32 @@ STREAMS = Counter("tts_gateway_streams_total", "Synthesis streams by voice and f
 ERRORS = Counter("tts_gateway_errors_total", "Failed synthesis streams by voice and status code.", ["voice", "code"])
 AUDIO_SECONDS = Counter("tts_gateway_audio_seconds_total", "Seconds of audio streamed to clients.", ["voice"])
 UPSTREAM_UP = Gauge("tts_gateway_upstream_up", "1 while the last probe of an upstream succeeded.", ["upstream"])
-REJECTED = Counter("tts_gateway_rejected_total", "Streams refused by admission control.")
+REJECTED = Counter(
+    "tts_gateway_rejected_total",
+    "Streams refused by admission control, by reason (max_streams: the hard cap; real_time_capacity: serving one "
+    "more would push admitted streams below real time).",
+    ["reason"],
+)
+ADMISSION_COST = Gauge(
+    "tts_gateway_admission_cost",
+    "Measured production seconds per audio second, per concurrent stream, by voice (the real-time capacity model).",
+    ["voice"],
+)
+ADMISSION_CAPACITY = Gauge(
+    "tts_gateway_admission_capacity_streams", "Streams of one voice alone the gateway admits now.", ["voice"]
+)
+ADMISSION_LOAD = Gauge(
+    "tts_gateway_admission_load",
+    "Predicted production seconds per audio second of the slowest admitted voice at the current load (limit: the "
+    "target load).",
+)
+
+
+def observe_admission(admission: RealTimeAdmission) -> None:
+    for voice, cost in admission.cost.items():
+        ADMISSION_COST.labels(voice).set(cost)
+        ADMISSION_CAPACITY.labels(voice).set(admission.capacity_streams(voice) or 0)
+    ADMISSION_LOAD.set(admission.predicted_load())
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

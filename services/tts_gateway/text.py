@@ -7,6 +7,7 @@ whole sentences, with over-long sentences cut at clause or word boundaries so no
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # Words whose trailing period does not end a sentence.
 _ABBREVIATIONS = frozenset(
@@ -39,6 +40,22 @@ _WHITESPACE = re.compile(r"\s+")
 
 FIRST_PIECE_CHARS = 60  # longer first sentences are cut near here (about 0.6-1 s of speech at 15 chars/s)
 MAX_PIECE_CHARS = 400  # longer sentences are cut at clause, then word boundaries
+
+
+_ALLOWED_CONTROLS = frozenset("\t\n\r")
+
+
+def first_control_character(text: str) -> int | None:
+    """Index of the first control character other than tab and line breaks (NUL, ESC, ...), or None."""
+    for index, char in enumerate(text):
+        if char not in _ALLOWED_CONTROLS and unicodedata.category(char) == "Cc":
+            return index
+    return None
+
+
+def is_pronounceable(text: str) -> bool:
+    """True when the text holds a letter or a digit: something a TTS model can say (not only emoji or punctuation)."""
+    return any(unicodedata.category(char)[0] in "LN" for char in text)
 
 
 def normalize(text: str) -> str:
@@ -124,7 +141,7 @@ def split_sentences(text: str, *, max_chars: int = MAX_PIECE_CHARS) -> list[str]
 
 def split_text(text: str, *, max_chars: int = MAX_PIECE_CHARS, first_chars: int = FIRST_PIECE_CHARS) -> list[str]:
     """Pieces to synthesize in order: sentences, with the first one cut short when it is long."""
-    pieces = split_sentences(text, max_chars=max_chars)
+    pieces = [p for p in split_sentences(text, max_chars=max_chars) if is_pronounceable(p)]
     if pieces:
         pieces[:1] = shorten_first(pieces[0], first_chars)
     return pieces
@@ -150,7 +167,7 @@ class IncrementalSplitter:
             piece = normalize(piece)
             if not piece:
                 continue
-            parts = cut_long(piece, self.max_chars)
+            parts = [p for p in cut_long(piece, self.max_chars) if is_pronounceable(p)]
             if self._emitted == 0 and parts:
                 parts[:1] = shorten_first(parts[0], self.first_chars)
             self._emitted += len(parts)

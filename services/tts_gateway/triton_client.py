@@ -8,6 +8,7 @@ per piece.
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -18,7 +19,10 @@ import numpy as np
 from google.protobuf.json_format import MessageToDict
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from services.common.errors import Internal, ServiceError, Unavailable
+from services.common.channels import UpstreamCredentials, open_channel
+from services.common.errors import Internal, ServiceError, Unavailable, upstream_message
+
+log = logging.getLogger(__name__)
 
 # Modes as the models' `supported_modes` parameter names them.
 MODE_PRESET = "preset_speaker"
@@ -169,9 +173,12 @@ class TritonTts:
     complete, and owning the channel lets us set its keepalive and reconnect options.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, credentials: UpstreamCredentials | None = None) -> None:
         self.url = url
-        self.channel = grpc.aio.insecure_channel(url, options=TRITON_CHANNEL_OPTIONS)
+        self.upstream = open_channel("Triton", url, TRITON_CHANNEL_OPTIONS, credentials)
+        self.channel = self.upstream.channel
+        # The token as metadata on a plaintext channel (with TLS it rides as call credentials): every call adds it.
+        self.call_metadata = self.upstream.call_metadata
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
 
     def unavailable(self, detail: str) -> Unavailable:
@@ -180,18 +187,26 @@ class TritonTts:
     async def probe(self) -> str:
         """Server version if Triton is live and ready; raises otherwise."""
         try:
-            ready = await self.stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=2.0)
+            ready = await self.stub.ServerReady(
+                service_pb2.ServerReadyRequest(), timeout=2.0, metadata=self.call_metadata
+            )
             if not ready.ready:
                 raise self.unavailable("server not ready")
-            metadata = await self.stub.ServerMetadata(service_pb2.ServerMetadataRequest(), timeout=2.0)
+            metadata = await self.stub.ServerMetadata(
+                service_pb2.ServerMetadataRequest(), timeout=2.0, metadata=self.call_metadata
+            )
         except grpc.aio.AioRpcError as exc:
-            raise self.unavailable(exc.details() or exc.code().name) from None
+            raise (self.upstream.refused(exc) or self.unavailable(exc.details() or exc.code().name)) from None
         return metadata.version
 
     async def model_info(self, model: str) -> TtsModelInfo:
         try:
-            response = await self.stub.ModelConfig(service_pb2.ModelConfigRequest(name=model), timeout=5.0)
+            response = await self.stub.ModelConfig(
+                service_pb2.ModelConfigRequest(name=model), timeout=5.0, metadata=self.call_metadata
+            )
         except grpc.aio.AioRpcError as exc:
+            if refused := self.upstream.refused(exc):
+                raise refused from None
             raise self.unavailable(f"model {model}: {exc.details() or exc.code().name}") from None
         return parse_model_config(MessageToDict(response.config, preserving_proto_field_name=True))
 
@@ -209,7 +224,7 @@ class TtsSession:
         self.owner = owner
         self.model = model
         self.request_id = request_id
-        self.metadata = (("x-request-id", request_id),)
+        self.metadata = (*owner.call_metadata, ("x-request-id", request_id))
         self._call: grpc.aio.StreamStreamCall | None = None
         self._unary: grpc.aio.UnaryUnaryCall | None = None
         self.busy_s = 0.0
@@ -217,9 +232,18 @@ class TtsSession:
     def _map_error(self, exc: grpc.aio.AioRpcError) -> ServiceError:
         if exc.code() == grpc.StatusCode.CANCELLED:
             raise exc
+        if refused := self.owner.upstream.refused(exc):
+            return refused
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            return self.owner.unavailable(exc.details() or exc.code().name)
-        return Internal(f"triton model {self.model.name} failed: {exc.code().name}: {exc.details()}")
+            return self.owner.unavailable(upstream_message(exc.details() or exc.code().name))
+        return self._model_error(f"{exc.code().name}: {exc.details()}")
+
+    def _model_error(self, detail: str) -> ServiceError:
+        """The model failed: the whole text goes to our log, a short one without paths or tracebacks to the client."""
+        log.error("triton model %s failed for request %s: %s", self.model.name, self.request_id, detail)
+        return Internal(
+            f"triton model {self.model.name} failed: {upstream_message(detail)} (request id {self.request_id})"
+        )
 
     async def synthesize(
         self, text: str, inputs: TtsInputs, *, playback_ahead_s: float | None = None
@@ -265,7 +289,7 @@ class TtsSession:
                 if response is grpc.aio.EOF:
                     raise self.owner.unavailable("stream ended before the final response")
                 if response.error_message:
-                    raise Internal(f"triton model {self.model.name} failed: {response.error_message}")
+                    raise self._model_error(response.error_message)
                 infer = response.infer_response
                 audio = _waveform(infer)
                 if audio.size:

@@ -1,7 +1,9 @@
-"""Background probe loop: upstream health for GetStatus, metrics and the gateway's grpc.health status.
+"""Background probe loop: upstream health for GetStatus, metrics, per-voice availability and grpc.health.
 
-While Triton or the conversion service is down, the gateway service reports NOT_SERVING; it flips back when the
-probe succeeds again, without a restart. The voice catalogue is (re)resolved from Triton whenever it is incomplete.
+A voice is available while every upstream it needs answers: Triton for all, the conversion service for a voice with
+a default conversion. The gateway service reports SERVING while at least one voice is available (a conversion
+outage leaves the plain voices in rotation) and NOT_SERVING only when none is. Everything flips back when the probe
+succeeds again, without a restart. The voice catalogue is (re)resolved from Triton whenever it is incomplete.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from services.tts_gateway.rvc_client import UPSTREAM_NAME as RVC_NAME
 from services.tts_gateway.rvc_client import RvcClient
 from services.tts_gateway.stats import UPSTREAM_UP
 from services.tts_gateway.triton_client import TritonTts
-from services.tts_gateway.voices import VoiceCatalog, VoiceConfigError
+from services.tts_gateway.voices import Voice, VoiceCatalog, VoiceConfigError
 from voice.v1 import tts_gateway_pb2
 
 log = logging.getLogger(__name__)
@@ -88,10 +90,26 @@ class UpstreamMonitor:
             except (ServiceError, VoiceConfigError, ValueError) as exc:
                 self.catalog_error = getattr(exc, "message", "") or str(exc)
                 log.error("cannot resolve voices from Triton: %s", self.catalog_error)
-        serving = all(s.serving for s in self.states.values()) and self.catalog.resolved
+        serving = self.catalog.resolved and any(
+            not self.unavailable_reason(voice, converted=voice.spec.conversion is not None)
+            for voice in self.catalog.voices.values()
+        )
         if serving != self._serving:
             self._serving = serving
             await self._set_serving(serving)
+
+    def unavailable_reason(self, voice: Voice, *, converted: bool) -> str:
+        """Why `voice` cannot be served now (empty when it can); `converted`: the request goes through conversion."""
+        triton = self.states[TRITON_NAME]
+        if not triton.serving:
+            return f"Triton at {triton.target} is unreachable ({triton.last_error})"
+        rvc = self.states[RVC_NAME]
+        if converted and not rvc.serving:
+            return (
+                f"its voice conversion service at {rvc.target} is unreachable ({rvc.last_error}); "
+                "set disable_conversion to hear the unconverted voice"
+            )
+        return ""
 
     async def _loop(self) -> None:
         while True:

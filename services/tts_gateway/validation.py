@@ -16,6 +16,7 @@ from services.common.audio import AudioDecodeError, decode_audio, resample, reso
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.request_id import resolve_request_id
 from services.tts_gateway.pipeline import SynthesisPlan
+from services.tts_gateway.text import first_control_character, is_pronounceable
 from services.tts_gateway.triton_client import (
     MODE_CROSS_LINGUAL,
     MODE_INSTRUCT,
@@ -87,6 +88,16 @@ class ReferenceCache:
             self._items.move_to_end((key, rate))
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
+
+
+def text_violations(text: str, field: str) -> list[tuple[str, str]]:
+    """Text a TTS model cannot speak: control characters (NUL, ESC, ...) or nothing but symbols and punctuation."""
+    index = first_control_character(text)
+    if index is not None:
+        return [(field, f"contains control character U+{ord(text[index]):04X} at offset {index}; remove it")]
+    if not is_pronounceable(text):
+        return [(field, "has nothing to speak: it needs at least one letter or digit (not only emoji or punctuation)")]
+    return []
 
 
 def _mode_of(message: tts_gateway_pb2.SynthesizeRequest | tts_gateway_pb2.StreamingSynthesizeConfig) -> str:
@@ -186,6 +197,8 @@ class RequestValidator:
                 violations.append(
                     (text_field, f"has {len(text)} characters, over the {self.limits.max_text_chars} limit")
                 )
+            else:
+                violations += text_violations(text, text_field)
         if not message.voice:
             violations.append(("voice", "is required (see ListVoices)"))
         fmt = message.output_format

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.common.errors import NotFound
+from services.common.errors import NotFound, clip
 from services.tts_gateway.triton_client import (
     MODE_CROSS_LINGUAL,
     MODE_INSTRUCT,
@@ -204,7 +204,7 @@ class VoiceCatalog:
         voice = self.voices.get(name)
         if voice is None:
             known = ", ".join(sorted(s.name for s in self.specs)) or "none"
-            raise NotFound(f"unknown voice {name!r}; voices: {known}", resource_type="voice", resource_name=name)
+            raise NotFound(f"unknown voice {clip(name)!r}; voices: {known}", resource_type="voice", resource_name=name)
         return voice
 
     def with_mode(self, mode: str) -> list[str]:

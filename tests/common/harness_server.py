@@ -70,6 +70,21 @@ class ToneServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
             )
             await asyncio.sleep(self.chunk_delay)
 
+    async def StreamingSynthesize(
+        self,
+        request_iterator: AsyncIterator[tts_gateway_pb2.StreamingSynthesizeRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[audio_pb2.AudioChunk]:
+        """One short tone chunk per text message, until the client half-closes."""
+        fmt = audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_PCM16, sample_rate_hz=SAMPLE_RATE, channels=1)
+        sequence = 0
+        async for message in request_iterator:
+            if message.WhichOneof("request") != "text":
+                continue
+            yield audio_pb2.AudioChunk(sequence_number=sequence, audio=b"\0\0" * 160, format=fmt)
+            sequence += 1
+        yield audio_pb2.AudioChunk(sequence_number=sequence, format=fmt, is_final=True)
+
     async def ListVoices(
         self, request: tts_gateway_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
     ) -> tts_gateway_pb2.ListVoicesResponse:

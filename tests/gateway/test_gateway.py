@@ -392,26 +392,38 @@ async def test_conversion_service_down_gives_unavailable_fast_and_recovers(
 ) -> None:
     rvc = rvc_service_restartable
     rvc.stop()
+
+    async def voice_availability() -> dict[str, tuple[bool, str]]:
+        voices = await stub.ListVoices(tts_gateway_pb2.ListVoicesRequest())
+        return {v.name: (v.available, v.unavailable_reason) for v in voices.voices}
+
+    deadline = time.monotonic() + 10
+    while (await voice_availability())["joe-world-high"][0]:  # the probe notices within its interval
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
     started = time.perf_counter()
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await collect(stub, request(text="Convert me.", voice="joe-world-high"))
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert time.perf_counter() - started < 1.0
     assert "voice conversion" in (info.value.details() or "")
+    availability = await voice_availability()
+    assert availability["joe"] == (True, "")
+    assert not availability["joe-world-high"][0] and "voice conversion" in availability["joe-world-high"][1]
+    status = await stub.GetStatus(tts_gateway_pb2.TtsGatewayServiceGetStatusRequest())
+    assert {v.name: v.available for v in status.voices} == {"joe": True, "joe-whole": True, "joe-world-high": False}
     async with grpc.aio.insecure_channel(gateway.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-
-        async def wait_health(status: int) -> None:
-            deadline = time.monotonic() + 10
-            while (await health.Check(health_pb2.HealthCheckRequest(service=SERVICE))).status != status:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
-
-        await wait_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        plain, _, _ = await collect(stub, request(text="No conversion needed."))  # TTS alone still works
+        # One outage must not take every voice out of rotation: plain voices still serve, so the service does too.
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        plain, _, _ = await collect(stub, request(text="No conversion needed."))
         assert plain[-1].is_final
         await asyncio.to_thread(rvc.restart)
-        await wait_health(health_pb2.HealthCheckResponse.SERVING)
+    deadline = time.monotonic() + 5
+    while not (await voice_availability())["joe-world-high"][0]:
+        assert time.monotonic() < deadline, "converted voice not back within 5 s of the service"
+        await asyncio.sleep(0.1)
     chunks, _, _ = await collect(stub, request(text="Converted again.", voice="joe-world-high"))
     assert seconds(chunks[-1].summary.conversion_time) > 0
     assert gateway.running

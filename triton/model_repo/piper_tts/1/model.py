@@ -16,7 +16,9 @@ In decoupled mode, requests are not synthesized one after another: a worker thre
 the active requests sentence by sentence, earliest playback deadline first (the moment a listener would run out of
 audio if playback started at the first response). A new stream is due at once, so it waits for at most the sentence
 in progress; streams already ahead of real time yield to it. Cancellation (`request.is_cancelled()`) is checked
-before every sentence.
+before every sentence and, by a watcher thread, every few milliseconds during one: ONNX Runtime's RunOptions
+terminate flag then stops the sentence's inference, so a cancelled stream frees the instance at once instead of
+after a sentence that nobody will hear.
 """
 
 from __future__ import annotations
@@ -43,6 +45,70 @@ CONTROL_RANGES: dict[str, tuple[float, float]] = {
     "playback_ahead_s": (0.0, 3600.0),
 }
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+CANCEL_POLL_S = 0.01  # how often a sentence in synthesis checks whether its request was cancelled
+
+
+class SynthesisCancelled(Exception):
+    """The request was cancelled while its sentence was being synthesized."""
+
+
+class CancellableSession:
+    """An onnxruntime.InferenceSession whose `run` uses the RunOptions of the sentence in progress, so another
+    thread can stop it (PiperVoice calls `session.run(None, inputs)` and takes no options of its own)."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self.run_options: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+    def run(self, output_names: Any, input_feed: Any, run_options: Any = None) -> Any:
+        return self._session.run(output_names, input_feed, run_options or self.run_options)
+
+
+class CancelWatcher:
+    """One thread per instance that sets the terminate flag of the running inference once its request is
+    cancelled."""
+
+    def __init__(self, name: str) -> None:
+        self._lock = threading.Lock()
+        self._current: tuple[Any, Any] | None = None  # (request, RunOptions) of the sentence in progress
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=f"{name}-cancel", daemon=True)
+        self._thread.start()
+
+    def watch(self, request: Any, run_options: Any) -> None:
+        with self._lock:
+            self._current = (request, run_options)
+        self._wake.set()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._current = None
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait()
+            # The check runs under the lock: `clear` (called before the sentence's response is sent) waits for it,
+            # so the request is never asked after Triton may have released it.
+            with self._lock:
+                if self._current is None:
+                    self._wake.clear()
+                    continue
+                request, run_options = self._current
+                try:
+                    if request.is_cancelled():
+                        run_options.terminate = True
+                        self._current = None
+                except Exception:  # nothing to stop if the request cannot be asked
+                    self._current = None
+            time.sleep(CANCEL_POLL_S)
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
 
 
 class RequestError(ValueError):
@@ -126,6 +192,9 @@ def parse_text(request: Any, max_chars: int) -> str:
     text = text.strip()
     if not text:
         raise RequestError("target_text is empty: send at least one word to speak")
+    bad = next((i for i, c in enumerate(text) if (ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127), None)
+    if bad is not None:
+        raise RequestError(f"target_text contains control character U+{ord(text[bad]):04X} at offset {bad}: remove it")
     if len(text) > max_chars:
         raise RequestError(
             f"target_text has {len(text)} characters, over this model's limit of {max_chars} "
@@ -212,6 +281,7 @@ class TritonPythonModel:
         self.num_speakers = max(1, self.voice.config.num_speakers)
         self._check_declared(params)
         self.metrics = _Metrics(self.model_name)
+        self._cancel_watcher = CancelWatcher(self.model_name)
 
         self._inbox: queue.Queue[Job | None] = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -244,7 +314,8 @@ class TritonPythonModel:
             # Several instances on a small CPU would otherwise each spawn one thread per core and fight.
             options.intra_op_num_threads = threads
         session = onnxruntime.InferenceSession(str(self.voice_path), options, providers=["CPUExecutionProvider"])
-        return PiperVoice(session=session, config=PiperConfig.from_dict(self.voice_json))
+        self._session = CancellableSession(session)
+        return PiperVoice(session=self._session, config=PiperConfig.from_dict(self.voice_json))
 
     def _check_declared(self, params: dict[str, str]) -> None:
         """Fail the load when config.pbtxt declares something the voice file contradicts: clients trust the config."""
@@ -284,8 +355,21 @@ class TritonPythonModel:
             noise_scale=job.controls.noise_scale,
             noise_w_scale=job.controls.noise_w,
         )
+        import onnxruntime
+
         ids = self.voice.phonemes_to_ids(job.pieces[job.next_piece])
-        audio = np.asarray(self.voice.phoneme_ids_to_audio(ids, syn), dtype=np.float32).reshape(-1)
+        run_options = onnxruntime.RunOptions()
+        self._session.run_options = run_options
+        self._cancel_watcher.watch(job.request, run_options)
+        try:
+            audio = np.asarray(self.voice.phoneme_ids_to_audio(ids, syn), dtype=np.float32).reshape(-1)
+        except Exception:
+            if run_options.terminate:
+                raise SynthesisCancelled from None
+            raise
+        finally:
+            self._cancel_watcher.clear()
+            self._session.run_options = None
         # Same peak normalization as PiperVoice.synthesize, so both models and the piper CLI sound alike.
         peak = float(np.max(np.abs(audio))) if audio.size else 0.0
         audio = audio / peak if peak > 1e-8 else np.zeros_like(audio)
@@ -306,6 +390,13 @@ class TritonPythonModel:
                 except RequestError as exc:
                     sender.send(pb_utils.InferenceResponse(error=_error(str(exc))), flags=_FINAL)
                     continue
+                except Exception as exc:  # phonemizer failures: short message to the caller, details in our log
+                    self.logger.log_error(f"{self.model_name}: preparing {request.request_id()!r} failed: {exc!r}")
+                    sender.send(
+                        pb_utils.InferenceResponse(error=_error("the text could not be phonemized", "INTERNAL")),
+                        flags=_FINAL,
+                    )
+                    continue
                 job.sender = sender
                 self._inbox.put(job)
             return None
@@ -321,7 +412,11 @@ class TritonPythonModel:
             if request.is_cancelled():
                 self._count_cancel(job)
                 return pb_utils.InferenceResponse(error=_error("request cancelled", "CANCELLED"))
-            chunks.append(self._synthesize(job))
+            try:
+                chunks.append(self._synthesize(job))
+            except SynthesisCancelled:
+                self._count_cancel(job)
+                return pb_utils.InferenceResponse(error=_error("request cancelled", "CANCELLED"))
         return self._response(np.concatenate(chunks))
 
     def _count_cancel(self, job: Job) -> None:
@@ -361,6 +456,12 @@ class TritonPythonModel:
                 if job.first_sent_s is None:
                     job.first_sent_s = time.monotonic()
                 job.audio_sent_s += audio.size / self.sample_rate
+            except SynthesisCancelled:
+                self._count_cancel(job)
+                job.sender.send(
+                    pb_utils.InferenceResponse(error=_error("request cancelled", "CANCELLED")), flags=_FINAL
+                )
+                continue
             except Exception as exc:  # a broken piece must end its stream, not the worker
                 self.logger.log_error(f"{self.model_name}: synthesis failed: {exc!r}")
                 job.sender.send(
@@ -385,6 +486,7 @@ class TritonPythonModel:
             job.sender.send(pb_utils.InferenceResponse(error=_error(reason, "UNAVAILABLE")), flags=_FINAL)
 
     def finalize(self) -> None:
+        self._cancel_watcher.stop()
         if self._worker is not None:
             self._inbox.put(None)
             self._worker.join(timeout=30)

@@ -1,0 +1,89 @@
+"""The real-time admission model on exact numbers (the estimator is pure: time is an argument)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.tts_gateway.admission import RealTimeAdmission
+
+
+def run_stream(admission: RealTimeAdmission, voice: str, start: float, end: float, audio_s: float) -> None:
+    decision, ticket = admission.try_admit(voice, start)
+    assert decision.admitted and ticket is not None
+    admission.finish(ticket, end, audio_s=audio_s)
+
+
+def test_unmeasured_voice_is_admitted_a_few_streams_at_a_time() -> None:
+    admission = RealTimeAdmission(cold_start_streams=2)
+    assert admission.try_admit("joe", 0.0)[0].admitted
+    assert admission.try_admit("joe", 0.0)[0].admitted
+    decision, ticket = admission.try_admit("joe", 0.0)
+    assert not decision.admitted and ticket is None
+    assert "not been measured" in decision.reason and decision.retry_after_s > 0
+    assert admission.try_admit("other", 0.0)[0].admitted  # another voice has its own cold start
+    assert admission.refusals == 1
+
+
+def test_cost_is_production_time_per_audio_second_per_concurrent_stream() -> None:
+    admission = RealTimeAdmission()
+    # Two streams side by side for 2 s each, producing 10 s of audio each: 0.2 s per audio s with 2 streams.
+    _, a = admission.try_admit("joe", 0.0)
+    _, b = admission.try_admit("joe", 0.0)
+    admission.finish(a, 2.0, audio_s=10.0)
+    admission.finish(b, 2.0, audio_s=10.0)
+    assert admission.cost["joe"] == pytest.approx(0.1)
+    # target 0.8 at 0.1 per stream: 8 streams of joe alone.
+    assert admission.capacity_streams("joe") == 8
+
+
+def test_admits_until_one_more_stream_would_break_real_time() -> None:
+    admission = RealTimeAdmission(target_load=0.8)
+    admission.observe("joe", 0.1)
+    admission.observe("slow", 0.25)
+    tickets = [admission.try_admit("joe", 0.0)[1] for _ in range(3)]
+    assert all(t is not None for t in tickets)
+    # A 4th stream of "slow": 0.25 * 4 = 1.0 > 0.8: refused, and the refusal names the voice that would suffer.
+    decision, ticket = admission.try_admit("slow", 0.0)
+    assert not decision.admitted and ticket is None and "'slow'" in decision.reason
+    # Another joe: 0.1 * 4 = 0.4: fine, up to 8 joe streams.
+    for _ in range(5):
+        assert admission.try_admit("joe", 0.0)[0].admitted
+    assert not admission.try_admit("joe", 0.0)[0].admitted
+    assert admission.predicted_load() == pytest.approx(0.8)
+
+
+def test_estimate_follows_what_the_system_sustains() -> None:
+    admission = RealTimeAdmission(smoothing=0.5)
+    admission.observe("joe", 0.1)
+    # The upstream got slower (a noisy neighbour): streams now take 0.3 s per audio s each, alone.
+    for i in range(6):
+        run_stream(admission, "joe", 10.0 * i, 10.0 * i + 3.0, 10.0)
+    assert admission.cost["joe"] == pytest.approx(0.3, rel=0.05)
+    assert admission.capacity_streams("joe") == 2
+
+
+def test_short_or_failed_streams_teach_nothing_and_release_their_slot() -> None:
+    admission = RealTimeAdmission(min_audio_s=0.5)
+    admission.observe("joe", 0.1)
+    _, ticket = admission.try_admit("joe", 0.0)
+    assert ticket is not None
+    admission.finish(ticket, 5.0, audio_s=0.0)
+    assert admission.cost["joe"] == pytest.approx(0.1)
+    assert admission.active == 0
+
+
+def test_disabled_admission_admits_everything_but_still_counts() -> None:
+    admission = RealTimeAdmission(enabled=False)
+    admission.observe("joe", 10.0)
+    for _ in range(5):
+        assert admission.try_admit("joe", 0.0)[0].admitted
+    assert admission.active == 5
+
+
+def test_retry_hint_spreads_typical_stream_length_over_active_streams() -> None:
+    admission = RealTimeAdmission()
+    admission.observe("joe", 0.1)
+    run_stream(admission, "joe", 0.0, 4.0, 40.0)  # 4 s for 40 s of audio alone: cost 0.1, as observed
+    for _ in range(8):
+        admission.try_admit("joe", 10.0)
+    assert admission.retry_after_s() == pytest.approx(0.5)
