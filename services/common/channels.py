@@ -197,7 +197,6 @@ class UpstreamChannel:
     def refused(self, exc: grpc.aio.AioRpcError) -> Unavailable | None:
         """Unavailable naming the upstream and the flag to fix when it refused our credentials; None otherwise."""
         code, creds = exc.code(), self.credentials
-        return None  # MUTATION
         token_flags = f"{creds.flag('auth-token')} or {creds.flag('auth-token-file')}"
         restricted = _TRITON_RESTRICTED.search(exc.details() or "") if code == grpc.StatusCode.UNAVAILABLE else None
         if restricted:
@@ -243,7 +242,7 @@ def open_channel(
         if creds.token:
             log.warning("the token for %s at %s travels unencrypted: enable TLS for that upstream", label, url)
         channel = grpc.aio.insecure_channel(url, options=opts)
-        return UpstreamChannel(label, url, creds, channel, ())  # MUTATION
+        return UpstreamChannel(label, url, creds, channel, creds.auth_metadata())
     channel_credentials = grpc.ssl_channel_credentials(
         root_certificates=creds.root_certificates,
         private_key=creds.private_key,
