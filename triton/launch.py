@@ -10,6 +10,12 @@ It finds the tritonserver binary of the interpreter running it, installs the pyt
 interpreter's Python version, sets PATH and LD_LIBRARY_PATH so the stub runs this environment's python with its own
 libpython, starts the server, waits until it is ready (then prints the addresses), forwards SIGTERM/SIGINT and exits
 with the server's exit code. Every flag has an environment-variable equivalent (shown in --help).
+
+No debris: the server runs in its own session with a parent-death signal (if the launcher dies, the server gets
+SIGTERM); when the server exits for any reason, including kill -9, whatever is left of its process group (the
+python-backend stubs) is killed and the shared-memory regions it created are removed. Each launch gives the python
+backend a region prefix naming the launcher (pid and start time), so a later launch recognises regions and stubs whose
+launcher is gone and removes them before it starts.
 """
 
 from __future__ import annotations
@@ -29,11 +35,21 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_REPOSITORY = HERE / "model_repo"
+SHM_DIR = Path("/dev/shm")
+# Starts with the python backend's default prefix, so the usual `rm /dev/shm/triton_python_backend_shm_region_*`
+# still matches; "launch<pid namespace>-<pid>-<start time>_" names the launcher that owns the region. The namespace
+# matters where /dev/shm is shared between containers (--ipc=host): a pid of another namespace is not ours to judge.
+SHM_PREFIX_BASE = "triton_python_backend_shm_region_launch"
+_OWNED_REGION = re.compile(re.escape(SHM_PREFIX_BASE) + r"(\d+)-(\d+)-(\d+)_")
+STUB_NAME = "triton_python_backend_stub"
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def _env(name: str, default: str | None) -> str | None:
@@ -91,6 +107,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=float(_env("TRITON_READY_TIMEOUT", "180")),
         help="seconds to wait for readiness before giving up [env TRITON_READY_TIMEOUT]",
+    )
+    parser.add_argument(
+        "--stop-grace",
+        type=float,
+        default=float(_env("TRITON_STOP_GRACE", "20")),
+        help="seconds the server may drain after SIGTERM/SIGINT before it and its stubs are killed; keep it below "
+        "the stop timeout of whatever runs the launcher [env TRITON_STOP_GRACE]",
     )
     parser.add_argument(
         "server_args",
@@ -154,10 +177,131 @@ def staged_repository(repository: Path, instance_count: int) -> Path:
     return staged
 
 
-def _die_with_parent() -> None:
-    # If the launcher is killed outright, take the server down with it instead of leaving it holding the ports.
+def process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat); None if there is no such process.
+    With the pid it identifies a process for good: a reused pid has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: count fields after its closing parenthesis.
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
+def pid_namespace() -> int:
+    """Inode of this process's pid namespace (0 if unknown): pids are only comparable within one namespace."""
+    try:
+        return int(re.sub(r"\D", "", os.readlink("/proc/self/ns/pid")) or 0)
+    except OSError:
+        return 0
+
+
+def shm_prefix(pid: int | None = None) -> str:
+    """The python-backend region prefix of the launcher ``pid`` (default: this process)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{SHM_PREFIX_BASE}{pid_namespace()}-{pid}-{process_start_time(pid)}_"
+
+
+def _owner_alive(name: str) -> bool:
+    """Whether the launcher named in a region name (or stub argument) may still run: True for names not ours and for
+    launchers of another pid namespace; False only for a launcher of ours that is gone."""
+    match = _OWNED_REGION.match(name)
+    if match is None or int(match.group(1)) != pid_namespace():
+        return True
+    return process_start_time(int(match.group(2))) == int(match.group(3))
+
+
+def _stub_processes() -> dict[int, str]:
+    """pid -> region name of every python-backend stub visible to us (the stub's second argument is its region)."""
+    stubs: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 2 and argv[0].endswith(STUB_NAME.encode()):
+            stubs[int(entry.name)] = argv[2].decode(errors="replace")
+    return stubs
+
+
+def remove_stale(shm_dir: Path = SHM_DIR) -> tuple[list[str], list[int]]:
+    """Remove regions and kill stubs left by launchers that are gone (killed outright, or their server hung).
+    Only names with our launcher prefix are touched, so other Triton servers on the host keep theirs."""
+    killed = []
+    for pid, region in _stub_processes().items():
+        if not _owner_alive(region):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+    removed = []
     with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        for path in shm_dir.iterdir():
+            if path.name.startswith(SHM_PREFIX_BASE) and not _owner_alive(path.name):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path.name)
+    return removed, killed
+
+
+def remove_regions(prefix: str, shm_dir: Path = SHM_DIR) -> list[str]:
+    removed = []
+    with contextlib.suppress(OSError):
+        for path in shm_dir.glob(f"{prefix}*"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path.name)
+    return removed
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL every process left in the server's group (stubs that outlived it) and wait until they are gone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        _reap_orphans()
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
+
+
+def _reap_orphans() -> None:
+    # As a child subreaper the launcher inherits the server's orphans; collect their exit so no zombie stays.
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def _libc_prctl() -> Callable[..., int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:
+        return None
+
+
+def _become_subreaper() -> None:
+    prctl = _libc_prctl()
+    if prctl is not None:
+        prctl(PR_SET_CHILD_SUBREAPER, 1)  # the server's orphaned stubs become our children, not init's
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None]:
+    """A preexec_fn: the child gets ``signum`` when the launcher dies. Everything is resolved before the fork, so the
+    child only makes system calls between fork and exec."""
+    prctl = _libc_prctl()
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signum)
+        if os.getppid() != parent:  # the launcher died before prctl took effect
+            os.kill(os.getpid(), signum)
+
+    return preexec
 
 
 def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> bool:
@@ -194,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         staged = staged_repository(repository, args.instance_count)
         repository = staged
 
+    prefix = shm_prefix()
     command = [
         str(binary),
         f"--model-repository={repository}",
@@ -207,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         "--allow-gpu-metrics=false",  # no DCGM on CPU hosts; GPU hosts use the NGC image instead
         f"--log-verbose={args.log_verbose}",
         "--exit-on-error=true",
+        f"--backend-config=python,shm-region-prefix-name={prefix}",
     ]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if models:
@@ -214,11 +360,25 @@ def main(argv: list[str] | None = None) -> int:
         command.extend(f"--load-model={m}" for m in models)
     command.extend(args.server_args)
 
-    proc = subprocess.Popen(command, env=server_env(root), preexec_fn=_die_with_parent)
+    removed, killed = remove_stale()
+    if removed or killed:
+        print(
+            f"removed {len(removed)} shared-memory region(s) and killed {len(killed)} stub process(es) "
+            "left by launchers that are gone",
+            file=sys.stderr,
+            flush=True,
+        )
+    _become_subreaper()
+    # Own session: a terminal's Ctrl-C reaches the launcher only (it forwards once), and the server's group holds
+    # exactly the server and its stubs, so it can be killed as one.
+    proc = subprocess.Popen(command, env=server_env(root), preexec_fn=die_with_parent(), start_new_session=True)
+    stop_deadline: list[float] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         if proc.poll() is None:
             proc.send_signal(signum)
+            if not stop_deadline:
+                stop_deadline.append(time.monotonic() + args.stop_grace)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
@@ -235,15 +395,36 @@ def main(argv: list[str] | None = None) -> int:
         elif proc.poll() is None:
             print(f"triton not ready after {args.ready_timeout:.0f}s; stopping it", file=sys.stderr, flush=True)
             timed_out = True
-            proc.terminate()
-        code = proc.wait()
+            forward(signal.SIGTERM, None)
+        code = wait_server(proc, stop_deadline, args.stop_grace)
     finally:
+        if proc.poll() is None:  # an exception on our side: do not leave the server behind
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        kill_group(proc.pid)
+        removed = remove_regions(prefix)
+        if removed:
+            print(f"removed {len(removed)} shared-memory region(s) the server left", file=sys.stderr, flush=True)
         if staged is not None:
             shutil.rmtree(staged, ignore_errors=True)
     if timed_out:
         return 1
     # A signal-terminated server reports -N; shells expect 128+N.
     return 128 - code if code < 0 else code
+
+
+def wait_server(proc: subprocess.Popen[bytes], stop_deadline: list[float], grace: float) -> int:
+    """Wait for the server to exit; once a stop was asked for, kill its group if it drains longer than allowed."""
+    while True:
+        try:
+            return proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            if stop_deadline and time.monotonic() > stop_deadline[0]:
+                print(f"triton still running {grace:.0f}s after the stop signal; killing it", file=sys.stderr)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                stop_deadline.clear()
 
 
 if __name__ == "__main__":

@@ -1,167 +1,335 @@
-"""`make run`: the whole stack on loopback with the embedded default models, stopped cleanly by Ctrl-C.
+"""`make run`: the whole stack on loopback with the embedded default models, supervised, stopped cleanly by Ctrl-C.
 
 Starts Triton (the server bundled in the nvidia-pytriton wheel, with the Piper model), the voice-conversion service
 (with the built-in world voices) and the gateway, each as its own process, waits for each to be ready, prints the
-addresses and a ready-to-paste client command, and on SIGINT/SIGTERM stops them in reverse order.
+addresses and a ready-to-paste client command, then supervises them: a service that exits unexpectedly is restarted
+on the same ports with exponential backoff (each restart logged on stderr with its exit code and counted) while the
+others keep serving. SIGINT/SIGTERM stop them all in reverse order.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 REPO = Path(__file__).resolve().parents[2]
 DEV_PYTHON = REPO / ".venv" / "bin" / "python"
 TRITON_PYTHON = REPO / ".venv-triton" / "bin" / "python"
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 10.0
+# A child that stayed up this long before exiting is restarted after the shortest delay again.
+STABLE_AFTER_S = 30.0
+STOP_TIMEOUT_S = 30.0
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn giving the child SIGTERM when run_stack dies, so a killed run_stack leaves no service behind.
+    prctl is resolved before the fork: between fork and exec the child makes only system calls (run_stack has
+    reader threads, and a fork of a threaded process must not take locks)."""
+    try:
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # run_stack died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def parse_ready_line(line: str) -> dict[str, Any] | None:
+    """Services print one JSON line with their ports when serving; the Triton launcher prints `triton ready: ...`."""
+    if line.startswith("triton ready"):
+        return {"line": line.strip()}
+    with contextlib.suppress(ValueError):
+        data = json.loads(line)
+        if isinstance(data, dict) and "port" in data:
+            return data
+    return None
 
 
 @dataclass
-class Child:
+class Service:
+    """One supervised child. ``argv`` is called at every start, so a restart uses the ports known by then."""
+
     name: str
-    process: subprocess.Popen[str]
-    info: dict[str, object] = field(default_factory=dict)
+    argv: Callable[[], list[str]]
+    ready_timeout: float
+    log_path: Path
+    process: subprocess.Popen[str] | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+    info: dict[str, Any] = field(default_factory=dict)
+    started_at: float = 0.0
+    starts: int = 0
+    restarts: int = 0
+    backoff: float = BACKOFF_MIN_S
+    restart_at: float | None = None  # set while waiting out the backoff after an exit
+    ready_deadline: float | None = None  # set while a restarted child has not reported ready yet
 
 
-def wait_http_ok(url: str, child: subprocess.Popen[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise RuntimeError(f"exited with code {child.returncode} before becoming ready")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"not ready after {timeout:.0f} s ({url})")
+class Supervisor:
+    """Starts services in order, restarts the ones that exit, stops all in reverse order."""
+
+    def __init__(
+        self,
+        *,
+        cwd: Path = REPO,
+        env: dict[str, str] | None = None,
+        max_restarts: int | None = None,
+        backoff_min: float = BACKOFF_MIN_S,
+        backoff_max: float = BACKOFF_MAX_S,
+        stable_after: float = STABLE_AFTER_S,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cwd = cwd
+        self.env = env if env is not None else {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.max_restarts = max_restarts
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.stable_after = stable_after
+        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.services: list[Service] = []
+        self.stopping = threading.Event()
+
+    def spawn(self, service: Service) -> None:
+        service.ready = threading.Event()
+        service.starts += 1
+        with service.log_path.open("w" if service.starts == 1 else "a") as log_file:
+            if service.starts > 1:
+                log_file.write(f"\n--- run_stack: start #{service.starts} (restart #{service.restarts}) ---\n")
+                log_file.flush()
+            # Own session: a terminal's Ctrl-C reaches run_stack only, which stops the services in order.
+            process = subprocess.Popen(
+                service.argv(), cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=log_file, text=True,
+                start_new_session=True, preexec_fn=die_with_parent(),
+            )  # fmt: skip
+        service.process, service.started_at = process, time.monotonic()
+        assert process.stdout is not None
+        threading.Thread(target=self._read_stdout, args=(service, process.stdout), daemon=True).start()
+
+    @staticmethod
+    def _read_stdout(service: Service, stream: IO[str]) -> None:
+        """Find the ready line, then keep draining stdout so the child never blocks on a full pipe."""
+        event = service.ready
+        for line in iter(stream.readline, ""):
+            if not event.is_set() and (info := parse_ready_line(line)) is not None:
+                service.info.update(info)
+                event.set()
+
+    def start(self, service: Service) -> None:
+        """First start, in order: wait until ready; raise RuntimeError if it exits or times out first."""
+        self.services.append(service)
+        service.backoff = self.backoff_min
+        self.spawn(service)
+        assert service.process is not None
+        deadline = time.monotonic() + service.ready_timeout
+        while not service.ready.wait(0.2):
+            if self.stopping.is_set():
+                raise RuntimeError("interrupted")
+            if service.process.poll() is not None:
+                raise RuntimeError(f"exited with code {service.process.returncode} before becoming ready")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready after {service.ready_timeout:.0f} s")
+
+    def step(self) -> bool:
+        """One supervision pass. Returns False when a service exhausted its restarts (the stack should stop)."""
+        now = time.monotonic()
+        for service in self.services:
+            process = service.process
+            if process is not None and process.poll() is not None:
+                if not self._schedule_restart(service, process.returncode, now):
+                    return False
+            elif process is None and service.restart_at is not None and now >= service.restart_at:
+                service.restart_at = None
+                self.spawn(service)
+                service.ready_deadline = time.monotonic() + service.ready_timeout
+            elif service.ready_deadline is not None:
+                if service.ready.is_set():
+                    service.ready_deadline = None
+                    self.log(
+                        f"{service.name} is back after restart #{service.restarts} "
+                        f"({now - service.started_at:.1f} s to ready)"
+                    )
+                elif now > service.ready_deadline and process is not None:
+                    self.log(f"{service.name} not ready {service.ready_timeout:.0f} s after restart; killing it")
+                    service.ready_deadline = None
+                    _kill_session(process)
+        return True
+
+    def _schedule_restart(self, service: Service, code: int, now: float) -> bool:
+        uptime = now - service.started_at
+        service.process, service.ready_deadline = None, None
+        what = _describe_exit(code)
+        if self.max_restarts is not None and service.restarts >= self.max_restarts:
+            self.log(
+                f"{service.name} {what} after {uptime:.1f} s; giving up after {service.restarts} restart(s) "
+                f"(--max-restarts {self.max_restarts})"
+            )
+            return False
+        if uptime >= self.stable_after:
+            service.backoff = self.backoff_min
+        delay = service.backoff
+        service.backoff = min(service.backoff * 2, self.backoff_max)
+        service.restarts += 1
+        service.restart_at = now + delay
+        self.log(f"{service.name} {what} after {uptime:.1f} s; restart #{service.restarts} in {delay:.1f} s")
+        return True
+
+    def run(self, poll_interval: float = 0.2) -> int:
+        """Supervise until a stop is requested (0) or a service runs out of restarts (1); then stop all."""
+        while not self.stopping.wait(poll_interval):
+            if not self.step():
+                self.stop_all()
+                return 1
+        print("\nstopping ...", flush=True)
+        self.stop_all()
+        return 0
+
+    def stop_all(self) -> None:
+        """SIGTERM every running service, last started first, then wait for each (SIGKILL after a timeout)."""
+        for service in reversed(self.services):
+            if service.process is not None and service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        for service in reversed(self.services):
+            process = service.process
+            if process is None:
+                print(f"  {service.name} was not running (waiting to restart)", flush=True)
+                continue
+            try:
+                process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                _kill_session(process)
+                process.wait()
+            print(f"  stopped {service.name} (exit {process.returncode})", flush=True)
 
 
-def read_ready_line(child: subprocess.Popen[str], timeout: float) -> dict[str, object]:
-    """Services print one JSON line when serving; everything else they log goes to stderr."""
-    assert child.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = child.stdout.readline()
-        if not line:
-            raise RuntimeError(f"exited with code {child.wait()} before becoming ready")
-        try:
-            return dict(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    raise RuntimeError(f"not ready after {timeout:.0f} s")
+def _kill_session(process: subprocess.Popen[str]) -> None:
+    # Each child leads its own session and group; the group may hold processes the child started.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
-def main() -> int:
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"exited unexpectedly with code {code} ({signal.Signals(-code).name})"
+    return f"exited unexpectedly with code {code}"
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="address every service listens on")
-    parser.add_argument("--gateway-port", type=int, default=50051)
+    parser.add_argument("--gateway-port", type=int, default=50051, help="0 picks a free port (kept across restarts)")
     parser.add_argument("--gateway-metrics-port", type=int, default=9101)
-    parser.add_argument("--rvc-port", type=int, default=50052)
+    parser.add_argument("--rvc-port", type=int, default=50052, help="0 picks a free port (kept across restarts)")
     parser.add_argument("--rvc-metrics-port", type=int, default=9102)
     parser.add_argument("--triton-http-port", type=int, default=8000)
     parser.add_argument("--triton-grpc-port", type=int, default=8001)
     parser.add_argument("--triton-metrics-port", type=int, default=8002)
     parser.add_argument("--log-dir", type=Path, default=REPO / "run" / "logs", help="each service's stderr goes here")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=None,
+        help="restarts allowed per service before run_stack stops everything and exits 1; unset: unlimited, "
+        "0: stop the stack when any service exits",
+    )
+    args = parser.parse_args(argv)
+    if min(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port) <= 0:
+        parser.error("the Triton ports must be given explicitly (the launcher cannot report a port it did not choose)")
+    if args.max_restarts is not None and args.max_restarts < 0:
+        parser.error("--max-restarts must be 0 or more")
     args.log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    children: list[Child] = []
+    supervisor = Supervisor(max_restarts=args.max_restarts)
+    ports = {
+        "rvc": args.rvc_port,
+        "rvc_metrics": args.rvc_metrics_port,
+        "gateway": args.gateway_port,
+        "gateway_metrics": args.gateway_metrics_port,
+    }
 
-    def spawn(name: str, argv: list[str]) -> subprocess.Popen[str]:
-        log_file = (args.log_dir / f"{name}.log").open("w")
-        process = subprocess.Popen(
-            argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log_file, text=True, start_new_session=True
-        )
-        children.append(Child(name, process))
-        return process
-
-    def stop_all() -> None:
-        for child in reversed(children):
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
-        for child in reversed(children):
-            try:
-                child.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.process.kill()
-            print(f"  stopped {child.name} (exit {child.process.returncode})", flush=True)
+    def remember_ports(service: Service, key: str) -> None:
+        # A port chosen with 0 is pinned after the first start, so restarts and the gateway's upstream URL agree.
+        ports[key], ports[f"{key}_metrics"] = int(service.info["port"]), int(service.info["metrics_port"])
 
     # Ctrl-C and SIGTERM both stop the stack. SIGINT is set explicitly: a shell starting us in the background
     # leaves it ignored, and Python would inherit that.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGINT, lambda *_: supervisor.stopping.set())
+    signal.signal(signal.SIGTERM, lambda *_: supervisor.stopping.set())
     lines: list[str] = []
     try:
         if (REPO / "triton" / "launch.py").exists():
             print("starting Triton (piper_tts on CPU) ...", flush=True)
-            triton = spawn(
+            supervisor.start(Service(
                 "triton",
-                [str(TRITON_PYTHON), "triton/launch.py", "--address", args.host,
-                 "--http-port", str(args.triton_http_port), "--grpc-port", str(args.triton_grpc_port),
-                 "--metrics-port", str(args.triton_metrics_port)],
-            )  # fmt: skip
-            wait_http_ok(f"http://{args.host}:{args.triton_http_port}/v2/health/ready", triton, timeout=180)
+                lambda: [str(TRITON_PYTHON), "triton/launch.py", "--address", args.host,
+                         "--http-port", str(args.triton_http_port), "--grpc-port", str(args.triton_grpc_port),
+                         "--metrics-port", str(args.triton_metrics_port)],
+                ready_timeout=180, log_path=args.log_dir / "triton.log",
+            ))  # fmt: skip
             triton_http = f"{args.host}:{args.triton_http_port}"
             lines.append(f"Triton        gRPC {args.host}:{args.triton_grpc_port}  HTTP {triton_http}"
                          f"  metrics http://{args.host}:{args.triton_metrics_port}/metrics")  # fmt: skip
         if (REPO / "services" / "rvc_service" / "__main__.py").exists():
             print("starting voice-conversion service ...", flush=True)
-            rvc = spawn(
+            rvc = Service(
                 "rvc_service",
-                [str(DEV_PYTHON), "-m", "services.rvc_service", "--host", args.host, "--port", str(args.rvc_port),
-                 "--metrics-port", str(args.rvc_metrics_port)],
+                lambda: [str(DEV_PYTHON), "-m", "services.rvc_service", "--host", args.host,
+                         "--port", str(ports["rvc"]), "--metrics-port", str(ports["rvc_metrics"])],
+                ready_timeout=180, log_path=args.log_dir / "rvc_service.log",
             )  # fmt: skip
-            read_ready_line(rvc, timeout=180)
+            supervisor.start(rvc)
+            remember_ports(rvc, "rvc")
             lines.append(
-                f"RVC service   gRPC {args.host}:{args.rvc_port}  metrics http://{args.host}:{args.rvc_metrics_port}/metrics"
+                f"RVC service   gRPC {args.host}:{ports['rvc']}  metrics http://{args.host}:{ports['rvc_metrics']}/metrics"
             )
         if (REPO / "services" / "tts_gateway" / "__main__.py").exists():
             print("starting gateway ...", flush=True)
-            gateway = spawn(
+            gateway = Service(
                 "gateway",
-                [str(DEV_PYTHON), "-m", "services.tts_gateway", "--host", args.host, "--port", str(args.gateway_port),
-                 "--metrics-port", str(args.gateway_metrics_port),
-                 "--triton-url", f"{args.host}:{args.triton_grpc_port}", "--rvc-url", f"{args.host}:{args.rvc_port}"],
+                lambda: [str(DEV_PYTHON), "-m", "services.tts_gateway", "--host", args.host,
+                         "--port", str(ports["gateway"]), "--metrics-port", str(ports["gateway_metrics"]),
+                         "--triton-url", f"{args.host}:{args.triton_grpc_port}",
+                         "--rvc-url", f"{args.host}:{ports['rvc']}"],
+                ready_timeout=120, log_path=args.log_dir / "gateway.log",
             )  # fmt: skip
-            read_ready_line(gateway, timeout=120)
+            supervisor.start(gateway)
+            remember_ports(gateway, "gateway")
             lines.append(
-                f"Gateway       gRPC {args.host}:{args.gateway_port}  metrics http://{args.host}:{args.gateway_metrics_port}/metrics"
+                f"Gateway       gRPC {args.host}:{ports['gateway']}  metrics http://{args.host}:{ports['gateway_metrics']}/metrics"
             )
-    except (RuntimeError, KeyboardInterrupt) as exc:
-        failed = children[-1].name if children else "stack"
-        print(f"{failed} failed to start: {exc}; see {args.log_dir}/{failed}.log", file=sys.stderr)
-        stop_all()
+    except RuntimeError as exc:
+        failed = supervisor.services[-1].name if supervisor.services else "stack"
+        print(f"{failed} failed to start: {exc}; see {args.log_dir}/{failed}.log", file=sys.stderr, flush=True)
+        supervisor.stop_all()
         return 1
 
-    print("\nStack is up (Ctrl-C stops everything):")
+    print("\nStack is up (Ctrl-C stops everything; a service that exits is restarted):")
     for line in lines:
         print("  " + line)
     print(f"  logs in {args.log_dir}")
     if (REPO / "clients" / "python" / "__main__.py").exists():
         print("\nTry:")
-        print(f'  .venv/bin/python -m clients.python --target {args.host}:{args.gateway_port} say '
+        print(f'  .venv/bin/python -m clients.python --target {args.host}:{ports["gateway"]} say '
               '"Hello from the speech stack. This is the second sentence." --voice joe -o hello.wav')  # fmt: skip
-    print(f"  .venv/bin/grpcurl -plaintext {args.host}:{args.gateway_port} list   # reflection is on\n", flush=True)
-    try:
-        while all(child.process.poll() is None for child in children):
-            time.sleep(0.5)
-        dead = next(child for child in children if child.process.poll() is not None)
-        print(f"{dead.name} exited with code {dead.process.returncode}; stopping the stack", file=sys.stderr)
-        stop_all()
-        return 1
-    except KeyboardInterrupt:
-        print("\nstopping ...", flush=True)
-        stop_all()
-        return 0
+    print(f"  .venv/bin/grpcurl -plaintext {args.host}:{ports['gateway']} list   # reflection is on\n", flush=True)
+    return supervisor.run()
 
 
 if __name__ == "__main__":

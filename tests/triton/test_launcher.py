@@ -34,6 +34,7 @@ def test_help_documents_every_flag_and_env_var() -> None:
         ("--metrics-port", "TRITON_METRICS_PORT"),
         ("--instance-count", "TRITON_INSTANCE_COUNT"),
         ("--log-verbose", "TRITON_LOG_VERBOSE"),
+        ("--stop-grace", "TRITON_STOP_GRACE"),
     ):
         assert flag in out and env in out
 

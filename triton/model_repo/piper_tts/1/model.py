@@ -257,6 +257,11 @@ class _Metrics:
         self.skipped = self._counter(
             "tts_pieces_skipped_total", "Sentences never synthesized because their request was cancelled", labels
         )
+        self.interrupted = self._counter(
+            "tts_pieces_interrupted_total",
+            "Sentences stopped mid-inference because their request was cancelled",
+            labels,
+        )
 
     def _counter(self, name: str, description: str, labels: dict[str, str]) -> Any:
         family = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.COUNTER)
@@ -365,6 +370,7 @@ class TritonPythonModel:
             audio = np.asarray(self.voice.phoneme_ids_to_audio(ids, syn), dtype=np.float32).reshape(-1)
         except Exception:
             if run_options.terminate:
+                self.metrics.interrupted.increment(1)
                 raise SynthesisCancelled from None
             raise
         finally:
