@@ -197,7 +197,9 @@ def _decode_container(data: bytes, encoding: int, max_seconds: float | None) -> 
     except AudioDecodeError:
         raise
     except (sf.SoundFileError, RuntimeError) as e:
-        raise AudioDecodeError(f"could not decode {name}: {e}") from e
+        # soundfile's text names the BytesIO object ("Error opening <_io.BytesIO object at 0x...>"); keep its reason.
+        reason = getattr(e, "error_string", "") or str(e).split(": ")[-1]
+        raise AudioDecodeError(f"could not decode {name}: {reason.strip() or 'unreadable data'}") from e
     return audio, rate
 
 

@@ -16,7 +16,13 @@ from services.tts_gateway import stats
 from services.tts_gateway.admission import RealTimeAdmission
 from services.tts_gateway.pipeline import SynthesisPipeline, SynthesisPlan
 from services.tts_gateway.rvc_client import RvcClient
-from services.tts_gateway.text import MAX_PIECE_CHARS, IncrementalSplitter, first_control_character, split_text
+from services.tts_gateway.text import (
+    MAX_PIECE_CHARS,
+    NOTHING_TO_SPEAK,
+    IncrementalSplitter,
+    first_control_character,
+    split_text,
+)
 from services.tts_gateway.triton_client import TritonTts
 from services.tts_gateway.upstreams import UpstreamMonitor
 from services.tts_gateway.validation import RequestValidator
@@ -197,6 +203,7 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         splitter = IncrementalSplitter(max_chars=self._piece_limit(pipeline.plan))
         limit = self.validator.limits.max_stream_text_chars
         got_text = False
+        spoken = False  # a piece with something pronounceable went to synthesis
         try:
             async for message in request_iterator:
                 kind = message.WhichOneof("request")
@@ -220,8 +227,12 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
                     pieces = []
                 for piece in pieces:
                     await pipeline.pieces.put(piece)
+                    spoken = True
             for piece in splitter.flush():
                 await pipeline.pieces.put(piece)
+                spoken = True
+            if got_text and not spoken:
+                raise InvalidArgument([("text", NOTHING_TO_SPEAK)])
             await pipeline.pieces.close()
         except ServiceError as exc:
             await pipeline.fail(exc)

@@ -42,6 +42,7 @@ FIRST_PIECE_CHARS = 60  # longer first sentences are cut near here (about 0.6-1 
 MAX_PIECE_CHARS = 400  # longer sentences are cut at clause, then word boundaries
 
 
+NOTHING_TO_SPEAK = "has nothing to speak: it needs at least one letter or digit (not only emoji or punctuation)"
 _ALLOWED_CONTROLS = frozenset("\t\n\r")
 
 
