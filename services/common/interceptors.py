@@ -193,10 +193,8 @@ class _CallObserver:
             raise exc
         log.exception("unhandled error in %s/%s", self.service, self.method, exc_info=exc)
         self.code = grpc.StatusCode.INTERNAL
-        await self.context.abort(
-            grpc.StatusCode.INTERNAL,
-            f"internal error; the server log has the details under request id {self.request_id}",
-        )
+        where = f" under request id {self.request_id}" if self.request_id != "-" else ""
+        await self.context.abort(grpc.StatusCode.INTERNAL, f"internal error; the server log has the details{where}")
 
     def finish(self) -> None:
         code = self.code or self.context.code() or grpc.StatusCode.OK
@@ -225,8 +223,33 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         max_stream_s: float | None = None,
     ) -> None:
         self._auth_token = auth_token.encode() if auth_token else None
+        # Set on SIGTERM: new RPCs (health excepted) get UNAVAILABLE while the listener stays open, so a call that
+        # races the shutdown is refused in a way clients retry instead of being cancelled by the closing listener.
+        self.draining = False
+        self._in_flight = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
         self._idle_timeout_s = idle_timeout_s if idle_timeout_s and idle_timeout_s > 0 else None
         self._max_stream_s = max_stream_s if max_stream_s and max_stream_s > 0 else None
+
+    def _enter(self, tracked: bool) -> None:
+        if tracked:
+            self._in_flight += 1
+            self._drained.clear()
+
+    def _leave(self, tracked: bool) -> None:
+        if tracked:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._drained.set()
+
+    async def wait_drained(self, limit_s: float) -> bool:
+        """Wait until no RPC but health checks is in flight; False when `limit_s` passed first."""
+        try:
+            await asyncio.wait_for(self._drained.wait(), limit_s)
+        except TimeoutError:
+            return False
+        return True
 
     def _authorized(self, details: grpc.HandlerCallDetails, service: str) -> bool:
         if self._auth_token is None or service in AUTH_EXEMPT_SERVICES:
@@ -251,6 +274,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         authorized = self._authorized(handler_call_details, service)
         if not authorized:
             behavior = _unauthenticated_behavior(handler.response_streaming)
+        elif self.draining and service not in AUTH_EXEMPT_SERVICES:
+            behavior = _draining_behavior(handler.response_streaming)
+        tracked = service not in AUTH_EXEMPT_SERVICES  # long-lived health watches must not hold up a drain
 
         request_streaming = handler.request_streaming
         idle_timeout_s, max_stream_s = self._idle_timeout_s, self._max_stream_s
@@ -261,6 +287,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 call = _CallObserver(service, method, rpc_type, context)
                 sent = metrics.STREAM_MESSAGES_SENT.labels(service, method)
                 activity = _Activity()
+                self._enter(tracked)
                 try:
                     if request_streaming:
                         request = _parsed_requests(request, activity)
@@ -277,6 +304,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 except BaseException as exc:  # every ending is translated and counted
                     await call.fail(exc)
                 finally:
+                    self._leave(tracked)
                     call.finish()
 
             wrapped: Callable[..., Any] = streaming
@@ -284,6 +312,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 call = _CallObserver(service, method, rpc_type, context)
+                self._enter(tracked)
                 try:
                     if request_streaming:
                         request = _parsed_requests(request, _Activity())
@@ -293,6 +322,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 except BaseException as exc:
                     await call.fail(exc)
                 finally:
+                    self._leave(tracked)
                     call.finish()
 
             wrapped = unary
@@ -311,11 +341,24 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _unauthenticated_behavior(response_streaming: bool) -> Callable[..., Any]:
+    return _rejecting_behavior(
+        response_streaming,
+        grpc.StatusCode.UNAUTHENTICATED,
+        "missing or invalid bearer token: send metadata 'authorization: Bearer <token>'",
+    )
+
+
+def _draining_behavior(response_streaming: bool) -> Callable[..., Any]:
+    return _rejecting_behavior(
+        response_streaming,
+        grpc.StatusCode.UNAVAILABLE,
+        "the server is shutting down; retry (another replica, or this one after its restart)",
+    )
+
+
+def _rejecting_behavior(response_streaming: bool, code: grpc.StatusCode, message: str) -> Callable[..., Any]:
     async def reject(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED,
-            "missing or invalid bearer token: send metadata 'authorization: Bearer <token>'",
-        )
+        await context.abort(code, message)
 
     if not response_streaming:
         return reject

@@ -108,6 +108,7 @@ class ServiceHost:
         self._registrations: list[RegisterFn] = []
         self._stop_hooks: list[StopHook] = []
         self._server: grpc.aio.Server | None = None
+        self._interceptor: ServerInterceptor | None = None
         self._metrics: MetricsExporter | None = None
         self._stopping = False
         self.port = 0
@@ -154,14 +155,13 @@ class ServiceHost:
     async def start(self) -> None:
         o = self.options
         limit = o.max_message_mb * MiB
+        self._interceptor = ServerInterceptor(
+            auth_token=o.auth_token,
+            idle_timeout_s=o.stream_idle_timeout,
+            max_stream_s=o.max_stream_duration,
+        )
         server = grpc.aio.server(
-            interceptors=[
-                ServerInterceptor(
-                    auth_token=o.auth_token,
-                    idle_timeout_s=o.stream_idle_timeout,
-                    max_stream_s=o.max_stream_duration,
-                )
-            ],
+            interceptors=[self._interceptor],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -211,8 +211,15 @@ class ServiceHost:
             return
         self._stopping = True
         await self.health.enter_graceful_shutdown()
+        grace = self.options.grace_seconds if grace is None else grace
+        started = time.monotonic()
+        if self._interceptor is not None:
+            # Refuse new RPCs with UNAVAILABLE while the listener stays open, let in-flight ones finish, and only
+            # then stop the server (which closes the listener and cancels whatever is left).
+            self._interceptor.draining = True
+            await self._interceptor.wait_drained(grace)
         if self._server is not None:
-            await self._server.stop(self.options.grace_seconds if grace is None else grace)
+            await self._server.stop(max(0.0, grace - (time.monotonic() - started)))
         for hook in reversed(self._stop_hooks):
             try:
                 await hook()
