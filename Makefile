@@ -12,7 +12,7 @@ BREAKING_BASE ?= $(shell git merge-base HEAD main 2>/dev/null || echo HEAD)
 DEV_REQS := requirements-dev.txt requirements-parity.txt services/common/requirements.txt services/tts_gateway/requirements.txt \
             services/rvc_service/requirements.txt
 
-.PHONY: setup run test lint format bench clean
+.PHONY: setup run test lint format bench soak clean
 
 setup: $(VENV)/.installed $(GEN_STAMP) $(TRITON_VENV)/.installed $(NODE_STAMP)
 
@@ -61,6 +61,10 @@ format: $(VENV)/.installed
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# Not part of `make test`: loads the machine for minutes. Flags through SOAK_ARGS, e.g. SOAK_ARGS="--clients 32".
+soak: setup
+	$(PY) benchmarks/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) gen clients/node/node_modules

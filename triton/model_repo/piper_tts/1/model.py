@@ -45,7 +45,10 @@ CONTROL_RANGES: dict[str, tuple[float, float]] = {
     "playback_ahead_s": (0.0, 3600.0),
 }
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-CANCEL_POLL_S = 0.01  # how often a sentence in synthesis checks whether its request was cancelled
+# How often a sentence in synthesis asks whether its request was cancelled (config parameter cancel_poll_ms; 0 asks
+# only between sentences). Not more often than needed: Triton 24.x can crash in ResponseFactoryIsCancelled when a
+# cancellation races the check (triton-inference-server/server#8034, #8192), so each check is a small risk.
+DEFAULT_CANCEL_POLL_MS = 40
 
 
 class SynthesisCancelled(Exception):
@@ -71,7 +74,8 @@ class CancelWatcher:
     """One thread per instance that sets the terminate flag of the running inference once its request is
     cancelled."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, poll_s: float) -> None:
+        self._poll_s = poll_s
         self._lock = threading.Lock()
         self._current: tuple[Any, Any] | None = None  # (request, RunOptions) of the sentence in progress
         self._wake = threading.Event()
@@ -80,6 +84,8 @@ class CancelWatcher:
         self._thread.start()
 
     def watch(self, request: Any, run_options: Any) -> None:
+        if self._poll_s <= 0:
+            return
         with self._lock:
             self._current = (request, run_options)
         self._wake.set()
@@ -104,7 +110,7 @@ class CancelWatcher:
                         self._current = None
                 except Exception:  # nothing to stop if the request cannot be asked
                     self._current = None
-            time.sleep(CANCEL_POLL_S)
+            time.sleep(self._poll_s)
 
     def stop(self) -> None:
         self._stopped = True
@@ -286,7 +292,8 @@ class TritonPythonModel:
         self.num_speakers = max(1, self.voice.config.num_speakers)
         self._check_declared(params)
         self.metrics = _Metrics(self.model_name)
-        self._cancel_watcher = CancelWatcher(self.model_name)
+        poll_ms = float(params.get("cancel_poll_ms", str(DEFAULT_CANCEL_POLL_MS)) or 0)
+        self._cancel_watcher = CancelWatcher(self.model_name, poll_ms / 1000.0)
 
         self._inbox: queue.Queue[Job | None] = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -314,6 +321,11 @@ class TritonPythonModel:
         with open(f"{self.voice_path}.json", encoding="utf-8") as fh:
             self.voice_json = json.load(fh)
         options = onnxruntime.SessionOptions()
+        if params.get("ort_cpu_mem_arena", "false").strip().lower() != "true":
+            # The arena keeps the peak of the longest sentence ever synthesized for good (about 150 MB idle, 760 MB
+            # after one 400-character sentence); without it memory follows the sentence in progress.
+            options.enable_cpu_mem_arena = False
+            options.enable_mem_pattern = False
         threads = int(params.get("ort_intra_op_threads", "0"))
         if threads > 0:
             # Several instances on a small CPU would otherwise each spawn one thread per core and fight.
