@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from services.common.server import (
     init_service_logging,
     server_options_from_args,
 )
+from services.rvc_service.capacity import CapacityEstimator
 from services.rvc_service.pool import WorkerPool, default_workers
 from services.rvc_service.registry import ModelRegistry
 from services.rvc_service.servicer import VoiceConversionServicer
@@ -63,7 +65,47 @@ def make_parser() -> EnvArgumentParser:
     parser.add_option("--memory-budget-mb", type=int, default=4096, help="memory for loaded RVC models (LRU beyond)")
     parser.add_option("--preload", default="", help="comma-separated model names to load at start-up")
     parser.add_option("--max-stream-seconds", type=float, default=3600.0, help="longest input one Convert call takes")
+    parser.add_option(
+        "--target-utilization",
+        type=float,
+        default=0.8,
+        help="admit a Convert stream only while the open streams' measured cost stays under workers x this (0: off)",
+    )
+    parser.add_option(
+        "--stream-cost-prior",
+        type=float,
+        default=0.5,
+        help="worker-seconds per audio second assumed for a voice not yet measured (at least the highest measured)",
+    )
+    parser.add_option(
+        "--debug-tracemalloc-seconds",
+        type=float,
+        default=0.0,
+        help="debugging memory: trace Python allocations and log the top growth every this many seconds (0: off)",
+    )
     return parser
+
+
+async def log_allocation_growth(interval_s: float, top: int = 12) -> None:
+    """Log which source lines hold more Python memory than at the first tick (the baseline, after start-up):
+    a line that keeps growing tick after tick is a leak, one that stops is a cache or pool filling up."""
+    import tracemalloc
+
+    tracemalloc.start(8)
+    await asyncio.sleep(interval_s)
+    baseline = tracemalloc.take_snapshot()
+    while True:
+        await asyncio.sleep(interval_s)
+        snapshot = tracemalloc.take_snapshot()
+        current, peak = tracemalloc.get_traced_memory()
+        stats = snapshot.compare_to(baseline, "lineno")[:top]
+        lines = [f"{s.size_diff / 1024:+.0f} KiB ({s.count_diff:+d} blocks) {s.traceback[0]}" for s in stats]
+        log.info(
+            "tracemalloc: traced %.1f MiB (peak %.1f); growth since baseline:\n  %s",
+            current / 2**20,
+            peak / 2**20,
+            "\n  ".join(lines),
+        )
 
 
 @dataclass
@@ -80,6 +122,10 @@ def build_service(args: argparse.Namespace) -> RvcService:
     workers = args.workers or default_workers(device)
     if args.queue_capacity < 1:
         raise SystemExit("--queue-capacity must be at least 1")
+    if args.target_utilization < 0:
+        raise SystemExit("--target-utilization must be >= 0 (0 turns admission control off)")
+    if args.stream_cost_prior <= 0:
+        raise SystemExit("--stream-cost-prior must be positive")
     registry = ModelRegistry(args.models_dir, device, args.memory_budget_mb << 20)
     for name in filter(None, (n.strip() for n in args.preload.split(","))):
         log.info("preloading %s", name)
@@ -90,8 +136,14 @@ def build_service(args: argparse.Namespace) -> RvcService:
         device=device,
         threads_per_worker=args.threads_per_worker or None,
     )
+    capacity = CapacityEstimator(workers, args.target_utilization, prior_cost=args.stream_cost_prior)
     servicer = VoiceConversionServicer(
-        registry, pool, device=device, version=VERSION, max_stream_seconds=args.max_stream_seconds
+        registry,
+        pool,
+        device=device,
+        version=VERSION,
+        max_stream_seconds=args.max_stream_seconds,
+        capacity=capacity,
     )
     host = ServiceHost("rvc_service", server_options_from_args(args))
     host.add_service(
@@ -107,9 +159,19 @@ async def main(argv: list[str]) -> None:
     init_service_logging("rvc_service", server_options_from_args(args))
     service = build_service(args)
     await service.host.start()
+    if os.environ.get("EXPERIMENT_GC_FREEZE"):
+        import gc
+
+        gc.collect()
+        gc.freeze()
+    tracer = None
+    if args.debug_tracemalloc_seconds > 0:
+        tracer = asyncio.get_running_loop().create_task(log_allocation_growth(args.debug_tracemalloc_seconds))
     stats = service.pool.stats()
     announce_ready(service.host, device=service.pool.device, workers=stats.workers)
     await service.host.run_until_signal()
+    if tracer is not None:
+        tracer.cancel()
 
 
 if __name__ == "__main__":

@@ -34,3 +34,22 @@ REAL_TIME_FACTOR = Histogram(
     buckets=RTF_BUCKETS,
 )
 ACTIVE_STREAMS = Gauge("rvc_active_streams", "Convert streams open now.")
+
+# Admission of Convert streams by real-time capacity (capacity.py). Cost classes are a model and its F0 method; both
+# come from the registry and the contract's enum, so the label sets stay small.
+STREAM_COST = Gauge(
+    "rvc_stream_cost_ratio",
+    "Estimated worker-seconds per second of audio for a Convert stream (EWMA of measured jobs).",
+    ["model", "f0_method"],
+)
+ADMITTED_LOAD = Gauge(
+    "rvc_admitted_load_workers", "Worker-seconds per second that the admitted Convert streams need at current costs."
+)
+ADMISSION_CAPACITY = Gauge(
+    "rvc_admission_capacity_workers", "Workers x target utilization: the load up to which Convert streams are admitted."
+)
+ADMISSION_REFUSALS = Counter(
+    "rvc_admission_refusals_total",
+    "Convert streams refused with RESOURCE_EXHAUSTED because admitting them would push streams below real time.",
+    ["model"],
+)

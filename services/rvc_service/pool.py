@@ -16,8 +16,10 @@ model weights the registry loaded once per device, so N workers cost no extra mo
 * The queue is bounded: when ``capacity`` jobs are already waiting, ``submit`` raises ``PoolFull`` at once
   (RESOURCE_EXHAUSTED with a retry hint derived from the recent job time).
 * Cancellation: cancelling the awaiting coroutine (client gone, deadline passed) drops a queued job and sets the
-  job's ``CancelToken``; a running job stops at its next check (engines check between segments), the worker is then
-  free again. A job whose token is already set is dropped when it reaches the head of the queue.
+  job's ``CancelToken``; a running job stops at its next check (the engines take the token as ``should_stop`` and
+  check it between their steps and inside them, so within tens of ms), the worker is then free again. A job whose
+  token is already set is dropped when it reaches the head of the queue. ``CancelToken``/``JobCancelled`` live in
+  ``cancel.py`` so the engines can use them without importing the pool.
 """
 
 from __future__ import annotations
@@ -36,38 +38,11 @@ from typing import Any, Generic, TypeVar
 
 from services.common.errors import ResourceExhausted, Unavailable
 from services.rvc_service import metrics
+from services.rvc_service.cancel import CancelToken, JobCancelled
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class JobCancelled(Exception):
-    """Raised inside a job (by ``CancelToken.raise_if_cancelled``) or for a job dropped before it ran."""
-
-
-class CancelToken:
-    """Thread-safe flag a job polls between segments; set when its client is gone."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.reason = ""
-
-    def cancel(self, reason: str = "cancelled") -> None:
-        if not self._event.is_set():
-            self.reason = reason
-            self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-    def __call__(self) -> bool:  # lets engines take it as a plain `should_stop()` callable
-        return self._event.is_set()
-
-    def raise_if_cancelled(self) -> None:
-        if self._event.is_set():
-            raise JobCancelled(self.reason)
 
 
 class PoolFull(ResourceExhausted):

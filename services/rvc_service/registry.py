@@ -66,14 +66,30 @@ class ModelInfo:
     memory_bytes: int = 0
 
 
+def inside(models_dir: Path, path: Path) -> Path | None:
+    """`path` resolved (symlinks followed) when it is a regular file directly in `models_dir`, else None. The one
+    acceptance rule for every file a client can name, so listing never shows what loading would refuse."""
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # symlink loop
+        return None
+    return resolved if resolved.parent == models_dir and resolved.is_file() else None
+
+
 def find_index(models_dir: Path, name: str) -> Path | None:
-    """`<name>.index`, else the WebUI's `added_*_<name>_v1|v2.index` (the newest if several)."""
+    """`<name>.index`, else the WebUI's `added_*_<name>_v1|v2.index` (the newest if several); only files that
+    resolve inside `models_dir` count."""
     plain = models_dir / f"{name}.index"
     if plain.is_file():
-        return plain
+        return plain if inside(models_dir, plain) else None
     pattern = re.compile(rf"^added_.*_{re.escape(name)}(_v[12])?\.index$")
-    hits = [p for p in models_dir.glob("added_*.index") if pattern.match(p.name)]
+    hits = [p for p in models_dir.glob("added_*.index") if pattern.match(p.name) and inside(models_dir, p)]
     return max(hits, key=lambda p: p.stat().st_mtime) if hits else None
+
+
+def _shown(name: str, limit: int = 64) -> str:
+    """A client-supplied name for an error message: repr'd and capped (echoes must not overflow the trailers)."""
+    return repr(name if len(name) <= limit else name[:limit] + "…")
 
 
 class ModelRegistry:
@@ -106,21 +122,26 @@ class ModelRegistry:
             or ".." in name
             or "\x00" in name
         ):
-            raise InvalidModelName(f"invalid model name {name!r}: use a name from ListModels, not a path")
+            shown = _shown(name) if isinstance(name, str) else type(name).__name__
+            raise InvalidModelName(f"invalid model name {shown}: use a name from ListModels, not a path")
 
     def _checkpoint(self, name: str) -> Path:
         self._check_name(name)
-        path = (self.models_dir / f"{name}.pth").resolve()
-        if path.parent != self.models_dir:  # symlink or odd name escaping the directory
-            raise InvalidModelName(f"model {name!r} resolves outside the models directory")
-        if not path.is_file():
-            raise ModelNotFound(f"no model named {name!r}")
+        link = self.models_dir / f"{name}.pth"
+        path = inside(self.models_dir, link)
+        if path is None:
+            if link.is_file():  # exists, but a symlink leads out of the directory
+                raise InvalidModelName(f"model {_shown(name)} resolves outside the models directory")
+            raise ModelNotFound(f"no model named {_shown(name)}")
         return path
 
     def _available(self) -> list[str]:
+        """Checkpoint names LoadModel accepts: a plain name whose .pth resolves to a file inside the directory."""
         if not self.models_dir.is_dir():
             return []
-        return sorted(p.stem for p in self.models_dir.glob("*.pth") if p.is_file() and _NAME_RE.match(p.stem))
+        return sorted(
+            p.stem for p in self.models_dir.glob("*.pth") if _NAME_RE.match(p.stem) and inside(self.models_dir, p)
+        )
 
     # ---------------------------------------------------------------------------------------------- queries
 
@@ -143,7 +164,9 @@ class ModelRegistry:
             return self._info(name)
 
     def _info(self, name: str) -> ModelInfo:
-        path = self.models_dir / f"{name}.pth"
+        path = inside(self.models_dir, self.models_dir / f"{name}.pth")
+        if path is None:  # removed (or re-pointed outside) since it was listed
+            return ModelInfo(name, "rvc", False)
         index = find_index(self.models_dir, name)
         size = path.stat().st_size + (index.stat().st_size if index else 0)
         m = self._loaded.get(name)
@@ -174,7 +197,10 @@ class ModelRegistry:
                 elif fs.is_file():
                     self._encoder = ContentEncoder.load(fs, self.device)
                 else:
-                    raise ModelLoadError("no content encoder: put an HF HuBERT/ContentVec in hubert/ or hubert_base.pt")
+                    raise ModelLoadError(
+                        "no content encoder: put an HF HuBERT/ContentVec in hubert/ or hubert_base.pt in the models "
+                        "directory"
+                    )
             return self._encoder
 
     def get(self, name: str) -> VoiceModel:
@@ -194,14 +220,17 @@ class ModelRegistry:
             if model is not None:
                 self._loaded.move_to_end(name)
                 return model
-            model = RvcModel.load(
-                path,
+            # The checkpoint first: an unreadable file is the problem to report, not the missing encoder.
+            checkpoint = RvcModel.read_checkpoint(path, name)
+            model = RvcModel.from_checkpoint(
+                checkpoint,
+                name,
                 self.device,
                 content_encoder=self.content_encoder(),
                 f0_estimator=self.f0,
                 index_path=find_index(self.models_dir, name),
-                name=name,
             )
+            del checkpoint  # the fp16 WebUI weights; the model holds its own copy
             if model.memory_bytes > self.memory_budget_bytes:
                 raise ModelLoadError(
                     f"model {name!r} needs {model.memory_bytes} bytes, over the budget of {self.memory_budget_bytes}"

@@ -16,9 +16,10 @@ import grpc
 import numpy as np
 
 from services.common import audio as A
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.common.request_id import REQUEST_ID_METADATA_KEY, resolve_request_id
 from services.rvc_service import metrics
+from services.rvc_service.capacity import CapacityEstimator
 from services.rvc_service.engines import ConversionParams, InvalidParameters, MethodUnavailable, VoiceModel
 from services.rvc_service.engines.f0 import SR as RVC_INPUT_HZ
 from services.rvc_service.pool import CancelToken, WorkerPool
@@ -85,9 +86,17 @@ def block_converter(model: VoiceModel, params: ConversionParams, rates: EngineRa
 
     def convert(audio: np.ndarray, context: int, token: CancelToken) -> np.ndarray:
         token.raise_if_cancelled()  # a window whose stream is gone is not worth starting
-        return model.convert_block(audio, rates.input_hz, params, context=context)
+        # The engine checks the token inside the block too, so a cancelled window stops within one step.
+        return model.convert_block(audio, rates.input_hz, params, context=context, should_stop=token)
 
     return convert
+
+
+def cost_class(model: VoiceModel, params: ConversionParams, default_f0: str) -> tuple[str, str]:
+    """(model, F0 method actually run): what a stream's cost depends on most (WORLD's Harvest costs ~5x its DIO)."""
+    if model.engine == "world":
+        return model.name, "harvest" if params.f0_method == "harvest" else "dio"
+    return model.name, (params.f0_method or default_f0) if model.uses_f0 else "none"
 
 
 def model_info_proto(info: ModelInfo) -> voice_conversion_pb2.ModelInfo:
@@ -152,9 +161,12 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
         stream_blocks: BlockSettings = STREAM_BLOCKS,
         clip_blocks: BlockSettings = CLIP_BLOCKS,
         max_stream_seconds: float = 3600.0,
+        capacity: CapacityEstimator | None = None,
     ) -> None:
         self.registry = registry
         self.pool = pool
+        self.capacity = capacity if capacity is not None else CapacityEstimator(pool.workers)
+        metrics.ADMISSION_CAPACITY.set(self.capacity.capacity)
         self.device = device
         self.device_description = describe_device(device)
         self.version = version
@@ -226,7 +238,8 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
         request_id = await self._send_request_id(context, config.request_id if config else "", "config.request_id")
         if config is None:
             raise InvalidArgument([("config", "the first message of a Convert call must carry the config")])
-        stream = await self._open_stream(config, request_id)
+        stream, (model_name, f0_label) = await self._open_stream(config, request_id)
+        self._admit(stream, model_name, f0_label)
         metrics.ACTIVE_STREAMS.inc()
         self.active_streams += 1
         try:
@@ -251,10 +264,36 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
                 yield chunk
         finally:
             stream.close()  # stops queued/running blocks of an abandoned stream
+            self.capacity.release(stream.key)
+            metrics.ADMITTED_LOAD.set(self.capacity.load())
             self.active_streams -= 1
             metrics.ACTIVE_STREAMS.dec()
 
-    async def _open_stream(self, config: voice_conversion_pb2.ConvertConfig, request_id: str) -> ConversionStream:
+    def _admit(self, stream: ConversionStream, model_name: str, f0_label: str) -> None:
+        """Refuse the stream (RESOURCE_EXHAUSTED + RetryInfo) if the pool cannot keep it and the admitted ones in
+        real time at the measured costs; never waits, so a refused client knows at once."""
+        admission = self.capacity.try_admit(stream.key, f"{model_name}|{f0_label}")
+        if admission.admitted:
+            metrics.ADMITTED_LOAD.set(admission.load)
+            return
+        stream.close()
+        metrics.ADMISSION_REFUSALS.labels(model_name).inc()
+        raise ResourceExhausted(
+            f"voice conversion is at its real-time capacity: the open streams need {admission.load:.2f} of "
+            f"{admission.capacity:.2f} worker-seconds per second and a {model_name!r} stream needs "
+            f"{admission.cost:.2f} more; retry later",
+            retry_after_s=admission.retry_after_s,
+        )
+
+    def _observe_job(self, model_name: str, f0_label: str, run_seconds: float, audio_seconds: float) -> None:
+        cls = f"{model_name}|{f0_label}"
+        self.capacity.observe(cls, run_seconds, audio_seconds)
+        metrics.STREAM_COST.labels(model_name, f0_label).set(self.capacity.cost(cls))
+        metrics.ADMITTED_LOAD.set(self.capacity.load())
+
+    async def _open_stream(
+        self, config: voice_conversion_pb2.ConvertConfig, request_id: str
+    ) -> tuple[ConversionStream, tuple[str, str]]:
         violations: list[tuple[str, str]] = []
         fmt = config.input_format
         if fmt.encoding not in (A.PCM16, A.FLOAT32):
@@ -269,7 +308,8 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
         model, params = await self._prepare(config.settings, config.output_format, "config.", violations)
         rates = engine_rates(model)
         out = config.output_format
-        return ConversionStream(
+        model_name, f0_label = cost_class(model, params, self.registry.f0.default_method())
+        stream = ConversionStream(
             pool=self.pool,
             convert=block_converter(model, params, rates),
             model=model.name,
@@ -280,7 +320,9 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
             output_encoding=out.encoding,
             output_rate=A.resolve_output_rate(out.encoding, out.sample_rate_hz, model.sample_rate),
             settings=self.stream_blocks,
+            on_job=lambda run_s, audio_s: self._observe_job(model_name, f0_label, run_s, audio_s),
         )
+        return stream, (model_name, f0_label)
 
     @staticmethod
     def _decode_block(data: bytes, fmt: audio_pb2.AudioFormat) -> np.ndarray:

@@ -244,8 +244,11 @@ class ConversionStream:
         output_rate: int,
         settings: BlockSettings | None = None,
         token: CancelToken | None = None,
+        on_job: Callable[[float, float], None] | None = None,
     ) -> None:
+        """``on_job(run_seconds, audio_seconds)`` is told about every finished window (the admission estimator)."""
         self.pool = pool
+        self.on_job = on_job
         self.convert = convert
         self.model = model
         self.key = key
@@ -283,6 +286,8 @@ class ConversionStream:
         )
         self.conversion_seconds += result.run_seconds
         self.blocks += 1
+        if self.on_job is not None and window.new_samples > 0:
+            self.on_job(result.run_seconds, window.new_samples / self.engine.input_hz)
         return self.stitcher.accept(window, result.value)
 
     def _chunk(self, samples: np.ndarray, *, block: int, extra: bytes = b"") -> audio_pb2.AudioChunk:

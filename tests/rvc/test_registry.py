@@ -95,3 +95,28 @@ def test_concurrent_loads_give_one_instance(registry_dir: Path) -> None:
     for t in threads:
         t.join()
     assert len(got) == 4 and all(g is got[0] for g in got)
+
+
+def test_listing_uses_the_loading_rule(registry_dir: Path, tmp_path: Path) -> None:
+    outside = write_checkpoint(tmp_path / "outside.pth", "v2")
+    (registry_dir / "sneaky.pth").symlink_to(outside)
+    (registry_dir / "alias.pth").symlink_to(registry_dir / "bass.pth")
+    (registry_dir / "gone.pth").symlink_to(tmp_path / "missing.pth")
+    reg = ModelRegistry(registry_dir)
+    names = {i.name for i in reg.list()}
+    assert "alias" in names and not {"sneaky", "gone"} & names
+    for name in names - {"world-default", "world-bright"}:
+        reg.info(name)  # every listed name is accepted by the loading rule (raises otherwise)
+
+
+def test_unreadable_checkpoint_is_reported_before_missing_encoder(tmp_path: Path) -> None:
+    d = tmp_path / "no_encoder"
+    d.mkdir()
+    (d / "noise.pth").write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(ModelLoadError) as err:
+        ModelRegistry(d).load("noise")
+    assert str(err.value).startswith("model 'noise': checkpoint is not a readable RVC .pth (")
+    assert str(d) not in str(err.value)
+    (d / "empty.pth").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match=r"checkpoint is not a readable RVC \.pth \(the file is empty\)"):
+        ModelRegistry(d).load("empty")

@@ -1,8 +1,9 @@
 """Voice-conversion engines: RVC (content encoder + F0 + retrieval + NSF synthesizer) and WORLD (built-in voices).
 
 Both expose the same shape (VoiceModel): `validate(params)`, `convert(audio, sr, params, out_sr=, seed=)` and
-`convert_block(audio, sr, params, context=, out_sr=, seed=)`, plus description attributes for ModelInfo. Nothing
-here imports gRPC; errors are the pure exceptions in `params`.
+`convert_block(audio, sr, params, context=, out_sr=, seed=, should_stop=)`, plus description attributes for ModelInfo.
+Nothing here imports gRPC; errors are the pure exceptions in `params`, and a conversion whose `should_stop()` turns
+true raises `services.rvc_service.cancel.JobCancelled` at its next check (inside a block, not only between blocks).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ..cancel import ShouldStop
 from .content import ContentEncoder
 from .f0 import F0Estimator, coarse_f0, shift_f0
 from .index import RetrievalIndex
@@ -49,6 +51,7 @@ class VoiceModel(Protocol):
         *,
         out_sr: int | None = None,
         seed: int | None = None,
+        should_stop: ShouldStop | None = None,
     ) -> tuple[np.ndarray, int]: ...
 
     def convert_block(
@@ -60,6 +63,7 @@ class VoiceModel(Protocol):
         context: int,
         out_sr: int | None = None,
         seed: int | None = None,
+        should_stop: ShouldStop | None = None,
     ) -> np.ndarray: ...
 
 

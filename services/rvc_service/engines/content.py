@@ -2,19 +2,27 @@
 
 RVC v1 models consume layer 9 passed through the pre-training projection `final_proj` (256-dim); v2 models consume
 layer 12 as is (768-dim). Features come at 50 frames/s (320-sample hop at 16 kHz).
+
+A forward pass over a long input is one call into torch; to stop it soon after a cancel, every convolution layer of
+the feature extractor and every transformer layer gets a pre-hook that checks the calling thread's `should_stop`.
 """
 
 from __future__ import annotations
 
+import re
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .params import ModelLoadError
+from ..cancel import ShouldStop, check_stop
+from .params import ModelLoadError, public_reason
 
 OUTPUT_LAYER = {"v1": 9, "v2": 12}
+# Layers checked for a cancel before they run (HF and fairseq name them alike).
+_CHECKED_LAYERS = re.compile(r"(^|\.)(conv_layers|layers)\.\d+$")
 
 
 class ContentEncoder:
@@ -26,6 +34,14 @@ class ContentEncoder:
         self.kind = kind  # "hf" or "fairseq"
         self.device = device
         self.path = path
+        # The hooks are shared by all threads; each thread's extract() sets its own cancel check here.
+        self._calls = threading.local()
+        for name, module in model.named_modules():
+            if _CHECKED_LAYERS.search(name):
+                module.register_forward_pre_hook(self._check_stop_hook)
+
+    def _check_stop_hook(self, _module: nn.Module, _args: Any) -> None:
+        check_stop(getattr(self._calls, "should_stop", None))
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> ContentEncoder:
@@ -39,8 +55,8 @@ class ContentEncoder:
         except ModelLoadError:
             raise
         except Exception as exc:
-            raise ModelLoadError(f"content encoder at {p} does not load: {exc}") from exc
-        raise ModelLoadError(f"no content encoder at {p}")
+            raise ModelLoadError(f"content encoder {p.name!r} does not load ({public_reason(exc)})") from exc
+        raise ModelLoadError(f"no content encoder named {p.name!r}")
 
     @classmethod
     def _load_hf(cls, path: Path, device: torch.device) -> ContentEncoder:
@@ -76,9 +92,17 @@ class ContentEncoder:
     def memory_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
+    def extract(self, audio: torch.Tensor, version: str, should_stop: ShouldStop | None = None) -> torch.Tensor:
+        """audio [1, samples] float at 16 kHz on self.device -> features [1, frames, 256 (v1) or 768 (v2)].
+        Raises JobCancelled at the next layer once `should_stop()` is true."""
+        self._calls.should_stop = should_stop
+        try:
+            return self._extract(audio, version)
+        finally:
+            self._calls.should_stop = None
+
     @torch.inference_mode()
-    def extract(self, audio: torch.Tensor, version: str) -> torch.Tensor:
-        """audio [1, samples] float at 16 kHz on self.device -> features [1, frames, 256 (v1) or 768 (v2)]."""
+    def _extract(self, audio: torch.Tensor, version: str) -> torch.Tensor:
         layer = OUTPUT_LAYER[version]
         if version == "v1" and self.final_proj is None:
             raise ModelLoadError("this content encoder has no final_proj, which v1 models need")

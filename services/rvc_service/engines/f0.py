@@ -7,18 +7,26 @@ features by the same frame number whatever the method.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .params import F0_METHODS, MethodUnavailable
+from ..cancel import ShouldStop, check_stop
+from .params import F0_METHODS, MethodUnavailable, public_reason
 
 SR = 16000
 HOP = 160
 F0_MIN = 50.0
 F0_MAX = 1100.0
+# F0 trackers run over sub-blocks of F0_CORE_S seconds, each seeing F0_MARGIN_S of audio on both sides, so that no
+# uninterruptible call grows with the input (a cancel is seen between sub-blocks). The margin covers the trackers'
+# analysis windows (a few periods of the 50 Hz floor), so the stitched contour matches a whole-signal analysis but
+# for rare frames; inputs up to core + 2 margins (every streaming window) are analysed in one call as before.
+F0_CORE_S = 1.0
+F0_MARGIN_S = 0.25
 _MEL_MIN = 1127.0 * np.log(1 + F0_MIN / 700)
 _MEL_MAX = 1127.0 * np.log(1 + F0_MAX / 700)
 
@@ -33,6 +41,33 @@ def coarse_f0(f0: np.ndarray) -> np.ndarray:
     voiced = mel > 0
     mel[voiced] = (mel[voiced] - _MEL_MIN) * 254 / (_MEL_MAX - _MEL_MIN) + 1
     return np.clip(np.rint(mel), 1, 255).astype(np.int64)
+
+
+def track_in_blocks(
+    analyse: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    hop: int,
+    frame_rate: float,
+    should_stop: ShouldStop | None,
+) -> np.ndarray:
+    """`analyse(excerpt)` -> F0 per frame (frame k at sample k * hop, len(excerpt) // hop + 1 frames, as pyworld's
+    trackers return; `frame_rate` frames per second), run over overlapping sub-blocks and stitched; checks
+    `should_stop` before each sub-block."""
+    n_frames = len(x) // hop + 1
+    core = max(1, round(F0_CORE_S * frame_rate))
+    margin = round(F0_MARGIN_S * frame_rate)
+    if n_frames <= core + 2 * margin:
+        check_stop(should_stop)
+        return np.asarray(analyse(x))[:n_frames]
+    f0 = np.zeros(n_frames)
+    for a in range(0, n_frames, core):
+        check_stop(should_stop)
+        b = min(n_frames, a + core)
+        lo, hi = max(0, a - margin), min(n_frames, b + margin)
+        part = np.asarray(analyse(x[lo * hop : hi * hop]))
+        got = part[a - lo : a - lo + (b - a)]
+        f0[a : a + len(got)] = got
+    return f0
 
 
 def _fit(f0: np.ndarray, n: int, center: bool = False) -> np.ndarray:
@@ -67,18 +102,26 @@ class F0Estimator:
         return "rmvpe" if self.has_rmvpe else "harvest"
 
     def estimate(
-        self, audio: np.ndarray, method: str, n_frames: int | None = None, filter_radius: int = 3
+        self,
+        audio: np.ndarray,
+        method: str,
+        n_frames: int | None = None,
+        filter_radius: int = 3,
+        *,
+        should_stop: ShouldStop | None = None,
     ) -> np.ndarray:
-        """F0 in Hz of 16 kHz mono float audio, one value per 10 ms frame (n_frames defaults to len // 160)."""
+        """F0 in Hz of 16 kHz mono float audio, one value per 10 ms frame (n_frames defaults to len // 160).
+        `should_stop` is checked before the estimator runs and between the batches of the neural ones."""
         n = len(audio) // HOP if n_frames is None else n_frames
         method = method or self.default_method()
         x = np.ascontiguousarray(audio, dtype=np.float32)
+        check_stop(should_stop)
         if method == "pm":
             return self._pm(x, n)
         if method in ("harvest", "dio"):
-            return self._world(x, n, method, filter_radius)
+            return self._world(x, n, method, filter_radius, should_stop)
         if method in ("crepe", "crepe-tiny"):
-            return self._crepe(x, n, "tiny" if method == "crepe-tiny" else "full")
+            return self._crepe(x, n, "tiny" if method == "crepe-tiny" else "full", should_stop)
         if method == "fcpe":
             return self._fcpe(x, n)
         if method == "rmvpe":
@@ -97,26 +140,44 @@ class F0Estimator:
         return _fit(pitch.selected_array["frequency"], n, center=True)
 
     @staticmethod
-    def _world(x: np.ndarray, n: int, method: str, filter_radius: int) -> np.ndarray:
+    def _world(
+        x: np.ndarray, n: int, method: str, filter_radius: int, should_stop: ShouldStop | None = None
+    ) -> np.ndarray:
         import pyworld
         from scipy.signal import medfilt
 
         xd = x.astype(np.float64)
         fn = pyworld.harvest if method == "harvest" else pyworld.dio
-        f0, t = fn(xd, SR, f0_floor=F0_MIN, f0_ceil=F0_MAX, frame_period=1000 * HOP / SR)
-        f0 = pyworld.stonemask(xd, f0, t, SR)  # refine the coarse estimate, as RVC does
+        f0 = track_in_blocks(
+            lambda part: fn(part, SR, f0_floor=F0_MIN, f0_ceil=F0_MAX, frame_period=1000 * HOP / SR)[0],
+            xd,
+            HOP,
+            SR / HOP,
+            should_stop,
+        )
+        t = np.arange(len(f0)) * (HOP / SR)
+        # Refine the coarse estimate, as RVC does; per frame, so slices of frames give the same result.
+        refined = []
+        for a in range(0, len(f0), 200):
+            check_stop(should_stop)
+            refined.append(pyworld.stonemask(xd, f0[a : a + 200], t[a : a + 200], SR))
+        f0 = np.concatenate(refined)
         if method == "harvest" and filter_radius > 0:
             f0 = medfilt(f0, 2 * filter_radius + 1)  # removes single-frame octave jumps and breath blips
         return _fit(f0, n)
 
-    def _crepe(self, x: np.ndarray, n: int, capacity: str) -> np.ndarray:
+    def _crepe(self, x: np.ndarray, n: int, capacity: str, should_stop: ShouldStop | None = None) -> np.ndarray:
         import torchcrepe
 
         model = self._model("crepe-" + capacity)
         audio = torch.from_numpy(x)[None].to(self.device)
         probs = []
         with torch.inference_mode():
-            for frames in torchcrepe.preprocess(audio, SR, HOP, 512, self.device, pad=True):
+            # The model is per frame, so the batch only bounds the time between cancel checks: on CPU 160 ms of
+            # frames (~80 ms of CPU for crepe-tiny on one core); a GPU gets big batches (launches are asynchronous).
+            batch = 512 if self.device.type == "cuda" else 16
+            for frames in torchcrepe.preprocess(audio, SR, HOP, batch, self.device, pad=True):
+                check_stop(should_stop)
                 probs.append(model(frames, embed=False))
             p = torch.cat(probs).reshape(1, -1, torchcrepe.PITCH_BINS).transpose(1, 2)
             # weighted_argmax rather than torchcrepe's default Viterbi: Viterbi runs through librosa/numba, whose JIT
@@ -178,5 +239,7 @@ class F0Estimator:
             try:
                 return Rmvpe(self.rmvpe_path, self.device)  # type: ignore[arg-type]
             except Exception as exc:  # a corrupt file makes the method unavailable, not the service
-                raise MethodUnavailable(f"rmvpe weights at {self.rmvpe_path} do not load: {exc}") from exc
+                raise MethodUnavailable(
+                    f"rmvpe weights {self.rmvpe_path.name!r} do not load ({public_reason(exc)})"  # type: ignore[union-attr]
+                ) from exc
         raise MethodUnavailable(f"unknown F0 method {name!r}")

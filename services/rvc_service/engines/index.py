@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .params import ModelLoadError
+from .params import ModelLoadError, public_reason
 
 TOP_K = 8
 
@@ -28,7 +28,7 @@ class RetrievalIndex:
             index = faiss.read_index(str(p))
             vectors = index.reconstruct_n(0, index.ntotal)
         except Exception as exc:
-            raise ModelLoadError(f"index {p.name} does not load: {exc}") from exc
+            raise ModelLoadError(f"index {p.name!r} does not load ({public_reason(exc)})") from exc
         if index.ntotal == 0:
             raise ModelLoadError(f"index {p.name} is empty")
         return cls(index, vectors, p)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 # Names accepted for ConversionParams.f0_method; "" means the service default (rmvpe if installed, else harvest).
@@ -27,6 +28,17 @@ class MethodUnavailable(EngineError):
 
 class ModelLoadError(EngineError):
     """A model file exists but cannot be loaded: corrupt, wrong format, no content encoder (FAILED_PRECONDITION)."""
+
+
+_PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^\s/\\'\"`:,;()\[\]{}<>]+)+[/\\]?")
+
+
+def public_reason(exc: BaseException | str, limit: int = 160) -> str:
+    """An exception's first line fit for a client: absolute paths reduced to their last component, length capped.
+    Status messages must never show where the server keeps its files."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = _PATH_RE.sub(lambda m: m.group(0).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1], text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,9 @@
 Per call: resample to 16 kHz, high-pass (48 Hz), reflect-pad, F0 on the whole padded input, then per segment (long
 inputs split at quiet points): content features -> optional index blend -> x2 to the 100 Hz F0 frame rate ->
 protect unvoiced frames -> synthesizer. Finally the loudness envelope mix and resampling to the requested rate.
+
+A `should_stop()` callable (the pool's CancelToken) is checked between those steps, per segment, inside the F0
+estimators' loops and between the synthesizer's stages; once true the call raises JobCancelled.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from scipy import signal
 
+from ..cancel import ShouldStop, check_stop
 from .content import ContentEncoder
 from .f0 import HOP, SR, F0Estimator, coarse_f0, shift_f0
 from .index import RetrievalIndex
-from .params import ConversionParams, InvalidParameters, MethodUnavailable, ModelLoadError
+from .params import ConversionParams, InvalidParameters, MethodUnavailable, ModelLoadError, public_reason
 from .synthesizer import Synthesizer, build_synthesizer
 
 _HIGHPASS = signal.butter(N=5, Wn=48, btype="high", fs=SR)
@@ -130,6 +134,24 @@ class RvcModel:
         self.info = info
         self.pipeline = pipeline or PipelineConfig()
 
+    @staticmethod
+    def read_checkpoint(path: str | Path, name: str | None = None) -> dict[str, Any]:
+        """The checkpoint's contents, checked to be an RVC WebUI model. Raises ModelLoadError naming the model (never
+        the file's location): done before anything else is loaded, so an unreadable file is reported as such."""
+        p = Path(path)
+        label = f"model {name or p.stem!r}"
+        try:
+            cpt = torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            reason = _unreadable_reason(p, exc)
+            raise ModelLoadError(f"{label}: checkpoint is not a readable RVC .pth ({reason})") from exc
+        if not isinstance(cpt, dict) or "config" not in cpt or "weight" not in cpt:
+            raise ModelLoadError(f"{label}: checkpoint is not a readable RVC .pth (it has no 'config' and 'weight')")
+        version = str(cpt.get("version", "v1"))
+        if version not in ("v1", "v2"):
+            raise ModelLoadError(f"{label}: unsupported RVC version {public_reason(repr(version), 40)}")
+        return cpt
+
     @classmethod
     def load(
         cls,
@@ -145,21 +167,40 @@ class RvcModel:
     ) -> RvcModel:
         """Load a WebUI checkpoint. Pass a shared ContentEncoder/F0Estimator to avoid one copy per voice.
         Raises ModelLoadError for anything that makes the files unusable."""
-        p, dev = Path(path), torch.device(device)
-        try:
-            cpt = torch.load(str(p), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ModelLoadError(f"{p.name} is not a loadable checkpoint: {exc}") from exc
-        if not isinstance(cpt, dict) or "config" not in cpt or "weight" not in cpt:
-            raise ModelLoadError(f"{p.name} is not an RVC model (needs 'config' and 'weight')")
+        p = Path(path)
+        cpt = cls.read_checkpoint(p, name)
+        return cls.from_checkpoint(
+            cpt,
+            name or p.stem,
+            device,
+            content_encoder=content_encoder,
+            rmvpe_path=rmvpe_path,
+            f0_estimator=f0_estimator,
+            index_path=index_path,
+            pipeline=pipeline,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        cpt: dict[str, Any],
+        name: str,
+        device: torch.device | str = "cpu",
+        *,
+        content_encoder: ContentEncoder | str | Path,
+        rmvpe_path: str | Path | None = None,
+        f0_estimator: F0Estimator | None = None,
+        index_path: str | Path | None = None,
+        pipeline: PipelineConfig | None = None,
+    ) -> RvcModel:
+        """Build a voice from what ``read_checkpoint`` returned."""
+        dev = torch.device(device)
         version = str(cpt.get("version", "v1"))
-        if version not in ("v1", "v2"):
-            raise ModelLoadError(f"{p.name}: unsupported RVC version {version!r}")
         use_f0 = bool(int(cpt.get("f0", 1)))
         try:
             net = build_synthesizer(cpt["config"], cpt["weight"], version, use_f0).to(dev)
         except Exception as exc:
-            raise ModelLoadError(f"{p.name}: {exc}") from exc
+            raise ModelLoadError(f"model {name!r}: weights do not fit its config ({public_reason(exc)})") from exc
         encoder = (
             content_encoder
             if isinstance(content_encoder, ContentEncoder)
@@ -168,11 +209,9 @@ class RvcModel:
         index = RetrievalIndex.load(index_path) if index_path else None
         want_dim = 256 if version == "v1" else 768
         if index is not None and index.dim != want_dim:
-            raise ModelLoadError(
-                f"index {Path(index_path).name} has {index.dim}-dim vectors; {version} needs {want_dim}"
-            )
+            raise ModelLoadError(f"model {name!r}: its index has {index.dim}-dim vectors; {version} needs {want_dim}")
         f0 = f0_estimator or F0Estimator(dev, rmvpe_path)
-        return cls(name or p.stem, net, version, encoder, f0, index, dev, str(cpt.get("info", "")), pipeline)
+        return cls(name, net, version, encoder, f0, index, dev, str(cpt.get("info", "")), pipeline)
 
     # --------------------------------------------------------------------------------------------- description
 
@@ -219,9 +258,11 @@ class RvcModel:
         *,
         out_sr: int | None = None,
         seed: int | None = None,
+        should_stop: ShouldStop | None = None,
     ) -> tuple[np.ndarray, int]:
         """Convert a whole utterance. Returns (float32 mono audio, its rate): the model's rate unless out_sr is given.
-        The output covers exactly the input's duration."""
+        The output covers exactly the input's duration. Raises JobCancelled soon after `should_stop()` turns true."""
+        check_stop(should_stop)
         self.validate(params)
         if sr <= 0:
             raise InvalidParameters([("sample_rate_hz", "must be positive")])
@@ -238,7 +279,8 @@ class RvcModel:
         t_pad = int(self.pipeline.x_pad * SR)
         t_pad = t_pad // HOP * HOP
         padded = np.pad(x, (t_pad, t_pad), mode="reflect")
-        pitch, pitchf = self._pitch(padded, params)
+        check_stop(should_stop)
+        pitch, pitchf = self._pitch(padded, params, should_stop)
         bounds = [0, *[c // HOP * HOP for c in split_points(x, self.pipeline)], len(x)]
         pieces = []
         for s, e in itertools.pairwise(bounds):
@@ -247,11 +289,17 @@ class RvcModel:
             seg = padded[s : e + 2 * t_pad]
             sl = slice(s // HOP, (e + 2 * t_pad) // HOP)
             y = self._segment(
-                seg, pitch[sl] if pitch is not None else None, pitchf[sl] if pitchf is not None else None, params, gen
+                seg,
+                pitch[sl] if pitch is not None else None,
+                pitchf[sl] if pitchf is not None else None,
+                params,
+                gen,
+                should_stop,
             )
             start = round(t_pad * tgt / SR)
             pieces.append(_fit_len(y[start:], round((e - s) * tgt / SR)))
         y = _fit_len(np.concatenate(pieces), n_out)
+        check_stop(should_stop)
         return self._finish(y, x, params, out_sr)
 
     def convert_block(
@@ -263,11 +311,13 @@ class RvcModel:
         context: int,
         out_sr: int | None = None,
         seed: int | None = None,
+        should_stop: ShouldStop | None = None,
     ) -> np.ndarray:
         """Streaming step: `audio` is left context followed by the new block (`context` samples of it are context, at
         `sr`). Returns only the converted block, exactly len(block) * rate / sr samples at out_sr (default the
         model's rate). The context gives the content encoder and F0 tracker history; pick >= 0.3 s. Pass 16 kHz
         input to avoid per-block resampling edges, and join blocks with a crossfade (SOLA) upstream."""
+        check_stop(should_stop)
         self.validate(params)
         if not 0 <= context <= len(audio):
             raise InvalidParameters([("context", f"must be between 0 and {len(audio)}")])
@@ -280,8 +330,10 @@ class RvcModel:
         xp = np.pad(x, (0, tail), mode="reflect") if tail else x
         if len(xp) < 2 * HOP + 400:
             return np.zeros(n_block_out, np.float32)
-        pitch, pitchf = self._pitch(xp, params)
-        y = self._segment(xp, pitch, pitchf, params, self._generator(seed))
+        check_stop(should_stop)
+        pitch, pitchf = self._pitch(xp, params, should_stop)
+        y = self._segment(xp, pitch, pitchf, params, self._generator(seed), should_stop)
+        check_stop(should_stop)
         tgt = self.sample_rate
         y = _fit_len(y, round(len(x) * tgt / SR))
         y = mix_rms(x, SR, y, tgt, params.rms_mix_rate)
@@ -297,20 +349,26 @@ class RvcModel:
             return None
         return torch.Generator(device=self.device).manual_seed(seed)
 
-    def _pitch(self, audio16k: np.ndarray, params: ConversionParams) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def _pitch(
+        self, audio16k: np.ndarray, params: ConversionParams, should_stop: ShouldStop | None = None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
         if not self.uses_f0:
             return None, None
         n = len(audio16k) // HOP
-        f0 = self.f0.estimate(audio16k, params.f0_method, n, params.filter_radius)
+        f0 = self.f0.estimate(audio16k, params.f0_method, n, params.filter_radius, should_stop=should_stop)
         f0 = shift_f0(f0, params.pitch_shift_semitones)
         return coarse_f0(f0.copy()), f0
 
-    def features(self, audio16k: np.ndarray, index_rate: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(
+        self, audio16k: np.ndarray, index_rate: float, should_stop: ShouldStop | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Content features at 100 frames/s: (after index blend, before blend), each [1, frames, dim]."""
         x = torch.from_numpy(np.ascontiguousarray(audio16k, dtype=np.float32)).to(self.device)[None]
-        feats = self.content_encoder.extract(x, self.version).float()
+        check_stop(should_stop)
+        feats = self.content_encoder.extract(x, self.version, should_stop).float()
         feats0 = feats
         if self.index is not None and index_rate > 0:
+            check_stop(should_stop)
             blended = self.index.blend(feats[0].cpu().numpy(), index_rate)
             feats = torch.from_numpy(blended).to(self.device)[None]
         # 50 Hz content frames -> 100 Hz F0 frames.
@@ -323,8 +381,9 @@ class RvcModel:
         pitchf: np.ndarray | None,
         params: ConversionParams,
         gen: torch.Generator | None,
+        should_stop: ShouldStop | None = None,
     ) -> np.ndarray:
-        feats, feats0 = self.features(audio16k, params.index_rate)
+        feats, feats0 = self.features(audio16k, params.index_rate, should_stop)
         p_len = min(len(audio16k) // HOP, feats.shape[1])
         feats, feats0 = feats[:, :p_len], feats0[:, :p_len]
         pt = pft = None
@@ -334,7 +393,8 @@ class RvcModel:
             feats = protect_features(feats, feats0, pft, params.protect)
         lengths = torch.tensor([p_len], device=self.device)
         sid = torch.tensor([params.speaker_id], device=self.device)
-        y = self.net.infer(feats, lengths, pt, pft, sid, generator=gen)
+        check_stop(should_stop)
+        y = self.net.infer(feats, lengths, pt, pft, sid, generator=gen, should_stop=should_stop)
         return y[0, 0].float().cpu().numpy()
 
     def _finish(
@@ -349,6 +409,24 @@ class RvcModel:
         if peak > 1:  # keep headroom instead of clipping
             y = y / peak
         return y.astype(np.float32), rate
+
+
+def _unreadable_reason(path: Path, exc: Exception) -> str:
+    """Why torch.load refused a file, in words for the client (torch's own text advises weights_only=False, which
+    would run the file's code, and may quote paths)."""
+    text = str(exc)
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty"
+    except OSError:
+        return "the file cannot be read"
+    if "Unsupported global" in text or "Unsupported operand" in text:
+        return "it holds Python objects, not just tensors and plain values"
+    if "zip" in text.lower() or "central directory" in text or "PytorchStreamReader" in text:
+        return "a damaged or truncated checkpoint archive"
+    if isinstance(exc, PermissionError | IsADirectoryError):
+        return "the file cannot be read"
+    return "not a PyTorch checkpoint"
 
 
 def _fit_len(x: np.ndarray, n: int, fill: Any = 0) -> np.ndarray:

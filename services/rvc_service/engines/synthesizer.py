@@ -8,6 +8,7 @@ weights (`fold_weight_norm`). The posterior encoder (enc_q) is training-only and
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -15,7 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cancel import ShouldStop, check_stop
+
 LRELU_SLOPE = 0.1
+
+# The cancel check of the infer() running on this thread: the stages below call _check_stop() between their layers,
+# so a long forward pass stops within one layer of a cancel (each worker thread runs one infer at a time).
+_CALL = threading.local()
+
+
+def _check_stop() -> None:
+    check_stop(getattr(_CALL, "should_stop", None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +194,7 @@ class AttentionEncoder(nn.Module):
         for attn, n1, ffn, n2 in zip(
             self.attn_layers, self.norm_layers_1, self.ffn_layers, self.norm_layers_2, strict=True
         ):
+            _check_stop()
             x = n1(x + attn(x, attn_mask))
             x = n2(x + ffn(x, mask))
         return x * mask
@@ -281,6 +293,7 @@ class CouplingBlock(nn.Module):
 
     def reverse(self, x: torch.Tensor, mask: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
         for flow in reversed(self.flows):
+            _check_stop()
             x = torch.flip(x, [1]) if isinstance(flow, Flip) else flow.reverse(x, mask, g)
         return x
 
@@ -387,11 +400,13 @@ class Generator(nn.Module):
         if g is not None and self.cond is not None:
             x = x + self.cond(g)
         for i, up in enumerate(self.ups):
+            _check_stop()
             x = up(F.leaky_relu(x, LRELU_SLOPE))
             if har is not None and self.noise_convs is not None:
                 x = x + self.noise_convs[i](har)
             xs = self.resblocks[i * self.num_kernels](x)
             for j in range(1, self.num_kernels):
+                _check_stop()
                 xs = xs + self.resblocks[i * self.num_kernels + j](x)
             x = xs / self.num_kernels
         # The final activation uses torch's default slope (0.01), as the original does.
@@ -429,13 +444,20 @@ class Synthesizer(nn.Module):
         *,
         generator: torch.Generator | None = None,
         noise_scale: float = 0.66666,
+        should_stop: ShouldStop | None = None,
     ) -> torch.Tensor:
-        """phone [b, t, dim] float, pitch [b, t] long (1..255), nsff0 [b, t] Hz, sid [b] -> audio [b, 1, t * hop]."""
-        g = self.emb_g(sid).unsqueeze(-1)
-        m, logs, mask = self.enc_p(phone, pitch if self.use_f0 else None, lengths)
-        eps = torch.randn(m.shape, generator=generator, device=m.device, dtype=m.dtype)
-        z = self.flow.reverse((m + torch.exp(logs) * eps * noise_scale) * mask, mask, g)
-        return self.dec(z * mask, nsff0 if self.use_f0 else None, g, generator)
+        """phone [b, t, dim] float, pitch [b, t] long (1..255), nsff0 [b, t] Hz, sid [b] -> audio [b, 1, t * hop].
+        `should_stop` is checked between the encoder's layers, the flows and the decoder's residual blocks."""
+        _CALL.should_stop = should_stop
+        try:
+            g = self.emb_g(sid).unsqueeze(-1)
+            m, logs, mask = self.enc_p(phone, pitch if self.use_f0 else None, lengths)
+            eps = torch.randn(m.shape, generator=generator, device=m.device, dtype=m.dtype)
+            z = self.flow.reverse((m + torch.exp(logs) * eps * noise_scale) * mask, mask, g)
+            _check_stop()
+            return self.dec(z * mask, nsff0 if self.use_f0 else None, g, generator)
+        finally:
+            _CALL.should_stop = None
 
 
 # ------------------------------------------------------------------------------------------------- weight loading

@@ -2,19 +2,32 @@
 
 Needs no downloaded weights, so conversion always works. Pitch shift scales F0; formant shift warps each frame's
 spectral envelope along frequency (up for positive semitones), which changes perceived vocal-tract size.
+
+Cancellation: a conversion takes a `should_stop()` callable and checks it between the WORLD steps (F0, refinement,
+envelope, aperiodicity, warp, synthesis) and between sub-blocks of each step: F0 is tracked in overlapping
+sub-blocks, the per-frame steps (StoneMask, CheapTrick, D4C) run over slices of frames, and long syntheses run in
+phase-continuous pieces. No uninterruptible call grows with the input, so a long clip stops as quickly after a cancel
+as a short streaming block. Streaming windows (~1 s) are analysed and synthesized exactly as one call would.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import soxr
 
+from ..cancel import ShouldStop, check_stop
+from .f0 import track_in_blocks
 from .params import ConversionParams, InvalidParameters
 
 WORK_SR = 24000
 FRAME_MS = 5.0
+# Frames per pyworld call (5 ms frames): keeps each uninterruptible call to tens of ms on one core. The per-frame
+# steps give the same frames on any slice (D4C up to its own 1e-12 dither); synthesis pieces join in phase.
+FRAMES_PER_CALL = 50
+SYNTH_FRAMES_PER_CALL = 200
 
 
 def warp_envelope(sp: np.ndarray, ratio: float) -> np.ndarray:
@@ -59,9 +72,11 @@ class WorldVoice:
         *,
         out_sr: int | None = None,
         seed: int | None = None,
+        should_stop: ShouldStop | None = None,
     ) -> tuple[np.ndarray, int]:
         """Convert a whole utterance; returns (float32 mono, rate), rate = out_sr or 24000. `seed` is accepted for
-        API symmetry (WORLD is deterministic)."""
+        API symmetry (WORLD is deterministic). Raises JobCancelled soon after `should_stop()` turns true."""
+        check_stop(should_stop)
         self.validate(params)
         if sr <= 0:
             raise InvalidParameters([("sample_rate_hz", "must be positive")])
@@ -71,7 +86,8 @@ class WorldVoice:
             x = x.mean(axis=1)
         n_out = round(len(x) * rate / sr)
         xw = x if sr == WORK_SR else soxr.resample(x, sr, WORK_SR).astype(np.float32)
-        y = self._process(xw, params)
+        y = self._process(xw, params, should_stop)
+        check_stop(should_stop)
         if rate != WORK_SR and len(y):
             y = soxr.resample(y, WORK_SR, rate).astype(np.float32)
         return _fit_len(y, n_out), rate
@@ -85,31 +101,146 @@ class WorldVoice:
         context: int,
         out_sr: int | None = None,
         seed: int | None = None,
+        should_stop: ShouldStop | None = None,
     ) -> np.ndarray:
         """Streaming step with the same contract as RvcModel.convert_block: returns only the block after `context`."""
         if not 0 <= context <= len(audio):
             raise InvalidParameters([("context", f"must be between 0 and {len(audio)}")])
-        y, rate = self.convert(audio, sr, params, out_sr=out_sr)
+        y, rate = self.convert(audio, sr, params, out_sr=out_sr, should_stop=should_stop)
         return y[round(context * rate / sr) :][: round((len(audio) - context) * rate / sr)]
 
-    def _process(self, x: np.ndarray, params: ConversionParams) -> np.ndarray:
+    def _process(self, x: np.ndarray, params: ConversionParams, should_stop: ShouldStop | None = None) -> np.ndarray:
         import pyworld
 
         if len(x) < WORK_SR * FRAME_MS / 1000 * 4:  # too short for any analysis frame
             return np.zeros_like(x)
         xd = x.astype(np.float64)
-        analyse = pyworld.harvest if params.f0_method == "harvest" else pyworld.dio
-        f0, t = analyse(xd, WORK_SR, f0_floor=50.0, f0_ceil=1100.0, frame_period=FRAME_MS)
-        f0 = pyworld.stonemask(xd, f0, t, WORK_SR)
-        sp = pyworld.cheaptrick(xd, f0, t, WORK_SR)
-        ap = pyworld.d4c(xd, f0, t, WORK_SR)
+        f0, t = track_f0(xd, params.f0_method, should_stop)
+        f0 = per_frames(lambda a, b: pyworld.stonemask(xd, f0[a:b], t[a:b], WORK_SR), len(f0), should_stop)
+        sp = per_frames(lambda a, b: pyworld.cheaptrick(xd, f0[a:b], t[a:b], WORK_SR), len(f0), should_stop)
+        ap = per_frames(lambda a, b: pyworld.d4c(xd, f0[a:b], t[a:b], WORK_SR), len(f0), should_stop)
         f0 = f0 * 2.0 ** ((params.pitch_shift_semitones + self.pitch_offset) / 12.0)
-        sp = warp_envelope(sp, 2.0 ** ((params.formant_shift_semitones + self.formant_offset) / 12.0))
-        y = pyworld.synthesize(f0, np.ascontiguousarray(sp), ap, WORK_SR, FRAME_MS)
+        ratio = 2.0 ** ((params.formant_shift_semitones + self.formant_offset) / 12.0)
+        sp = per_frames(lambda a, b: warp_envelope(sp[a:b], ratio), len(sp), should_stop)
+        y = synthesize(f0, sp, ap, should_stop)
         peak = float(np.abs(y).max()) / 0.99 if len(y) else 0.0
         if peak > 1:
             y = y / peak
         return _fit_len(y.astype(np.float32), len(x))
+
+
+def per_frames(
+    step: Callable[[int, int], np.ndarray], n_frames: int, should_stop: ShouldStop | None, size: int = FRAMES_PER_CALL
+) -> np.ndarray:
+    """Run a per-frame WORLD step over frame slices [a, b), checking for a cancel before each slice. Exact: these
+    steps compute every frame from the signal around its own time stamp only."""
+    parts = []
+    for a in range(0, n_frames, size):
+        check_stop(should_stop)
+        parts.append(step(a, min(n_frames, a + size)))
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def track_f0(xd: np.ndarray, method: str, should_stop: ShouldStop | None) -> tuple[np.ndarray, np.ndarray]:
+    """DIO (default) or Harvest F0 at 5 ms frames, tracked in sub-blocks (Harvest costs ~0.1 s per second of audio,
+    too long to run uncut on a long clip)."""
+    import pyworld
+
+    analyse = pyworld.harvest if method == "harvest" else pyworld.dio
+    f0 = track_in_blocks(
+        lambda x: analyse(x, WORK_SR, f0_floor=50.0, f0_ceil=1100.0, frame_period=FRAME_MS)[0],
+        xd,
+        round(WORK_SR * FRAME_MS / 1000),
+        1000 / FRAME_MS,
+        should_stop,
+    )
+    return f0, np.arange(len(f0)) * (FRAME_MS / 1000)
+
+
+def synthesize(f0: np.ndarray, sp: np.ndarray, ap: np.ndarray, should_stop: ShouldStop | None) -> np.ndarray:
+    """WORLD synthesis; long inputs in pieces of SYNTH_FRAMES_PER_CALL frames with a cancel check before each.
+
+    WORLD places a glottal pulse wherever the running phase of the (interpolated) F0 contour wraps, counting from
+    the first sample, so a piece synthesized on its own would put its pulses elsewhere than its neighbour does.
+    Each piece therefore starts with a few lead-in frames whose F0 brings the running phase to the previous piece's
+    phase at the first shared frame: the two pieces then pulse in step through their overlap (wider than a pulse
+    response) and meet in a short crossfade, which only blends WORLD's noise excitation (a fresh draw per call)."""
+    import pyworld
+
+    n = len(f0)
+    if n <= SYNTH_FRAMES_PER_CALL * 3 // 2:  # every streaming window: one call, as before
+        check_stop(should_stop)
+        return pyworld.synthesize(f0, np.ascontiguousarray(sp), np.ascontiguousarray(ap), WORK_SR, FRAME_MS)
+    hop = round(WORK_SR * FRAME_MS / 1000)
+    lowest = WORK_SR // ((sp.shape[1] - 1) * 2) + 1.0  # WORLD treats F0 below fs / fft_size + 1 as unvoiced
+    f0 = np.where(f0 < lowest, 0.0, f0)
+    y = np.zeros(n * hop)  # pyworld's output length
+    half = _SYNTH_FADE // 2
+    prev_phase, prev_lo = np.zeros(0), 0  # running phase of the previous piece (its own lead-in removed)
+    for a in range(0, n, SYNTH_FRAMES_PER_CALL):
+        check_stop(should_stop)
+        b = min(n, a + SYNTH_FRAMES_PER_CALL)
+        lo, hi = max(0, a - _SYNTH_MARGIN), min(n, b + _SYNTH_MARGIN)
+        seg_f0, seg_sp, seg_ap = f0[lo:hi], sp[lo:hi], ap[lo:hi]
+        lead = None
+        if lo > 0:
+            lead = (_lead_in_f0(seg_f0[:2], hop, prev_phase[(lo - prev_lo) * hop]), _LEAD_FRAMES)
+            seg_f0 = np.concatenate((np.full(_LEAD_FRAMES, lead[0]), seg_f0))
+            seg_sp = np.concatenate((np.repeat(seg_sp[:1], _LEAD_FRAMES, axis=0), seg_sp))
+            seg_ap = np.concatenate((np.repeat(seg_ap[:1], _LEAD_FRAMES, axis=0), seg_ap))
+        skip = _LEAD_FRAMES * hop if lead else 0
+        if b < n:
+            prev_phase, prev_lo = _world_phase(f0[lo:hi], hop, lead)[skip:], lo
+        piece = pyworld.synthesize(
+            np.ascontiguousarray(seg_f0), np.ascontiguousarray(seg_sp), np.ascontiguousarray(seg_ap), WORK_SR, FRAME_MS
+        )[skip:]  # piece[0] is sample lo * hop
+        start = a * hop - half if a > 0 else 0
+        end = b * hop + half if b < n else len(y)
+        part = piece[start - lo * hop : end - lo * hop].copy()
+        if a > 0:
+            part[: 2 * half] *= _SYNTH_RAMP
+        if b < n:
+            part[-2 * half :] *= _SYNTH_RAMP[::-1]
+        y[start:end] += part
+    return y
+
+
+# Chunked synthesis: margins (frames) beyond each piece, wider than a pulse response (fft_size / 2 samples) plus the
+# crossfade; lead-in frames whose F0 (100..160 Hz) sets the running phase; a 10 ms linear crossfade.
+_SYNTH_MARGIN = 10
+_LEAD_FRAMES = 4
+_SYNTH_FADE = 240
+_SYNTH_RAMP = (np.arange(_SYNTH_FADE) + 0.5) / _SYNTH_FADE
+
+
+def _world_phase(f0: np.ndarray, hop: int, lead: tuple[float, int] | None = None) -> np.ndarray:
+    """WORLD's running pulse phase per output sample, computed the way its GetTimeBase does (same float operations,
+    so the pulse positions agree to the sample): F0 and voicing linearly interpolated between frames on a time axis
+    in seconds (plus one extrapolated frame), voicing thresholded at > 0.5, unvoiced samples counted at 500 Hz."""
+    frames = f0 if lead is None else np.concatenate((np.full(lead[1], lead[0]), f0))
+    n = len(frames)
+    coarse_f0 = np.append(frames, frames[-1] * 2 - frames[-2])
+    vuv = (frames != 0).astype(np.float64)
+    coarse_vuv = np.append(vuv, vuv[-1] * 2 - vuv[-2])
+    coarse_t = np.arange(n + 1) * (FRAME_MS / 1000.0)
+    t = np.arange(n * hop) / float(WORK_SR)
+    k = np.clip(np.searchsorted(coarse_t, t, side="right"), 1, n)  # coarse_t[k-1] <= t < coarse_t[k] (histc)
+    s = (t - coarse_t[k - 1]) / (coarse_t[k] - coarse_t[k - 1])
+    f0i = coarse_f0[k - 1] + s * (coarse_f0[k] - coarse_f0[k - 1])
+    voiced = coarse_vuv[k - 1] + s * (coarse_vuv[k] - coarse_vuv[k - 1]) > 0.5
+    return np.cumsum(2.0 * np.pi * np.where(voiced, f0i, 500.0) / WORK_SR)
+
+
+def _lead_in_f0(first: np.ndarray, hop: int, target: float) -> float:
+    """A constant F0 for the lead-in frames such that the running phase at the first real frame equals `target`
+    modulo 2 pi. That phase is linear in the lead-in F0 (for any voiced value), so two evaluations solve it."""
+    join = _LEAD_FRAMES * hop
+
+    def phase_at(c: float) -> float:
+        return float(_world_phase(first, hop, (c, _LEAD_FRAMES))[join])
+
+    p0, p1 = phase_at(100.0), phase_at(101.0)
+    return 100.0 + float(np.mod(target - p0, 2.0 * np.pi)) / (p1 - p0)
 
 
 BUILTIN_VOICES: dict[str, WorldVoice] = {
