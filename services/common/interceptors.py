@@ -287,6 +287,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 call = _CallObserver(service, method, rpc_type, context)
                 sent = metrics.STREAM_MESSAGES_SENT.labels(service, method)
                 activity = _Activity()
+                watched: AsyncIterator[Any] | None = None
                 self._enter(tracked)
                 try:
                     if request_streaming:
@@ -304,6 +305,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 except BaseException as exc:  # every ending is translated and counted
                     await call.fail(exc)
                 finally:
+                    # A client cancel closes this generator at its yield: close the handler's now (its `finally`
+                    # frees admission slots and upstream calls) rather than whenever the garbage collector gets to it.
+                    if watched is not None:
+                        with contextlib.suppress(BaseException):
+                            await watched.aclose()  # type: ignore[attr-defined]
                     self._leave(tracked)
                     call.finish()
 
