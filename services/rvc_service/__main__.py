@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +86,20 @@ def make_parser() -> EnvArgumentParser:
     return parser
 
 
+def freeze_startup_objects() -> None:
+    """Move everything alive after start-up (torch, transformers, scipy: millions of objects) out of the cyclic
+    garbage collector's reach, then let it restart its accounting from an empty old generation.
+
+    CPython runs a full collection only when the objects promoted since the last one exceed a quarter of the
+    long-lived ones. With the start-up objects counted as long-lived, that took thousands of requests, and every
+    request's cyclic garbage (a finished call's frames and whatever they hold) piled up meanwhile: RSS rose ~25 KB per
+    request over 1,000 requests. Frozen, they are neither scanned nor counted, so full collections come every few
+    tens of thousands of allocations and only scan what was created since, which is cheap."""
+    gc.collect()
+    gc.freeze()
+    gc.collect()  # a full collection over the now-empty old generation resets the long-lived count
+
+
 async def log_allocation_growth(interval_s: float, top: int = 12) -> None:
     """Log which source lines hold more Python memory than at the first tick (the baseline, after start-up):
     a line that keeps growing tick after tick is a leak, one that stops is a cache or pool filling up."""
@@ -159,11 +173,7 @@ async def main(argv: list[str]) -> None:
     init_service_logging("rvc_service", server_options_from_args(args))
     service = build_service(args)
     await service.host.start()
-    if os.environ.get("EXPERIMENT_GC_FREEZE"):
-        import gc
-
-        gc.collect()
-        gc.freeze()
+    freeze_startup_objects()
     tracer = None
     if args.debug_tracemalloc_seconds > 0:
         tracer = asyncio.get_running_loop().create_task(log_allocation_growth(args.debug_tracemalloc_seconds))

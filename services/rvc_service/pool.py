@@ -32,6 +32,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -182,7 +183,10 @@ class WorkerPool:
                     self._active_keys.add(key)
                 self._ready.append(job)
                 self._cond.notify()
-        job.future.add_done_callback(lambda f: self._on_future_done(job, f))
+        # A weak reference: the future keeps its callbacks after it is done, and a strong one would make a
+        # job -> future -> callback -> job cycle that only a full garbage collection frees.
+        job_ref = weakref.ref(job)
+        job.future.add_done_callback(lambda f: self._on_future_done(job_ref(), f))
         return job.future
 
     async def run(
@@ -204,9 +208,9 @@ class WorkerPool:
             future.cancel()  # no-op once running; the token stops it at the next segment
             raise
 
-    def _on_future_done(self, job: _Job, future: concurrent.futures.Future[Any]) -> None:
+    def _on_future_done(self, job: _Job | None, future: concurrent.futures.Future[Any]) -> None:
         """A queued job cancelled by its caller leaves the queue now, so depth and capacity reflect reality."""
-        if not future.cancelled():
+        if job is None or not future.cancelled():  # None: the job is gone, so it is in no queue either
             return
         with self._cond:
             removed = False

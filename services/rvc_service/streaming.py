@@ -148,6 +148,11 @@ class SolaStitcher:
         self._next_index += 1
         return window
 
+    def release(self) -> None:
+        """Drop the buffered audio (the stream is over); the stitcher must not be fed again."""
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._tail = None
+
     def _out_pos(self, input_pos: int) -> int:
         return round(input_pos * self._ratio)
 
@@ -364,8 +369,13 @@ class ConversionStream:
         yield final
 
     def close(self) -> None:
-        """Abandon the stream (client gone): stop its jobs and release the encoder."""
+        """End of the call (finished or abandoned): stop its jobs and release the encoder, the buffered audio and
+        the resamplers' filter state. What the call's frames keep alive after it ended (a reference cycle there
+        lasts until a full garbage collection) is then a few small objects, not audio buffers."""
         self.token.cancel("stream closed")
         if not self._closed:
             self._closed = True
             self.encoder.close()
+        self.stitcher.release()
+        self._in_resampler = StreamResampler(self.input_rate, self.input_rate)  # identity: holds no soxr state
+        self._out_resampler = StreamResampler(self.output_rate, self.output_rate)

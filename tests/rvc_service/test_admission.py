@@ -114,6 +114,7 @@ async def test_second_stream_is_refused_at_once_and_admitted_after_the_first_end
         retry = [d for d in status_details(err) if isinstance(d, error_details_pb2.RetryInfo)]
         assert retry and retry[0].retry_delay.ToNanoseconds() > 0
         times.append(elapsed)
+    print(f"refused after {', '.join(f'{1000 * t:.1f}' for t in times)} ms")
     assert statistics.median(times) < 0.1 and max(times) < 0.5, times
 
     # Clips are not real-time: they stay governed by the queue bound and are served meanwhile.

@@ -97,7 +97,7 @@ async def test_unreadable_checkpoint_is_named_before_the_missing_encoder_then_li
 ) -> None:
     err = await load_error(stub, "random")
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert err.details().startswith("model 'random': checkpoint is not a readable RVC .pth (")
+    assert err.details() == "model 'random': checkpoint is not a readable RVC .pth (not a PyTorch checkpoint)"
     assert "encoder" not in err.details() and "weights_only" not in err.details()
     assert_no_server_path(err, layout)
     # A readable checkpoint gets as far as the encoder, which is the real problem in this directory.

@@ -34,14 +34,16 @@ class ContentEncoder:
         self.kind = kind  # "hf" or "fairseq"
         self.device = device
         self.path = path
-        # The hooks are shared by all threads; each thread's extract() sets its own cancel check here.
-        self._calls = threading.local()
+        # The hooks are shared by all threads; each thread's extract() sets its own cancel check here. They close over
+        # this thread-local only (not self), so the model and its encoder form no reference cycle.
+        self._calls = calls = threading.local()
+
+        def check_stop_hook(_module: nn.Module, _args: Any) -> None:
+            check_stop(getattr(calls, "should_stop", None))
+
         for name, module in model.named_modules():
             if _CHECKED_LAYERS.search(name):
-                module.register_forward_pre_hook(self._check_stop_hook)
-
-    def _check_stop_hook(self, _module: nn.Module, _args: Any) -> None:
-        check_stop(getattr(self._calls, "should_stop", None))
+                module.register_forward_pre_hook(check_stop_hook)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> ContentEncoder:

@@ -420,7 +420,7 @@ def _unreadable_reason(path: Path, exc: Exception) -> str:
             return "the file is empty"
     except OSError:
         return "the file cannot be read"
-    if "Unsupported global" in text or "Unsupported operand" in text:
+    if "Unsupported global" in text:
         return "it holds Python objects, not just tensors and plain values"
     if "zip" in text.lower() or "central directory" in text or "PytorchStreamReader" in text:
         return "a damaged or truncated checkpoint archive"
