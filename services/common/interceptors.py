@@ -128,8 +128,8 @@ async def _watched(
                     if max_stream_s is not None:
                         limits.append(activity.started + max_stream_s)
                     timeout = max(0.0, min(limits) - time.monotonic()) if limits else None
-                    done, _ = await asyncio.wait({step}, timeout=timeout)
-                    if done:
+                    await asyncio.wait({step}, timeout=timeout)
+                    if step.done():
                         break
                     now = time.monotonic()
                     if max_stream_s is not None and now >= activity.started + max_stream_s:
@@ -151,6 +151,8 @@ async def _watched(
                 message = step.result()
             except StopAsyncIteration:
                 return
+            finally:
+                del step  # a finished step holds its exception's traceback, which holds this frame: no cycle
             activity.touch()
             yield message
     finally:
