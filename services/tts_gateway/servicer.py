@@ -20,7 +20,7 @@ from services.tts_gateway.text import (
     MAX_PIECE_CHARS,
     NOTHING_TO_SPEAK,
     IncrementalSplitter,
-    first_control_character,
+    control_character_problem,
     split_text,
 )
 from services.tts_gateway.triton_client import TritonTts
@@ -210,11 +210,9 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
                 if kind == "config":
                     raise InvalidArgument([("config", "must be sent only once, on the first message")])
                 if kind == "text":
-                    bad = first_control_character(message.text)
-                    if bad is not None:
-                        raise InvalidArgument(
-                            [("text", f"contains control character U+{ord(message.text[bad]):04X}; remove it")]
-                        )
+                    problem = control_character_problem(message.text)
+                    if problem is not None:
+                        raise InvalidArgument([("text", problem)])
                     if not got_text and message.text.strip():
                         got_text = True
                         pipeline.started_at = time.perf_counter()  # TTFA counts from the first text

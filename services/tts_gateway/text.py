@@ -54,6 +54,14 @@ def first_control_character(text: str) -> int | None:
     return None
 
 
+def control_character_problem(text: str) -> str | None:
+    """What to tell a client whose text holds a control character, or None when it holds none."""
+    index = first_control_character(text)
+    if index is None:
+        return None
+    return f"contains control character U+{ord(text[index]):04X} at offset {index}; remove it"
+
+
 def is_pronounceable(text: str) -> bool:
     """True when the text holds a letter or a digit: something a TTS model can say (not only emoji or punctuation)."""
     return any(unicodedata.category(char)[0] in "LN" for char in text)

@@ -16,7 +16,7 @@ from services.common.audio import AudioDecodeError, decode_audio, resample, reso
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.request_id import resolve_request_id
 from services.tts_gateway.pipeline import SynthesisPlan
-from services.tts_gateway.text import NOTHING_TO_SPEAK, first_control_character, is_pronounceable
+from services.tts_gateway.text import NOTHING_TO_SPEAK, control_character_problem, is_pronounceable
 from services.tts_gateway.triton_client import (
     MODE_CROSS_LINGUAL,
     MODE_INSTRUCT,
@@ -92,9 +92,9 @@ class ReferenceCache:
 
 def text_violations(text: str, field: str) -> list[tuple[str, str]]:
     """Text a TTS model cannot speak: control characters (NUL, ESC, ...) or nothing but symbols and punctuation."""
-    index = first_control_character(text)
-    if index is not None:
-        return [(field, f"contains control character U+{ord(text[index]):04X} at offset {index}; remove it")]
+    problem = control_character_problem(text)
+    if problem is not None:
+        return [(field, problem)]
     if not is_pronounceable(text):
         return [(field, NOTHING_TO_SPEAK)]
     return []
