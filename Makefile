@@ -31,10 +31,12 @@ $(GEN_STAMP): $(PROTOS) proto/gen_python.py $(VENV)/.installed
 	$(PY) proto/gen_python.py --out gen/python
 	touch $@
 
-# The Triton server environment (server binary from the nvidia-pytriton wheel, Piper, numpy<2).
-$(TRITON_VENV)/.installed: triton/requirements.txt
+# The Triton server environment (server binary from the nvidia-pytriton wheel, Piper, Spark-TTS on torch, numpy<2).
+$(TRITON_VENV)/.installed: triton/requirements.txt triton/requirements-spark.txt
 	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip install -q --disable-pip-version-check -r triton/requirements.txt
+	$(TRITON_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -r triton/requirements-spark.txt
+	$(TRITON_VENV)/bin/python services/rvc_service/torchaudio_cpu.py
 	touch $@
 
 # The Node.js example client's packages (protobufjs's postinstall only prints a notice).

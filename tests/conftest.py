@@ -10,7 +10,12 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["tests.fixtures.triton_server", "tests.fixtures.rvc_service", "tests.fixtures.gateway"]
+pytest_plugins = [
+    "tests.fixtures.triton_server",
+    "tests.fixtures.rvc_service",
+    "tests.fixtures.gateway",
+    "tests.fixtures.spark",
+]
 
 
 def free_port() -> int:

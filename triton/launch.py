@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import ctypes
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -41,6 +42,8 @@ from types import FrameType
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_REPOSITORY = HERE / "model_repo"
+# Spark-TTS's models (spark_tts, audio_tokenizer, vocoder): served only when a checkpoint directory is given.
+SPARK_REPOSITORY = HERE / "spark_repo"
 SHM_DIR = Path("/dev/shm")
 # Starts with the python backend's default prefix, so the usual `rm /dev/shm/triton_python_backend_shm_region_*`
 # still matches; "launch<pid namespace>-<pid>-<start time>_" names the launcher that owns the region. The namespace
@@ -90,6 +93,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=int(count) if count else None,
         help="override instance_group count of every model (each instance is one stub process); "
         "default: what each config.pbtxt says [env TRITON_INSTANCE_COUNT]",
+    )
+    parser.add_argument(
+        "--spark-checkpoint",
+        default=_env("TRITON_SPARK_CHECKPOINT", ""),
+        help="a Spark-TTS-0.5B checkpoint directory (published layout; triton/spark_tiny_checkpoint.py writes a tiny "
+        "one): also serve spark_tts, audio_tokenizer and vocoder from it [env TRITON_SPARK_CHECKPOINT]",
+    )
+    parser.add_argument(
+        "--spark-param",
+        action="append",
+        default=[p for p in _env("TRITON_SPARK_PARAMS", "").split(",") if p],
+        metavar="KEY=VALUE",
+        help="override a parameter of spark_tts's config (repeatable), e.g. max_new_tokens=600 or "
+        "audio_chunk_duration=0.5 [env TRITON_SPARK_PARAMS, comma-separated]",
     )
     parser.add_argument(
         "--models",
@@ -163,17 +180,44 @@ def server_env(root: Path) -> dict[str, str]:
     return env
 
 
-def staged_repository(repository: Path, instance_count: int) -> Path:
-    """Copy the repository with every instance_group count rewritten (Triton has no flag for it)."""
+def set_parameter(config_text: str, key: str, value: str) -> str:
+    """A config.pbtxt with string parameter `key` set to `value` (added when the config does not declare it)."""
+    literal = json.dumps(value)  # a pbtxt string literal is a JSON string for paths and numbers
+    pattern = rf'(key:\s*"{re.escape(key)}",\s*value:\s*\{{\s*string_value:\s*)"[^"]*"'
+    if re.search(pattern, config_text):
+        return re.sub(pattern, lambda m: m.group(1) + literal, config_text)
+    return config_text + f'parameters {{ key: "{key}", value: {{ string_value: {literal} }} }}\n'
+
+
+def staged_repository(
+    repository: Path,
+    instance_count: int | None = None,
+    spark_checkpoint: Path | None = None,
+    spark_params: dict[str, str] | None = None,
+) -> Path:
+    """Copy the repository with every instance_group count rewritten (Triton has no flag for it) and, given a Spark
+    checkpoint, the Spark-TTS models added with their checkpoint_dir parameter pointing at it (and spark_tts's
+    parameters overridden by `spark_params`)."""
     staged = Path(tempfile.mkdtemp(prefix="triton-repo-"))
-    shutil.copytree(repository, staged, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
-    for config in staged.glob("*/config.pbtxt"):
-        text = config.read_text(encoding="utf-8")
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(repository, staged, dirs_exist_ok=True, ignore=ignore)
+    if spark_checkpoint is not None:
+        shutil.copytree(SPARK_REPOSITORY, staged, dirs_exist_ok=True, ignore=ignore)
+        for name in ("spark_tts", "audio_tokenizer", "vocoder"):
+            config = staged / name / "config.pbtxt"
+            text = set_parameter(config.read_text(encoding="utf-8"), "checkpoint_dir", str(spark_checkpoint))
+            if name == "spark_tts":
+                for key, value in (spark_params or {}).items():
+                    text = set_parameter(text, key, value)
+            config.write_text(text, encoding="utf-8")
+    if instance_count is not None:
+        for config in staged.glob("*/config.pbtxt"):
+            text = config.read_text(encoding="utf-8")
 
-        def rewrite(block: re.Match[str]) -> str:
-            return re.sub(r"count\s*:\s*\d+", f"count: {instance_count}", block.group(0))
+            def rewrite(block: re.Match[str]) -> str:
+                return re.sub(r"count\s*:\s*\d+", f"count: {instance_count}", block.group(0))
 
-        config.write_text(re.sub(r"instance_group\s*\[.*?\]", rewrite, text, flags=re.S), encoding="utf-8")
+            config.write_text(re.sub(r"instance_group\s*\[.*?\]", rewrite, text, flags=re.S), encoding="utf-8")
     return staged
 
 
@@ -332,10 +376,16 @@ def main(argv: list[str] | None = None) -> int:
     prepare_stub(server_dir)
 
     staged: Path | None = None
-    if args.instance_count is not None:
-        if args.instance_count < 1:
-            sys.exit("--instance-count must be at least 1")
-        staged = staged_repository(repository, args.instance_count)
+    spark = Path(args.spark_checkpoint).resolve() if args.spark_checkpoint else None
+    if spark is not None and not (spark / "config.yaml").is_file():
+        sys.exit(f"--spark-checkpoint {spark} is not a Spark-TTS checkpoint directory (no config.yaml)")
+    if args.instance_count is not None and args.instance_count < 1:
+        sys.exit("--instance-count must be at least 1")
+    spark_params = dict(item.split("=", 1) for item in args.spark_param if "=" in item)
+    if len(spark_params) != len(args.spark_param):
+        sys.exit("--spark-param takes KEY=VALUE")
+    if args.instance_count is not None or spark is not None:
+        staged = staged_repository(repository, args.instance_count, spark, spark_params)
         repository = staged
 
     prefix = shm_prefix()

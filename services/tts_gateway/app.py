@@ -18,8 +18,9 @@ from services.common.server import (
 )
 from services.tts_gateway.admission import RealTimeAdmission
 from services.tts_gateway.rvc_client import RvcClient
+from services.tts_gateway.saved_voices import SavedVoiceStore
 from services.tts_gateway.servicer import TtsGatewayServicer
-from services.tts_gateway.stats import LatencyWindows
+from services.tts_gateway.stats import SAVED_VOICES, LatencyWindows
 from services.tts_gateway.triton_client import TritonTts
 from services.tts_gateway.upstreams import UpstreamMonitor
 from services.tts_gateway.validation import Limits, MiB, ReferenceCache, RequestValidator
@@ -63,6 +64,17 @@ def make_parser() -> EnvArgumentParser:
     )
     parser.add_option("--max-reference-mb", type=float, default=8.0, help="largest reference audio, MiB")
     parser.add_option("--reference-cache-size", type=int, default=64, help="processed reference clips kept")
+    parser.add_option(
+        "--saved-voices-dir",
+        default=str(Path.home() / ".local" / "state" / "tts_gateway" / "saved_voices"),
+        help="where CreateVoice keeps saved voices (created if missing; survives restarts); empty keeps none",
+    )
+    parser.add_option(
+        "--max-saved-voices", type=int, default=100, help="most saved voices; more get RESOURCE_EXHAUSTED"
+    )
+    parser.add_option(
+        "--max-saved-voices-mb", type=float, default=256.0, help="most disk the saved voices may take, MiB"
+    )
     parser.add_option("--probe-interval", type=float, default=0.5, help="seconds between upstream health probes")
     return parser
 
@@ -78,7 +90,17 @@ class Gateway:
 
 def build_gateway(args: argparse.Namespace) -> Gateway:
     host = ServiceHost("tts_gateway", server_options_from_args(args))
-    catalog = VoiceCatalog(load_voice_specs(args.voices))
+    specs = load_voice_specs(args.voices)
+    saved = None
+    if args.saved_voices_dir:
+        saved = SavedVoiceStore(
+            Path(args.saved_voices_dir),
+            max_voices=args.max_saved_voices,
+            max_total_bytes=int(args.max_saved_voices_mb * MiB),
+            reserved_names=lambda: [spec.name for spec in specs],
+        )
+        SAVED_VOICES.set(len(saved))
+    catalog = VoiceCatalog(specs, saved)
     triton = TritonTts(args.triton_url, credentials_from_args(args, "triton"))
     rvc = RvcClient(args.rvc_url, credentials_from_args(args, "rvc"))
     limits = Limits(

@@ -11,11 +11,21 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 from google.protobuf import duration_pb2
 
-from services.common.errors import Internal, InvalidArgument, ResourceExhausted, ServiceError, Unavailable
+from services.common.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+    clip,
+)
 from services.tts_gateway import stats
 from services.tts_gateway.admission import RealTimeAdmission
 from services.tts_gateway.pipeline import SynthesisPipeline, SynthesisPlan
 from services.tts_gateway.rvc_client import RvcClient
+from services.tts_gateway.saved_voices import SavedVoiceStore, name_problem
 from services.tts_gateway.text import (
     MAX_PIECE_CHARS,
     NOTHING_TO_SPEAK,
@@ -23,7 +33,7 @@ from services.tts_gateway.text import (
     control_character_problem,
     split_text,
 )
-from services.tts_gateway.triton_client import TritonTts
+from services.tts_gateway.triton_client import MODE_CROSS_LINGUAL, MODE_ZERO_SHOT, TritonTts
 from services.tts_gateway.upstreams import UpstreamMonitor
 from services.tts_gateway.validation import RequestValidator
 from services.tts_gateway.voices import VoiceCatalog
@@ -247,10 +257,101 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         self, request: tts_gateway_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
     ) -> tts_gateway_pb2.ListVoicesResponse:
         self._require_voices()
-        voices = self.catalog.listing(request.language_code)
+        voices = self.catalog.listing(request.language_code, saved_only=request.saved_only)
         for voice in voices:
             self._annotate(voice)
         return tts_gateway_pb2.ListVoicesResponse(voices=voices)
+
+    # ---- saved voices ------------------------------------------------------------------------------------------
+
+    def _store(self) -> SavedVoiceStore:
+        if self.catalog.saved is None:
+            raise FailedPrecondition("this gateway keeps no saved voices (start it with --saved-voices-dir)")
+        return self.catalog.saved
+
+    async def CreateVoice(
+        self, request: tts_gateway_pb2.CreateVoiceRequest, context: grpc.aio.ServicerContext
+    ) -> tts_gateway_pb2.CreateVoiceResponse:
+        store = self._store()
+        self._require_voices()
+        violations: list[tuple[str, str]] = []
+        problem = name_problem(request.name)
+        if problem:
+            violations.append(("name", problem))
+        if not request.base_voice:
+            violations.append(("base_voice", "is required: a configured voice that can clone (see ListVoices)"))
+        reference = None
+        if not request.reference_audio.audio:
+            violations.append(("reference_audio", "is required"))
+        else:
+            try:
+                reference = await asyncio.to_thread(
+                    self.validator.decode_reference, request.reference_audio, "reference_audio"
+                )
+            except InvalidArgument as exc:
+                violations += exc.violations
+        if violations:
+            raise InvalidArgument(violations)
+        assert reference is not None
+        base = self.catalog.voices.get(request.base_voice)
+        if base is None:
+            known = ", ".join(self.catalog.configured_names())
+            raise NotFound(
+                f"unknown base voice {clip(request.base_voice)!r}; configured voices: {known}",
+                resource_type="voice",
+                resource_name=request.base_voice,
+            )
+        reference_text = request.reference_text.strip()
+        mode = MODE_ZERO_SHOT if reference_text else MODE_CROSS_LINGUAL
+        if mode not in base.model.supported_modes:
+            able = self.catalog.with_mode(mode)
+            where = f"voices that can: {', '.join(able)}" if able else "no configured voice can"
+            raise FailedPrecondition(
+                f"base voice {base.name!r} (model {base.model.name}) cannot clone a voice "
+                f"{'with' if reference_text else 'without'} a transcript ({mode}); {where}",
+                violations=[("MODE", f"voice/{base.name}", f"{mode} not in {list(base.model.supported_modes)}")],
+            )
+        _, samples, rate = reference
+        saved = await asyncio.to_thread(
+            store.create,
+            request.name,
+            base_voice=base.name,
+            samples=samples,
+            sample_rate_hz=rate,
+            reference_text=reference_text,
+            description=request.description.strip(),
+        )
+        stats.SAVED_VOICES.set(len(store))
+        log.info("saved voice %s created (base %s, %.1f s)", saved.name, base.name, saved.duration_s)
+        voice = self._annotate(self.catalog.from_saved(saved).to_proto())
+        return tts_gateway_pb2.CreateVoiceResponse(voice=voice)
+
+    async def GetVoice(
+        self, request: tts_gateway_pb2.GetVoiceRequest, context: grpc.aio.ServicerContext
+    ) -> tts_gateway_pb2.GetVoiceResponse:
+        self._require_voices()
+        if not request.name:
+            raise InvalidArgument([("name", "is required")])
+        return tts_gateway_pb2.GetVoiceResponse(voice=self._annotate(self.catalog.get(request.name).to_proto()))
+
+    async def DeleteVoice(
+        self, request: tts_gateway_pb2.DeleteVoiceRequest, context: grpc.aio.ServicerContext
+    ) -> tts_gateway_pb2.DeleteVoiceResponse:
+        store = self._store()
+        if not request.name:
+            raise InvalidArgument([("name", "is required")])
+        if request.name in self.catalog.configured_names():
+            raise FailedPrecondition(
+                f"voice {request.name!r} is configured in the gateway's voices file, not saved; it cannot be deleted",
+                violations=[("CONFIGURED", f"voice/{request.name}", "configured voices come from the voices file")],
+            )
+        saved = await asyncio.to_thread(store.delete, request.name)
+        stats.SAVED_VOICES.set(len(store))
+        log.info("saved voice %s deleted", saved.name)
+        voice = tts_gateway_pb2.Voice(name=saved.name)
+        if saved.base_voice in self.catalog.voices:
+            voice = self.catalog.from_saved(saved).to_proto()
+        return tts_gateway_pb2.DeleteVoiceResponse(voice=voice)
 
     def _annotate(self, voice: tts_gateway_pb2.Voice) -> tts_gateway_pb2.Voice:
         reason = self.monitor.unavailable_reason(

@@ -29,6 +29,7 @@ MODE_PRESET = "preset_speaker"
 MODE_ZERO_SHOT = "zero_shot"
 MODE_CROSS_LINGUAL = "cross_lingual"
 MODE_INSTRUCT = "instruct"
+MODE_VOICE_DESIGN = "voice_design"
 
 # Keepalive so a dead peer is noticed on quiet connections; short reconnect backoff so service resumes quickly after
 # an upstream restart. Our own services accept a ping every 5 s (services/common/server.py).
@@ -80,6 +81,11 @@ class TtsInputs:
     reference_wav: np.ndarray | None = None
     reference_text: str | None = None
     instruction: str | None = None
+    # Voice design (Spark-TTS): "female"/"male" and five-step levels ("very_low" .. "very_high").
+    gender: str | None = None
+    pitch_level: str | None = None
+    speed_level: str | None = None
+    seed: int | None = None  # for models that sample; None lets the model pick
 
 
 def parse_model_config(config: dict) -> TtsModelInfo:
@@ -144,6 +150,12 @@ def build_request(
         value = getattr(inputs, control)
         if value is not None and control in model.inputs:
             _add_tensor(request, control, "FP32", [1, 1], struct.pack("<f", value))
+    for attribute in ("gender", "pitch_level", "speed_level"):
+        value = getattr(inputs, attribute)
+        if value is not None and attribute in model.inputs:
+            _add_string(request, attribute, value)
+    if inputs.seed is not None and "seed" in model.inputs:
+        _add_tensor(request, "seed", "UINT64", [1, 1], struct.pack("<Q", inputs.seed))
     if inputs.speaker_id is not None and "speaker_id" in model.inputs:
         _add_tensor(request, "speaker_id", "INT32", [1, 1], struct.pack("<i", inputs.speaker_id))
     if playback_ahead_s is not None and "playback_ahead_s" in model.inputs:

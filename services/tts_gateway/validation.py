@@ -16,11 +16,13 @@ from services.common.audio import AudioDecodeError, decode_audio, resample, reso
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.request_id import resolve_request_id
 from services.tts_gateway.pipeline import SynthesisPlan
+from services.tts_gateway.saved_voices import reference_problems
 from services.tts_gateway.text import NOTHING_TO_SPEAK, control_character_problem, is_pronounceable
 from services.tts_gateway.triton_client import (
     MODE_CROSS_LINGUAL,
     MODE_INSTRUCT,
     MODE_PRESET,
+    MODE_VOICE_DESIGN,
     MODE_ZERO_SHOT,
     TtsInputs,
 )
@@ -108,7 +110,35 @@ def _mode_of(message: tts_gateway_pb2.SynthesizeRequest | tts_gateway_pb2.Stream
         "zero_shot": MODE_ZERO_SHOT,
         "cross_lingual": MODE_CROSS_LINGUAL,
         "instruct": MODE_INSTRUCT,
+        "voice_design": MODE_VOICE_DESIGN,
     }[which]
+
+
+# Spark-TTS's names for the designed voice's attributes (VoiceGender / VoiceLevel enum values -> model inputs).
+GENDER_NAMES = {tts_gateway_pb2.VOICE_GENDER_FEMALE: "female", tts_gateway_pb2.VOICE_GENDER_MALE: "male"}
+LEVEL_NAMES = {
+    tts_gateway_pb2.VOICE_LEVEL_UNSPECIFIED: "moderate",
+    tts_gateway_pb2.VOICE_LEVEL_VERY_LOW: "very_low",
+    tts_gateway_pb2.VOICE_LEVEL_LOW: "low",
+    tts_gateway_pb2.VOICE_LEVEL_MODERATE: "moderate",
+    tts_gateway_pb2.VOICE_LEVEL_HIGH: "high",
+    tts_gateway_pb2.VOICE_LEVEL_VERY_HIGH: "very_high",
+}
+
+
+def design_violations(design: tts_gateway_pb2.VoiceDesign, inputs: TtsInputs) -> list[tuple[str, str]]:
+    """Check a VoiceDesign and put its attributes into `inputs`."""
+    violations = []
+    gender = GENDER_NAMES.get(design.gender)
+    if gender is None:
+        violations.append(("voice_design.gender", "is required: VOICE_GENDER_FEMALE or VOICE_GENDER_MALE"))
+    inputs.gender = gender
+    for field in ("pitch", "speed"):
+        level = LEVEL_NAMES.get(getattr(design, field))
+        if level is None:
+            violations.append((f"voice_design.{field}", "must be a VoiceLevel value (or unset for moderate)"))
+        setattr(inputs, f"{field}_level", level)
+    return violations
 
 
 def conversion_violations(settings: conversion_pb2.ConversionSettings, field: str) -> list[tuple[str, str]]:
@@ -149,7 +179,7 @@ class RequestValidator:
         self.limits = limits
         self.references = references
 
-    def _decode_reference(self, audio: audio_pb2.AudioInput, field: str) -> tuple[str, np.ndarray, int]:
+    def decode_reference(self, audio: audio_pb2.AudioInput, field: str) -> tuple[str, np.ndarray, int]:
         """Decode and check a reference clip; (cache key, samples, rate). Raises InvalidArgument."""
         key = ReferenceCache.key(audio)
         cached = self.references.get(key, 0)
@@ -178,6 +208,9 @@ class RequestValidator:
                     )
                 ]
             )
+        problems = reference_problems(samples, rate, self.limits.min_reference_s, self.limits.max_reference_s)
+        if problems:  # silence: nothing of a speaker to clone
+            raise InvalidArgument([(f"{field}.audio", problem) for problem in problems])
         self.references.put(key, 0, samples, rate)
         return key, samples, rate
 
@@ -214,7 +247,7 @@ class RequestValidator:
             if message.disable_conversion:
                 violations.append(("disable_conversion", "cannot be set together with conversion"))
         mode = _mode_of(message)
-        inputs = TtsInputs(length_scale=1.0 / rate if rate else None)
+        inputs = TtsInputs(length_scale=1.0 / rate if rate else None, seed=message.seed or None)
         reference: tuple[str, np.ndarray, int] | None = None
         if mode in (MODE_ZERO_SHOT, MODE_CROSS_LINGUAL):
             sub = message.zero_shot if mode == MODE_ZERO_SHOT else message.cross_lingual
@@ -223,7 +256,7 @@ class RequestValidator:
                 violations.append((field, "is required"))
             else:
                 try:
-                    reference = await asyncio.to_thread(self._decode_reference, sub.reference_audio, field)
+                    reference = await asyncio.to_thread(self.decode_reference, sub.reference_audio, field)
                 except InvalidArgument as exc:
                     violations += exc.violations
             if mode == MODE_ZERO_SHOT:
@@ -231,6 +264,8 @@ class RequestValidator:
                 if not 1 <= len(ref_text) <= self.limits.max_reference_text_chars:
                     violations.append(("zero_shot.reference_text", "must be 1..1000 characters"))
                 inputs.reference_text = ref_text
+        if mode == MODE_VOICE_DESIGN:
+            violations += design_violations(message.voice_design, inputs)
         if mode == MODE_INSTRUCT:
             instruction = message.instruct.instruction.strip()
             if not 1 <= len(instruction) <= self.limits.max_instruction_chars:
@@ -240,7 +275,19 @@ class RequestValidator:
             raise InvalidArgument(violations)
 
         voice = self.catalog.get(message.voice)
-        if mode not in voice.model.supported_modes:
+        if voice.saved is not None:
+            if message.WhichOneof("mode") not in (None, "preset_speaker") or message.preset_speaker.speaker:
+                raise InvalidArgument(
+                    [("mode", f"voice {voice.name!r} is a saved voice and brings its own reference: leave mode unset")]
+                )
+            mode = voice.supported_modes[0]
+            inputs.reference_text = voice.saved.reference_text or None
+            reference = (
+                f"saved:{voice.name}:{voice.saved.create_time}",
+                voice.saved.samples,
+                voice.saved.sample_rate_hz,
+            )
+        if mode not in voice.supported_modes:
             others = self.catalog.with_mode(mode)
             where = f"voices that support it: {', '.join(others)}" if others else "no configured voice supports it"
             raise FailedPrecondition(

@@ -24,15 +24,19 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from services.common.errors import NotFound, clip
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from services.common.errors import FailedPrecondition, NotFound, clip
+from services.tts_gateway.saved_voices import SavedVoice, SavedVoiceStore
 from services.tts_gateway.triton_client import (
     MODE_CROSS_LINGUAL,
     MODE_INSTRUCT,
     MODE_PRESET,
+    MODE_VOICE_DESIGN,
     MODE_ZERO_SHOT,
     TritonTts,
     TtsModelInfo,
@@ -46,6 +50,7 @@ MODE_TO_PROTO: dict[str, int] = {
     MODE_ZERO_SHOT: tts_gateway_pb2.SYNTHESIS_MODE_ZERO_SHOT,
     MODE_CROSS_LINGUAL: tts_gateway_pb2.SYNTHESIS_MODE_CROSS_LINGUAL,
     MODE_INSTRUCT: tts_gateway_pb2.SYNTHESIS_MODE_INSTRUCT,
+    MODE_VOICE_DESIGN: tts_gateway_pb2.SYNTHESIS_MODE_VOICE_DESIGN,
 }
 _CONVERSION_FIELDS = {f.name for f in conversion_pb2.ConversionSettings.DESCRIPTOR.fields}
 _NOISE_KEYS = ("noise_scale", "noise_w")  # Piper-style model controls a voice may fix
@@ -71,10 +76,18 @@ class VoiceSpec:
 class Voice:
     spec: VoiceSpec
     model: TtsModelInfo
+    saved: SavedVoice | None = None  # set for a voice made with CreateVoice: its spec is the base voice's, renamed
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def supported_modes(self) -> tuple[str, ...]:
+        """The model's modes; a saved voice has exactly one, the cloning its reference was saved for."""
+        if self.saved is not None:
+            return (MODE_ZERO_SHOT if self.saved.reference_text else MODE_CROSS_LINGUAL,)
+        return self.model.supported_modes
 
     @property
     def language_code(self) -> str:
@@ -95,12 +108,27 @@ class Voice:
             language_code=self.language_code,
             tts_model=self.model.name,
             native_sample_rate_hz=self.model.sample_rate_hz,
-            supported_modes=[MODE_TO_PROTO[m] for m in self.model.supported_modes if m in MODE_TO_PROTO],
-            speakers=self.speakers,
+            supported_modes=[MODE_TO_PROTO[m] for m in self.supported_modes if m in MODE_TO_PROTO],
+            speakers=() if self.saved is not None else self.speakers,
             streaming=self.model.decoupled,
         )
         if self.spec.conversion is not None:
             voice.default_conversion.CopyFrom(self.spec.conversion)
+        if self.saved is not None:
+            saved = self.saved
+            duration = duration_pb2.Duration()
+            duration.FromNanoseconds(round(saved.duration_s * 1e9))
+            created = timestamp_pb2.Timestamp()
+            created.FromNanoseconds(round(saved.create_time * 1e9))
+            voice.saved.CopyFrom(
+                tts_gateway_pb2.SavedVoice(
+                    base_voice=saved.base_voice,
+                    reference_text=saved.reference_text,
+                    reference_duration=duration,
+                    create_time=created,
+                    size_bytes=saved.size_bytes,
+                )
+            )
         return voice
 
 
@@ -175,11 +203,16 @@ def load_voice_specs(path: Path) -> list[VoiceSpec]:
 
 
 class VoiceCatalog:
-    """The configured voices, usable once `resolve` has read their models' configs from Triton."""
+    """The configured voices, usable once `resolve` has read their models' configs from Triton, and the saved voices
+    (CreateVoice), which borrow the model and conversion of the configured voice they were saved from."""
 
-    def __init__(self, specs: list[VoiceSpec]) -> None:
+    def __init__(self, specs: list[VoiceSpec], saved: SavedVoiceStore | None = None) -> None:
         self.specs = specs
         self.voices: dict[str, Voice] = {}
+        self.saved = saved
+
+    def configured_names(self) -> list[str]:
+        return [spec.name for spec in self.specs]
 
     @property
     def resolved(self) -> bool:
@@ -202,18 +235,41 @@ class VoiceCatalog:
 
     def get(self, name: str) -> Voice:
         voice = self.voices.get(name)
-        if voice is None:
-            known = ", ".join(sorted(s.name for s in self.specs)) or "none"
-            raise NotFound(f"unknown voice {clip(name)!r}; voices: {known}", resource_type="voice", resource_name=name)
-        return voice
+        if voice is not None:
+            return voice
+        if self.saved is not None and name in self.saved:
+            return self.from_saved(self.saved.get(name))
+        known = ", ".join(sorted(s.name for s in self.specs)) or "none"
+        saved = " (and the saved voices ListVoices shows)" if self.saved is not None and len(self.saved) else ""
+        raise NotFound(
+            f"unknown voice {clip(name)!r}; voices: {known}{saved}", resource_type="voice", resource_name=name
+        )
+
+    def from_saved(self, saved: SavedVoice) -> Voice:
+        base = self.voices.get(saved.base_voice)
+        if base is None:
+            raise FailedPrecondition(
+                f"saved voice {saved.name!r} clones with voice {saved.base_voice!r}, which is not configured now; "
+                "delete it and create it again with a configured base voice",
+                violations=[("BASE_VOICE", f"voice/{saved.name}", f"{saved.base_voice} is not configured")],
+            )
+        description = saved.description or f"saved voice cloned with {base.name}"
+        return Voice(replace(base.spec, name=saved.name, description=description), base.model, saved)
+
+    def saved_voices(self) -> list[Voice]:
+        """Saved voices whose base voice is configured now (others are still kept on disk)."""
+        if self.saved is None:
+            return []
+        return [self.from_saved(s) for s in self.saved.list() if s.base_voice in self.voices]
 
     def with_mode(self, mode: str) -> list[str]:
         return sorted(v.name for v in self.voices.values() if mode in v.model.supported_modes)
 
-    def listing(self, language_prefix: str = "") -> list[tts_gateway_pb2.Voice]:
+    def listing(self, language_prefix: str = "", *, saved_only: bool = False) -> list[tts_gateway_pb2.Voice]:
         prefix = language_prefix.lower().replace("_", "-")
+        voices = ([] if saved_only else list(self.voices.values())) + self.saved_voices()
         return [
             v.to_proto()
-            for v in sorted(self.voices.values(), key=lambda v: v.name)
+            for v in sorted(voices, key=lambda v: v.name)
             if v.language_code.lower().replace("_", "-").startswith(prefix)
         ]
