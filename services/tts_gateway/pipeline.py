@@ -25,6 +25,7 @@ from google.protobuf import duration_pb2
 from services.common.audio import StreamResampler, make_encoder
 from services.tts_gateway.rvc_client import ConvertSession, RvcClient, chunk_samples
 from services.tts_gateway.stats import LatencyWindows
+from services.tts_gateway.text import normalize
 from services.tts_gateway.triton_client import TritonTts, TtsInputs
 from services.tts_gateway.voices import Voice
 from voice.v1 import audio_pb2, conversion_pb2
@@ -369,7 +370,7 @@ class SynthesisPipeline:
         total = time.perf_counter() - self.started_at
         audio_s = samples / self.plan.output_rate
         return audio_pb2.SynthesisSummary(
-            processed_text=" ".join(self.totals.texts),
+            processed_text=normalize(" ".join(self.totals.texts)),  # no space between CJK sentences
             segment_count=self.totals.segments,
             audio_duration=_duration(audio_s),
             time_to_first_audio=_duration(self.totals.first_audio_s or 0.0),

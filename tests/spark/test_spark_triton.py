@@ -72,7 +72,7 @@ def test_audio_tokenizer_and_vocoder_shapes(spark_triton: TritonServer) -> None:
     wav = speech_like(3.0)
     global_tokens, semantic = tokenize(spark_triton, wav)
     assert global_tokens.shape == (1, 32) and global_tokens.dtype == np.int32
-    assert 0 <= global_tokens.min() and global_tokens.max() < 4096
+    assert global_tokens.min() >= 0 and global_tokens.max() < 4096
     # wav2vec2 frames at 50 per second: about 150 semantic tokens for 3 s.
     assert abs(semantic.shape[1] - 150) <= 2 and semantic.max() < 8192
     audio = vocode(spark_triton, global_tokens, semantic[:, :37])
