@@ -157,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--reference", type=Path, help="reference audio to clone (zero-shot / cross-lingual voices)")
     mode.add_argument("--reference-text", help="transcript of --reference (zero-shot); omit for cross-lingual")
     mode.add_argument("--instruct", help="style instruction, e.g. 'speak slowly and warmly'")
+    mode.add_argument("--gender", choices=["female", "male"], help="design a new voice (voice_design voices)")
+    levels = ["very_low", "low", "moderate", "high", "very_high"]
+    mode.add_argument("--pitch-level", choices=levels, help="pitch of the designed voice (with --gender)")
+    mode.add_argument("--speed-level", choices=levels, help="speed of the designed voice (with --gender)")
+    say.add_argument("--seed", type=int, default=0, help="sampling seed for reproducible audio (0: random)")
     say.add_argument("--speaking-rate", type=float, default=0.0, help="0.5..2.0; 0 (default) is normal speed")
     say.add_argument("--request-id", default="", help="request id echoed on every chunk (default: server-made)")
     say.add_argument(
@@ -377,6 +382,10 @@ def cmd_say(args: argparse.Namespace) -> int:
             disable_conversion=args.no_conversion,
             speaking_rate=args.speaking_rate,
             request_id=args.request_id,
+            gender=args.gender,
+            pitch=args.pitch_level,
+            speed=args.speed_level,
+            seed=args.seed,
         )
         sink = AudioSink(args.output, encoding)
         stats = StreamStats()

@@ -183,6 +183,11 @@ class SynthesisOptions:
     disable_conversion: bool = False
     speaking_rate: float = 0.0
     request_id: str = ""
+    # Voice design (Spark-TTS): "female"/"male", levels "very_low" .. "very_high" (None: moderate).
+    gender: str | None = None
+    pitch: str | None = None
+    speed: str | None = None
+    seed: int = 0  # 0: a fresh random seed per request
 
     def apply(self, message: tts_gateway_pb2.SynthesizeRequest | tts_gateway_pb2.StreamingSynthesizeConfig) -> None:
         message.voice = self.voice
@@ -190,6 +195,7 @@ class SynthesisOptions:
         message.output_format.CopyFrom(output_format(self.encoding, self.sample_rate_hz))
         message.speaking_rate = self.speaking_rate
         message.disable_conversion = self.disable_conversion
+        message.seed = self.seed
         if self.conversion is not None:
             message.conversion.CopyFrom(self.conversion)
         # The mode follows from what was given, as in CosyVoice: reference + transcript is zero-shot, reference
@@ -204,6 +210,12 @@ class SynthesisOptions:
                 message.cross_lingual.reference_audio.CopyFrom(self.reference)
         elif self.reference_text:
             raise ValueError("a reference transcript needs reference audio")
+        elif self.gender:
+            design = message.voice_design
+            design.gender = tts_gateway_pb2.VoiceGender.Value(f"VOICE_GENDER_{self.gender.upper()}")
+            for field, level in (("pitch", self.pitch), ("speed", self.speed)):
+                if level:
+                    setattr(design, field, tts_gateway_pb2.VoiceLevel.Value(f"VOICE_LEVEL_{level.upper()}"))
         elif self.instruction:
             message.instruct.instruction = self.instruction
             message.instruct.speaker = self.speaker or ""
@@ -411,6 +423,32 @@ class TtsClient(_BaseClient):
 
     def status(self, *, timeout: float | None = None) -> tts_gateway_pb2.TtsGatewayServiceGetStatusResponse:
         return self.stub.GetStatus(tts_gateway_pb2.TtsGatewayServiceGetStatusRequest(), **self._call_kwargs(timeout))
+
+    def create_voice(
+        self,
+        name: str,
+        base_voice: str,
+        reference: audio_pb2.AudioInput,
+        reference_text: str = "",
+        description: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> tts_gateway_pb2.Voice:
+        """Save a cloned voice under `name`; afterwards synthesize with voice=name and no reference."""
+        request = tts_gateway_pb2.CreateVoiceRequest(
+            name=name,
+            base_voice=base_voice,
+            reference_audio=reference,
+            reference_text=reference_text,
+            description=description,
+        )
+        return self.stub.CreateVoice(request, **self._call_kwargs(timeout)).voice
+
+    def get_voice(self, name: str, *, timeout: float | None = None) -> tts_gateway_pb2.Voice:
+        return self.stub.GetVoice(tts_gateway_pb2.GetVoiceRequest(name=name), **self._call_kwargs(timeout)).voice
+
+    def delete_voice(self, name: str, *, timeout: float | None = None) -> tts_gateway_pb2.Voice:
+        return self.stub.DeleteVoice(tts_gateway_pb2.DeleteVoiceRequest(name=name), **self._call_kwargs(timeout)).voice
 
 
 class ConversionClient(_BaseClient):

@@ -27,6 +27,14 @@ from typing import IO, Any
 REPO = Path(__file__).resolve().parents[2]
 DEV_PYTHON = REPO / ".venv" / "bin" / "python"
 TRITON_PYTHON = REPO / ".venv-triton" / "bin" / "python"
+SHIPPED_VOICES = REPO / "services" / "tts_gateway" / "voices.toml"
+# Added to the shipped voices when a Spark checkpoint is served: clone with zero_shot / cross_lingual, or voice_design.
+SPARK_VOICE = """
+[[voice]]
+name = "spark"
+description = "Spark-TTS: zero-shot and cross-lingual cloning, voice design (Chinese and English)"
+tts_model = "spark_tts"
+"""
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 10.0
 # A child that stayed up this long before exiting is restarted after the shortest delay again.
@@ -250,7 +258,36 @@ def main(argv: list[str] | None = None) -> int:
         help="restarts allowed per service before run_stack stops everything and exits 1; unset: unlimited, "
         "0: stop the stack when any service exits",
     )
+    parser.add_argument(
+        "--spark-checkpoint",
+        type=Path,
+        default=None,
+        help="also serve Spark-TTS from this checkpoint directory (published Spark-TTS-0.5B layout) as voice 'spark'",
+    )
+    parser.add_argument(
+        "--spark-tiny",
+        action="store_true",
+        help="serve the tiny random-weight Spark-TTS checkpoint (written to run/spark-tiny on first use): a smoke "
+        "run of the Spark path, not speech",
+    )
+    parser.add_argument(
+        "--saved-voices-dir", type=Path, default=REPO / "run" / "saved_voices", help="where CreateVoice keeps voices"
+    )
     args = parser.parse_args(argv)
+    if args.spark_tiny and args.spark_checkpoint is None:
+        args.spark_checkpoint = REPO / "run" / "spark-tiny"
+        if not (args.spark_checkpoint / "LLM" / "config.json").is_file():
+            print(f"writing the tiny Spark-TTS checkpoint to {args.spark_checkpoint} ...", flush=True)
+            subprocess.run(
+                [str(TRITON_PYTHON), "triton/spark_tiny_checkpoint.py", str(args.spark_checkpoint)],
+                cwd=REPO,
+                check=True,
+            )
+    voices_file = SHIPPED_VOICES
+    if args.spark_checkpoint is not None:
+        args.log_dir.mkdir(parents=True, exist_ok=True)
+        voices_file = args.log_dir.parent / "voices-with-spark.toml"
+        voices_file.write_text(SHIPPED_VOICES.read_text(encoding="utf-8") + SPARK_VOICE, encoding="utf-8")
     if min(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port) <= 0:
         parser.error("the Triton ports must be given explicitly (the launcher cannot report a port it did not choose)")
     if args.max_restarts is not None and args.max_restarts < 0:
@@ -275,12 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     lines: list[str] = []
     try:
         if (REPO / "triton" / "launch.py").exists():
-            print("starting Triton (piper_tts on CPU) ...", flush=True)
+            spark = ["--spark-checkpoint", str(args.spark_checkpoint.resolve())] if args.spark_checkpoint else []
+            print(f"starting Triton (piper_tts{' and spark_tts' if spark else ''} on CPU) ...", flush=True)
             supervisor.start(Service(
                 "triton",
                 lambda: [str(TRITON_PYTHON), "triton/launch.py", "--address", args.host,
                          "--http-port", str(args.triton_http_port), "--grpc-port", str(args.triton_grpc_port),
-                         "--metrics-port", str(args.triton_metrics_port)],
+                         "--metrics-port", str(args.triton_metrics_port), *spark],
                 ready_timeout=180, log_path=args.log_dir / "triton.log",
             ))  # fmt: skip
             triton_http = f"{args.host}:{args.triton_http_port}"
@@ -306,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: [str(DEV_PYTHON), "-m", "services.tts_gateway", "--host", args.host,
                          "--port", str(ports["gateway"]), "--metrics-port", str(ports["gateway_metrics"]),
                          "--triton-url", f"{args.host}:{args.triton_grpc_port}",
-                         "--rvc-url", f"{args.host}:{ports['rvc']}"],
+                         "--rvc-url", f"{args.host}:{ports['rvc']}", "--voices", str(voices_file),
+                         "--saved-voices-dir", str(args.saved_voices_dir)],
                 ready_timeout=120, log_path=args.log_dir / "gateway.log",
             )  # fmt: skip
             supervisor.start(gateway)

@@ -251,3 +251,24 @@ def test_cancel_after_the_first_chunk_stops_the_model(
     while metric(read_metrics(spark_triton.metrics_url), "spark_requests_cancelled_total") <= before:
         assert time.monotonic() < deadline, "Triton's spark_tts never saw the cancellation"
         time.sleep(0.2)
+
+
+def test_python_client_designs_saves_and_reuses_voices(spark_gateway: GatewayProcess) -> None:
+    from clients.python.client import SynthesisOptions, TtsClient
+
+    with TtsClient(spark_gateway.address) as tts:
+        designed = SynthesisOptions(voice="spark", encoding="pcm16", gender="male", pitch="high", seed=8)
+        first = b"".join(c.audio for c in tts.synthesize_with("Client side.", designed))
+        again = b"".join(c.audio for c in tts.synthesize_with("Client side.", designed))
+        assert first and first == again
+        voice = tts.create_voice("client-saved", "spark", wav_input(speech_like(2.0, seed=37)), "some words")
+        try:
+            assert voice.saved.base_voice == "spark"
+            assert tts.get_voice("client-saved").saved.reference_text == "some words"
+            saved = SynthesisOptions(voice="client-saved", encoding="pcm16", seed=8)
+            assert b"".join(c.audio for c in tts.synthesize_with("Saved.", saved))
+        finally:
+            assert tts.delete_voice("client-saved").name == "client-saved"
+        with pytest.raises(grpc.RpcError) as error:
+            tts.get_voice("client-saved")
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
