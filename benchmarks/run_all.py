@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["triton_stream_bench.py", "rvc_engines_bench.py", "rvc_pool_bench.py", "gateway_bench.py"]
-HAS_QUICK = {"gateway_bench.py"}
+ORDER = ["triton_stream_bench.py", "rvc_engines_bench.py", "rvc_pool_bench.py", "gateway_bench.py", "spark_bench.py"]
+HAS_QUICK = {"gateway_bench.py", "spark_bench.py"}
 
 
 def main() -> int:

@@ -351,6 +351,7 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         voice = tts_gateway_pb2.Voice(name=saved.name)
         if saved.base_voice in self.catalog.voices:
             voice = self.catalog.from_saved(saved).to_proto()
+        voice.unavailable_reason = "deleted"  # available stays false: the name no longer resolves
         return tts_gateway_pb2.DeleteVoiceResponse(voice=voice)
 
     def _annotate(self, voice: tts_gateway_pb2.Voice) -> tts_gateway_pb2.Voice:

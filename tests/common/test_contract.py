@@ -54,6 +54,12 @@ def test_enums_have_unspecified_zero() -> None:
 
 def test_synthesis_modes_are_a_oneof() -> None:
     oneof = tts_gateway_pb2.SynthesizeRequest.DESCRIPTOR.oneofs_by_name["mode"]
-    assert {f.name for f in oneof.fields} == {"preset_speaker", "zero_shot", "cross_lingual", "instruct", "voice_design"}
+    assert {f.name for f in oneof.fields} == {
+        "preset_speaker",
+        "zero_shot",
+        "cross_lingual",
+        "instruct",
+        "voice_design",
+    }
     config = tts_gateway_pb2.StreamingSynthesizeConfig.DESCRIPTOR.oneofs_by_name["mode"]
     assert {f.name for f in config.fields} == {f.name for f in oneof.fields}

@@ -168,6 +168,7 @@ def one(message: Message | bytes) -> Callable[[], list[bytes]]:
 # ------------------------------------------------------------------------------------------------ the corpus
 
 S, SS, LV, GS = "Synthesize", "StreamingSynthesize", "ListVoices", "GetStatus"
+CRV, GV, DV = "CreateVoice", "GetVoice", "DeleteVoice"
 CV, CC, LM, LD, UL = "Convert", "ConvertClip", "ListModels", "LoadModel", "UnloadModel"
 G, C = GATEWAY, CONVERSION
 
@@ -417,6 +418,70 @@ CASES: list[Case] = [
     Case("list-voices-language-invalid-utf8", G, LV, one(length_delimited(1, BAD_UTF8)), IA, unparseable=True),
     Case("list-voices-unknown-language-is-empty", G, LV, one(tts_gateway_pb2.ListVoicesRequest(language_code="x")), OK),
     Case("gateway-status-garbage", G, GS, one(STRAY_END_GROUP), IA, unparseable=True),
+    # ---- saved voices (the session gateway's voices are Piper's: none can clone)
+    Case("create-voice-garbage", G, CRV, one(TRUNCATED_FIELD), IA, unparseable=True),
+    Case("create-voice-name-invalid-utf8", G, CRV, one(length_delimited(1, BAD_UTF8)), IA, unparseable=True),
+    Case("create-voice-empty", G, CRV, one(tts_gateway_pb2.CreateVoiceRequest()), IA, mentions="name"),
+    Case(
+        "create-voice-parent-path-name",
+        G,
+        CRV,
+        one(tts_gateway_pb2.CreateVoiceRequest(name="../x", base_voice="joe", reference_audio=reference())),
+        IA,
+        mentions="name",
+    ),
+    Case(
+        "create-voice-name-10k-chars",
+        G,
+        CRV,
+        one(tts_gateway_pb2.CreateVoiceRequest(name=LONG_NAME, base_voice="joe", reference_audio=reference())),
+        IA,
+        mentions="name",
+    ),
+    Case(
+        "create-voice-undecodable-reference",
+        G,
+        CRV,
+        one(tts_gateway_pb2.CreateVoiceRequest(name="x", base_voice="joe", reference_audio=reference(b"RIFFjunk"))),
+        IA,
+        mentions="reference_audio",
+    ),
+    Case(
+        "create-voice-silent-reference",
+        G,
+        CRV,
+        one(
+            tts_gateway_pb2.CreateVoiceRequest(
+                name="x", base_voice="joe", reference_audio=reference(wav_bytes(tone(2.0) * 0.0))
+            )
+        ),
+        IA,
+        mentions="silent",
+    ),
+    Case(
+        "create-voice-base-cannot-clone",
+        G,
+        CRV,
+        one(tts_gateway_pb2.CreateVoiceRequest(name="x", base_voice="joe", reference_audio=reference())),
+        FAILED,
+        mentions="cannot clone",
+    ),
+    Case(
+        "create-voice-unknown-base",
+        G,
+        CRV,
+        one(tts_gateway_pb2.CreateVoiceRequest(name="x", base_voice="nope", reference_audio=reference())),
+        NOT_FOUND,
+        mentions="base voice",
+    ),
+    Case("get-voice-garbage", G, GV, one(BAD_WIRE_TYPE), IA, unparseable=True),
+    Case("get-voice-empty", G, GV, one(tts_gateway_pb2.GetVoiceRequest()), IA, mentions="name"),
+    Case("get-voice-unknown", G, GV, one(tts_gateway_pb2.GetVoiceRequest(name="nope")), NOT_FOUND, mentions="nope"),
+    Case("get-voice-name-10k-chars", G, GV, one(tts_gateway_pb2.GetVoiceRequest(name=LONG_NAME)), LONG_NAME_CODES),
+    Case("delete-voice-garbage", G, DV, one(TRUNCATED_VARINT), IA, unparseable=True),
+    Case("delete-voice-configured", G, DV, one(tts_gateway_pb2.DeleteVoiceRequest(name="joe")), FAILED, mentions="joe"),
+    Case("delete-voice-unknown", G, DV, one(tts_gateway_pb2.DeleteVoiceRequest(name="nope")), NOT_FOUND),
+    Case("delete-voice-parent-path", G, DV, one(tts_gateway_pb2.DeleteVoiceRequest(name="../x")), IA, mentions="name"),
     Case("gateway-status-unknown-field-ignored", G, GS, one(b"\x08\x01"), OK),
     # ---- Convert: bytes that do not parse
     Case("convert-garbage-first", C, CV, cv(TRUNCATED_VARINT), IA, half_close=False, unparseable=True),
