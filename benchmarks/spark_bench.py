@@ -23,7 +23,8 @@ the concurrency it asks for, not refusals. The conversion-service address it is 
 "spark" has no conversion, so no conversion service is started.
 
 The checkpoint has random weights, so these figures measure serving overhead (gateway vs direct), not Spark-TTS
-quality or speed. The last line printed is one JSON object with every figure.
+quality or speed. The last line printed is one JSON object with every figure. A concurrency level that cannot finish
+(say, tritonserver crashed) is recorded with its error, the figures so far are still printed, and the exit status is 1.
 
 Run: .venv/bin/python benchmarks/spark_bench.py [--requests 20] [--concurrency 1,2,4]
      (about 1.5 min on an idle 2-core machine; several times that while other work shares the cores)
@@ -303,6 +304,25 @@ def sequential_pairs(
     return direct, gateway, cache_delta(before, cache_counts(triton))
 
 
+class LevelFailed(RuntimeError):
+    """A concurrency level could not finish its streams."""
+
+
+def describe_error(error: BaseException) -> str:
+    """One line: a gRPC status as CODE: details, anything else as its repr."""
+    if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
+        return f"{error.code().name}: {error.details()}"
+    return repr(error)
+
+
+def triton_crashed(triton: TritonServer) -> bool:
+    """tritonserver prints "Signal (11) received." (or another signal) to its log when it crashes."""
+    try:
+        return "Signal (" in triton.log_path.read_text(errors="replace")
+    except OSError:
+        return False
+
+
 def gateway_level(
     stub: tts_gateway_pb2_grpc.TtsGatewayServiceStub,
     request: tts_gateway_pb2.SynthesizeRequest,
@@ -339,7 +359,7 @@ def gateway_level(
         thread.join()
     wall = time.perf_counter() - started
     if failures:
-        raise RuntimeError(f"{len(failures)} client(s) failed at concurrency {clients}: {failures[0]!r}")
+        raise LevelFailed(f"{len(failures)} of {clients} client(s) failed: {describe_error(failures[0])}")
     return samples, wall
 
 
@@ -463,7 +483,17 @@ def bench(triton: TritonServer, gateway_address: str, args: argparse.Namespace) 
             if clients == 1:
                 level = level_figures(1, gateway, None)
             else:
-                level = level_figures(clients, *gateway_level(stub, request, clients, args.requests))
+                try:
+                    level = level_figures(clients, *gateway_level(stub, request, clients, args.requests))
+                except LevelFailed as exc:
+                    # The figures so far still get printed; the run exits nonzero.
+                    crashed = triton_crashed(triton)
+                    levels.append({"concurrency": clients, "error": str(exc), "triton_crashed": crashed})
+                    print(f"   {clients:>8} failed: {exc}", flush=True)
+                    if crashed:
+                        print(f"   Triton crashed (see {triton.log_path}); no further levels", flush=True)
+                        break
+                    continue
             levels.append(level)
             print_level(level)
         print(
@@ -545,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     figures["total_s"] = round(time.perf_counter() - started, 1)
     print(f"\ntotal {figures['total_s']:.1f} s; {NOTE}")
     print(json.dumps(figures, separators=(",", ":")))
-    return 0
+    return 1 if any("error" in level for level in figures["concurrency"]) else 0
 
 
 if __name__ == "__main__":

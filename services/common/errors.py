@@ -96,8 +96,8 @@ class InvalidArgument(ServiceError):
         super().__init__(text, details=[bad_request])
 
 
-class NotFound(ServiceError):
-    code = grpc.StatusCode.NOT_FOUND
+class ResourceError(ServiceError):
+    """An error about one named resource, with a ResourceInfo detail naming it when one is given."""
 
     def __init__(self, message: str, *, resource_type: str = "", resource_name: str = "") -> None:
         details = []
@@ -110,6 +110,16 @@ class NotFound(ServiceError):
                 )
             )
         super().__init__(message, details=details)
+
+
+class NotFound(ResourceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ResourceError):
+    """A create that names a taken resource."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
 
 
 class FailedPrecondition(ServiceError):

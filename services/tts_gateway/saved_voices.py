@@ -35,19 +35,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import numpy as np
 import soundfile as sf
-from google.rpc import error_details_pb2
 
 from services.common.errors import (
     ECHO_CHARS,
-    MAX_DETAIL_CHARS,
+    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
-    ServiceError,
     clip,
 )
 from services.tts_gateway.text import control_character_problem
@@ -99,24 +96,6 @@ SILENCE_MIN_ACTIVE_S = 0.5
 
 # Quota errors only clear when the client deletes something; the RetryInfo says "not soon" rather than "retry now".
 QUOTA_RETRY_AFTER_S = 60.0
-
-
-class AlreadyExists(ServiceError):
-    """ALREADY_EXISTS, with a ResourceInfo detail naming the resource when one is given."""
-
-    code = grpc.StatusCode.ALREADY_EXISTS
-
-    def __init__(self, message: str, *, resource_type: str = "", resource_name: str = "") -> None:
-        details = []
-        if resource_type or resource_name:
-            details.append(
-                error_details_pb2.ResourceInfo(
-                    resource_type=resource_type,
-                    resource_name=clip(resource_name),
-                    description=clip(message, MAX_DETAIL_CHARS),
-                )
-            )
-        super().__init__(message, details=details)
 
 
 @dataclass(frozen=True)

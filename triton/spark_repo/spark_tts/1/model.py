@@ -8,7 +8,10 @@ The Qwen2 LLM runs here with transformers, sampling semantic tokens one at a tim
 the `vocoder` model and out as a `waveform` response, the last one followed by the final flag.
 
 Requests run on threads (up to max_concurrent_requests at once; torch releases the GIL), so a long request does not
-hold up a short one. Cancellation is checked between LLM steps (rate-limited to cancel_poll_ms) and between chunks.
+hold up a short one. Every call into Triton (sending a response, asking whether a request was cancelled, a BLS call
+to audio_tokenizer or vocoder) goes through one lock: the python backend of Triton 2.51 crashed the server (SIGSEGV in
+libtriton_python.so) when four request threads made such calls at once; the LLM steps, where the time goes, run
+outside it. Cancellation is checked between LLM steps (rate-limited to cancel_poll_ms) and between chunks.
 
 On GPU hosts the official runtime serves the LLM from TensorRT-LLM instead; see triton/README.md.
 """
@@ -150,11 +153,16 @@ class TritonPythonModel:
         self.references = ReferenceTokens(int(params.get("reference_cache_size", "64")))
         self.metrics = _Metrics(self.model_name)
         self._slots = threading.Semaphore(max(1, int(params.get("max_concurrent_requests", "4"))))
+        self._ipc = threading.Lock()  # one thread at a time talks to Triton (see the module docstring)
         self._threads: set[threading.Thread] = set()
         self._threads_lock = threading.Lock()
         pb_utils.Logger.log_info(
             f"{self.model_name}: loaded {root} on {self.device} ({dtype}); schedule {self.schedule}"
         )
+
+    def _count(self, counter: Any, value: float) -> None:
+        with self._ipc:  # a metric update is a message to the server too
+            counter.increment(value)
 
     # ---- the two models this one calls ------------------------------------------------------------------------
 
@@ -169,17 +177,19 @@ class TritonPythonModel:
         key = hashlib.sha256(clip.tobytes()).hexdigest()
         cached = self.references.get(key)
         if cached is not None:
-            self.metrics.reference_hits.increment(1)
+            self._count(self.metrics.reference_hits, 1)
             return cached
-        self.metrics.reference_misses.increment(1)
-        response = pb_utils.InferenceRequest(
+        self._count(self.metrics.reference_misses, 1)
+        request_tokens = pb_utils.InferenceRequest(
             model_name="audio_tokenizer",
             requested_output_names=["global_tokens", "semantic_tokens"],
             inputs=[
                 pb_utils.Tensor("reference_wav", clip.reshape(1, -1)),
                 pb_utils.Tensor("reference_wav_len", np.array([[length]], dtype=np.int32)),
             ],
-        ).exec()
+        )
+        with self._ipc:
+            response = request_tokens.exec()
         if response.has_error():
             raise RequestError(f"audio_tokenizer: {response.error().message()}")
         tokens = (
@@ -190,14 +200,16 @@ class TritonPythonModel:
         return tokens
 
     def _vocode(self, global_codes: np.ndarray, semantic_codes: np.ndarray) -> np.ndarray:
-        response = pb_utils.InferenceRequest(
+        request = pb_utils.InferenceRequest(
             model_name="vocoder",
             requested_output_names=["waveform"],
             inputs=[
                 pb_utils.Tensor("global_tokens", global_codes.astype(np.int32).reshape(1, -1)),
                 pb_utils.Tensor("semantic_tokens", semantic_codes.astype(np.int32).reshape(1, -1)),
             ],
-        ).exec()
+        )
+        with self._ipc:
+            response = request.exec()
         if response.has_error():
             raise RuntimeError(f"vocoder: {response.error().message()}")
         return pb_utils.get_output_tensor_by_name(response, "waveform").as_numpy().reshape(-1).astype(np.float32)
@@ -223,15 +235,28 @@ class TritonPythonModel:
         return prompt, None
 
     def _serve(self, request: Any) -> None:
-        sender = request.get_response_sender()
+        with self._ipc:
+            sender = request.get_response_sender()
         last_poll = [0.0]
+
+        def is_cancelled() -> bool:
+            with self._ipc:
+                return request.is_cancelled()
 
         def cancelled() -> bool:
             now = time.monotonic()
             if now - last_poll[0] < self.cancel_poll_s:
                 return False
             last_poll[0] = now
-            return request.is_cancelled()
+            return is_cancelled()
+
+        def respond(response: Any = None, final: bool = False) -> None:
+            flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
+            with self._ipc:
+                if response is None:
+                    sender.send(flags=flags)
+                else:
+                    sender.send(response, flags=flags)
 
         try:
             text = (_string(request, "target_text") or "").strip()
@@ -255,8 +280,8 @@ class TritonPythonModel:
             def send(audio: np.ndarray) -> None:
                 if audio.size:
                     tensor = pb_utils.Tensor("waveform", audio.reshape(1, -1))
-                    sender.send(pb_utils.InferenceResponse(output_tensors=[tensor]))
-                    self.metrics.chunks.increment(1)
+                    respond(pb_utils.InferenceResponse(output_tensors=[tensor]))
+                    self._count(self.metrics.chunks, 1)
 
             if global_codes is not None:
                 vocoder = StreamingVocoder(vocode, self.schedule, HOP)
@@ -276,29 +301,24 @@ class TritonPythonModel:
                 produced += 1
                 if vocoder.ready():
                     send(vocoder.take())
-                    if request.is_cancelled():
+                    if is_cancelled():
                         raise Cancelled
-            if request.is_cancelled():
+            if is_cancelled():
                 raise Cancelled
-            self.metrics.semantic_tokens.increment(produced)
+            self._count(self.metrics.semantic_tokens, produced)
             if vocoder is None or not vocoder.codes:
                 raise RuntimeError("the model produced no speech tokens for this text")
             send(vocoder.take(final=True))
-            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            respond(final=True)
         except Cancelled:
-            self.metrics.cancelled.increment(1)
-            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            self._count(self.metrics.cancelled, 1)
+            respond(final=True)
         except (RequestError, PromptError) as exc:
-            sender.send(
-                pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))),
-                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-            )
+            respond(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), final=True)
         except Exception as exc:  # the client must get an error, never a stream that does not end
-            pb_utils.Logger.log_error(f"{self.model_name}: request {request.request_id()} failed: {exc!r}")
-            sender.send(
-                pb_utils.InferenceResponse(error=pb_utils.TritonError(f"spark_tts failed: {exc}")),
-                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-            )
+            with self._ipc:
+                pb_utils.Logger.log_error(f"{self.model_name}: request {request.request_id()} failed: {exc!r}")
+            respond(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"spark_tts failed: {exc}")), final=True)
 
     def _run(self, request: Any) -> None:
         try:
