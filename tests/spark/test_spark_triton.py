@@ -302,3 +302,30 @@ def test_checkpoint_tool_writes_the_published_layout(spark_checkpoint: Path) -> 
     top = (spark_checkpoint / "config.yaml").read_text()
     assert "latent_hop_length: 320" in top and "sample_rate: 16000" in top
     assert (spark_checkpoint / "BiCodec" / "config.yaml").read_text().startswith("audio_tokenizer:")
+
+
+def test_four_concurrent_streams_all_complete(spark_triton: TritonServer) -> None:
+    """Four request threads in one spark_tts instance: every stream ends with its audio and the server stays up
+    (concurrent calls into Triton from request threads once crashed the server; they now take turns)."""
+    import threading
+
+    reference = speech_like(2.0, seed=61)
+    errors: list[str] = []
+    sizes: list[int] = []
+
+    def client(offset: int) -> None:
+        stream = SparkStream(spark_triton.grpc_url)
+        try:
+            for seed in range(offset, offset + 4):
+                result = stream.run(spark_inputs("Four at once.", reference=reference, seed=seed))
+                errors.append(result.error) if result.error else sizes.append(result.audio.size)
+        finally:
+            stream.close()
+
+    threads = [threading.Thread(target=client, args=(100 + 10 * i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors and len(sizes) == 16 and all(size > 0 and size % HOP == 0 for size in sizes)
+    assert spark_triton.alive() and spark_triton.ready()
