@@ -153,6 +153,7 @@ def test_voice_design_makes_a_speaker_from_attributes(stream: SparkStream) -> No
         ({"gender": "robot"}, "gender must be one of female, male"),
         ({}, "give reference audio"),
         ({"reference": speech_like(1.0), "reference_len": 10**6}, "reference_wav_len"),
+        ({"reference": speech_like(31.0)}, "at most 30 s"),
     ],
 )
 def test_bad_requests_get_a_clear_error_and_the_model_keeps_serving(

@@ -149,6 +149,7 @@ class TritonPythonModel:
             min_new_tokens=int(params.get("min_new_tokens", "5")),
         )
         self.max_text_chars = int(params.get("max_text_chars", "300"))
+        self.max_reference_samples = int(float(params.get("max_reference_seconds", "30")) * 16000)
         self.cancel_poll_s = float(params.get("cancel_poll_ms", "40")) / 1000.0
         self.references = ReferenceTokens(int(params.get("reference_cache_size", "64")))
         self.metrics = _Metrics(self.model_name)
@@ -173,6 +174,11 @@ class TritonPythonModel:
         length = int(length_tensor.as_numpy().reshape(-1)[0]) if length_tensor is not None else wav.size
         if not 0 < length <= wav.size:
             raise RequestError(f"reference_wav_len {length} must be between 1 and {wav.size}")
+        if length > self.max_reference_samples:
+            raise RequestError(
+                f"reference_wav holds {length / 16000:.1f} s; at most {self.max_reference_samples / 16000:g} s of "
+                "16 kHz audio (a few seconds of clean speech clone best)"
+            )
         clip = np.ascontiguousarray(wav[:length], dtype=np.float32)
         key = hashlib.sha256(clip.tobytes()).hexdigest()
         cached = self.references.get(key)
