@@ -68,7 +68,7 @@ LISTENER_TEXT = (
 PCM16 = audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_PCM16)
 DEFAULT_LEVELS = (1, 2, 4, 8, 16, 32)
 DEFAULT_VOICES = ("joe", "joe-world-high")
-SECTIONS = ("ttfa", "pipeline", "aggregate", "listener")
+SECTIONS = ("ttfa", "pipeline", "aggregate", "converted", "listener")
 # The gateway's RetryInfo is followed, but never hammered faster than 50 ms nor left idle longer than 2 s.
 RETRY_MIN_S, RETRY_MAX_S = 0.05, 2.0
 RETRY_DEFAULT_S = 0.5  # a refusal without RetryInfo
@@ -260,6 +260,26 @@ async def section_pipeline(
     print(f"streaming p50 {s50:.3f} s   sequential p50 {q50:.3f} s   ratio streaming/sequential {s50 / q50:.2f}")
 
 
+async def section_converted(stub: tts_gateway_pb2_grpc.TtsGatewayServiceStub, quick: bool) -> None:
+    """Time to first audio of a converted voice next to the same voice unconverted, requests interleaved so both
+    see the same machine (issue 11's goal: converted within 1.25x of unconverted)."""
+    text = "The first sentence is here. Then a second one follows it."
+    rounds = 5 if quick else 20
+    plain: list[float] = []
+    converted: list[float] = []
+    for _ in range(rounds):
+        plain.append((await gateway_ttfa(stub, text, "joe"))[0])
+        converted.append((await gateway_ttfa(stub, text, "joe-world-high"))[0])
+    print("\n5) time to first audio at c=1, two sentences: joe vs joe-world-high (WORLD, +4 st), interleaved")
+    print(f"{'voice':<16} {'n':>3} {'p50':>7} {'p90':>7} {'p99':>7}")
+    for name, values in (("joe", plain), ("joe-world-high", converted)):
+        print(f"{name:<16} {len(values):>3} {pct(values, 50):7.3f} {pct(values, 90):7.3f} {pct(values, 99):7.3f}")
+    print(
+        f"converted / unconverted: p50 {pct(converted, 50) / pct(plain, 50):.2f}  "
+        f"p99 {pct(converted, 99) / pct(plain, 99):.2f}  (goal <= 1.25)"
+    )
+
+
 async def section_aggregate(stub: tts_gateway_pb2_grpc.TtsGatewayServiceStub) -> None:
     print("\n3) aggregate real-time factor at concurrency 8 (five-sentence paragraph; refusals retried)")
     for voice in ("joe", "joe-world-high"):
@@ -384,6 +404,8 @@ async def bench(gateway_address: str, triton_url: str, rvc_address: str, args: a
             await section_pipeline(stub, triton, rvc_address, args.quick)
         if "aggregate" in args.sections:
             await section_aggregate(stub)
+        if "converted" in args.sections:
+            await section_converted(stub, args.quick)
         if "listener" in args.sections:
             results = await section_listener(
                 stub, args.voices, args.levels, args.streams, args.level_time_limit, args.preroll
@@ -437,6 +459,12 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="FLAG",
         help="extra gateway flag, repeatable; later ones win (e.g. --gateway-flag=--max-concurrent-streams=64)",
     )
+    parser.add_argument(
+        "--rvc-flag",
+        action="append",
+        default=[],
+        help="extra conversion-service flag, repeatable (e.g. --rvc-flag=--first-block-seconds=0.5)",
+    )
     return parser
 
 
@@ -464,7 +492,7 @@ def main() -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     started = time.perf_counter()
     with start_triton(log_dir / "triton.log") as triton:
-        rvc = start_rvc_service(log_dir=log_dir)
+        rvc = start_rvc_service(*args.rvc_flag, log_dir=log_dir)
         gateway = start_gateway(
             triton.grpc_url, rvc.address, "--max-concurrent-streams=64", *args.gateway_flag, log_dir=log_dir
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
 import sys
@@ -21,7 +22,7 @@ from services.common.server import (
 from services.rvc_service.capacity import CapacityEstimator
 from services.rvc_service.pool import WorkerPool, default_workers
 from services.rvc_service.registry import ModelRegistry
-from services.rvc_service.servicer import VoiceConversionServicer
+from services.rvc_service.servicer import STREAM_BLOCKS, VoiceConversionServicer
 from voice.v1 import voice_conversion_pb2, voice_conversion_pb2_grpc
 
 log = logging.getLogger("services.rvc_service")
@@ -65,6 +66,13 @@ def make_parser() -> EnvArgumentParser:
     parser.add_option("--memory-budget-mb", type=int, default=4096, help="memory for loaded RVC models (LRU beyond)")
     parser.add_option("--preload", default="", help="comma-separated model names to load at start-up")
     parser.add_option("--max-stream-seconds", type=float, default=3600.0, help="longest input one Convert call takes")
+    parser.add_option(
+        "--first-block-seconds",
+        type=float,
+        default=STREAM_BLOCKS.first_block_s,
+        help="new audio in a Convert stream's first block (later blocks double up to 0.5 s): shorter sends the first "
+        "converted audio sooner; 0.5 makes every block equal",
+    )
     parser.add_option(
         "--target-utilization",
         type=float,
@@ -158,6 +166,7 @@ def build_service(args: argparse.Namespace) -> RvcService:
         version=VERSION,
         max_stream_seconds=args.max_stream_seconds,
         capacity=capacity,
+        stream_blocks=dataclasses.replace(STREAM_BLOCKS, first_block_s=args.first_block_seconds).validate(),
     )
     host = ServiceHost("rvc_service", server_options_from_args(args))
     host.add_service(

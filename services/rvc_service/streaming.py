@@ -47,12 +47,19 @@ class BlockSettings:
     crossfade_s: float = 0.04  # SOLA crossfade length at each seam
     search_s: float = 0.015  # SOLA search range: at least one period of the lowest F0 (~67 Hz)
     min_window_s: float = 0.1  # shorter windows (tiny final pieces) are zero-padded for the engine
+    # The stream's first block (None: block_s). A short first block lets the first converted audio leave early;
+    # each next block is `block_growth` times longer up to block_s, where the per-window overhead is amortized.
+    first_block_s: float | None = None
+    block_growth: float = 2.0
 
     def validate(self) -> BlockSettings:
         if not (self.block_s > 0 and self.context_s >= 0 and self.crossfade_s >= 0 and self.search_s >= 0):
             raise ValueError(f"invalid block settings: {self}")
-        if self.crossfade_s + self.search_s >= self.block_s:
-            raise ValueError("crossfade + search must be shorter than a block")
+        first = self.block_s if self.first_block_s is None else self.first_block_s
+        if self.crossfade_s + self.search_s >= min(first, self.block_s):
+            raise ValueError("crossfade + search must be shorter than a block (the first one included)")
+        if self.block_growth < 1.0:
+            raise ValueError("block_growth must be at least 1")
         return self
 
 
@@ -100,6 +107,9 @@ class SolaStitcher:
         s = self.settings
         self._ratio = out_rate / in_rate
         self.block_in = max(1, round(s.block_s * in_rate))
+        first = s.block_s if s.first_block_s is None else s.first_block_s
+        self.first_block_in = max(1, min(self.block_in, round(first * in_rate)))
+        self._block_now = self.first_block_in  # grows toward block_in window by window
         self.context_in = round(s.context_s * in_rate)
         self.crossfade_out = round(s.crossfade_s * out_rate)
         self.search_out = round(s.search_s * out_rate)
@@ -135,9 +145,9 @@ class SolaStitcher:
                 return None
             end = advance_to = self.received
         else:
-            if self.pending < self.block_in + self.lookahead_in:
+            if self.pending < self._block_now + self.lookahead_in:
                 return None
-            advance_to = self._emitted + self.block_in
+            advance_to = self._emitted + self._block_now
             end = advance_to + self.lookahead_in
         start = max(self._buf_start, self._emitted - self.context_in)
         audio = self._buf[start - self._buf_start : end - self._buf_start]
@@ -152,6 +162,15 @@ class SolaStitcher:
         """Drop the buffered audio (the stream is over); the stitcher must not be fed again."""
         self._buf = np.zeros(0, dtype=np.float32)
         self._tail = None
+
+    def seam_inputs(self, n_in: int) -> list[int]:
+        """Input positions of the block seams of an unflushed stream of n_in samples (for tests and tools)."""
+        seams, position, block = [], 0, self.first_block_in
+        while position + block + self.lookahead_in <= n_in:
+            position += block
+            seams.append(position)
+            block = min(self.block_in, max(block + 1, round(block * self.settings.block_growth)))
+        return seams
 
     def _out_pos(self, input_pos: int) -> int:
         return round(input_pos * self._ratio)
@@ -178,6 +197,8 @@ class SolaStitcher:
             n_emit = self._out_pos(window.advance_to) - self._out_pos(window.emit_from)
             out = region[offset : offset + n_emit].copy()
             self._tail = region[offset + n_emit : offset + n_emit + self.crossfade_out].copy()
+            grown = max(self._block_now + 1, round(self._block_now * self.settings.block_growth))
+            self._block_now = min(self.block_in, grown)
         if tail is not None and tail.size:
             n = min(tail.size, out.size)
             fade_in = self._fade_in[:n] if n == self.crossfade_out else _fade(n)

@@ -54,3 +54,42 @@ def test_builtins_and_block_api(voice_in: np.ndarray) -> None:
     assert _f0(y, sr) > 200 * 2 ** (3.5 / 12)  # its +4 semitone offset
     block = bright.convert_block(voice_in, 24000, ConversionParams(), context=12000)
     assert len(block) == 12000
+
+
+# ---- pitch against the source (issue 11): measured by librosa's pYIN, an estimator the voice does not use
+
+
+def glottal_pulses(f0: float, sr: int = 24000, seconds: float = 2.0) -> np.ndarray:
+    """A voiced vowel-like signal: Rosenberg-style glottal pulses with 2% vibrato through three formant resonators."""
+    from scipy.signal import lfilter
+
+    t = np.arange(int(seconds * sr)) / sr
+    phase = np.cumsum(f0 * (1 + 0.02 * np.sin(2 * np.pi * 5 * t))) / sr % 1.0
+    pulse = np.where(
+        phase < 0.4,
+        0.5 * (1 - np.cos(np.pi * phase / 0.4)),
+        np.where(phase < 0.56, np.cos(np.pi * (phase - 0.4) / 0.32), 0),
+    )
+    y = np.diff(pulse, prepend=0.0)
+    for centre, bandwidth in ((700, 130), (1200, 150), (2600, 200)):
+        r = np.exp(-np.pi * bandwidth / sr)
+        y = lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * centre / sr), r * r], y)
+    return (0.5 * y / np.abs(y).max()).astype(np.float32)
+
+
+def pyin_median(y: np.ndarray, sr: int) -> float:
+    import librosa
+
+    f0, voiced, _ = librosa.pyin(y.astype(np.float32), fmin=50, fmax=800, sr=sr, frame_length=2048)
+    f0 = f0[np.isfinite(f0) & voiced]
+    assert f0.size > 20, "too few voiced frames to measure"
+    return float(np.median(f0))
+
+
+@pytest.mark.parametrize("f0", [80.0, 110.0, 220.0, 300.0])
+@pytest.mark.parametrize("semitones", [0.0, 12.0, -5.0])
+def test_world_voice_keeps_the_source_pitch(f0: float, semitones: float) -> None:
+    source = glottal_pulses(f0)
+    out, sr = WorldVoice().convert(source, 24000, ConversionParams(pitch_shift_semitones=semitones))
+    expected = pyin_median(source, 24000) * 2 ** (semitones / 12)
+    assert abs(12 * np.log2(pyin_median(out, sr) / expected)) < 0.5

@@ -162,7 +162,7 @@ async def test_convert_streams_world_voice_with_pitch_shift(stub, rvc_service: R
 
 
 async def test_convert_flush_emits_buffered_audio_before_more_input(stub) -> None:
-    x = tone(0.3)  # shorter than a block: nothing comes out until the flush
+    x = tone(0.15)  # shorter than the first block with its look-ahead (0.12 + 0.055 s): nothing until the flush
     flush = voice_conversion_pb2.ConvertRequest(flush=voice_conversion_pb2.ConvertRequest.Flush())
     queue: asyncio.Queue = asyncio.Queue()
 
@@ -174,7 +174,7 @@ async def test_convert_flush_emits_buffered_audio_before_more_input(stub) -> Non
     for message in [config(), *audio_messages(x), flush]:
         await queue.put(message)
     first = await asyncio.wait_for(call.read(), timeout=20)
-    assert not first.is_final and first.duration.ToNanoseconds() == pytest.approx(0.3e9, abs=0.02e9)
+    assert not first.is_final and first.duration.ToNanoseconds() == pytest.approx(0.15e9, abs=0.02e9)
     await queue.put(None)
     rest = []
     while (chunk := await call.read()) is not grpc.aio.EOF:

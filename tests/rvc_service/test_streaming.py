@@ -43,8 +43,8 @@ def seam_jumps(y: np.ndarray, stitcher: SolaStitcher, n_in: int) -> tuple[float,
     """(largest sample-to-sample jump around block seams incl. the crossfade, largest jump elsewhere)."""
     d = np.abs(np.diff(y))
     mask = np.zeros(d.size, dtype=bool)
-    for k in range(1, n_in // stitcher.block_in + 1):
-        seam = round(k * stitcher.block_in * stitcher.out_rate / stitcher.in_rate)
+    for position in stitcher.seam_inputs(n_in):
+        seam = round(position * stitcher.out_rate / stitcher.in_rate)
         mask[max(0, seam - 3) : seam + stitcher.crossfade_out + 3] = True
     return float(d[mask].max()), float(d[~mask].max())
 
@@ -63,10 +63,11 @@ def test_best_offset_finds_known_shift() -> None:
     assert best_offset(x[1000 - 137 : 1960 + 200], reference) == 137
 
 
-def test_world_stream_has_no_clicks_at_block_seams_and_keeps_duration() -> None:
+@pytest.mark.parametrize("first_block_s", [None, 0.12], ids=["fixed-blocks", "short-first-block"])
+def test_world_stream_has_no_clicks_at_block_seams_and_keeps_duration(first_block_s: float | None) -> None:
     x = gliding_tone(3.3)
     params = ConversionParams(pitch_shift_semitones=3.0)
-    settings = BlockSettings()
+    settings = BlockSettings(first_block_s=first_block_s)
     y = convert_offline(x, RATE, RATE, world(params), settings, pieces=UNEVEN)
     stitcher = SolaStitcher(RATE, RATE, settings)
     assert abs(y.size - x.size) <= stitcher.block_in
@@ -74,7 +75,7 @@ def test_world_stream_has_no_clicks_at_block_seams_and_keeps_duration() -> None:
     assert at_seams <= 1.2 * inside, f"seam jump {at_seams:.3f} vs in-block {inside:.3f}"
 
     # The same measure catches clicks when blocks are simply concatenated (no context, no crossfade).
-    naive = BlockSettings(context_s=0.0, crossfade_s=0.0, search_s=0.0)
+    naive = BlockSettings(context_s=0.0, crossfade_s=0.0, search_s=0.0, first_block_s=first_block_s)
     y_naive = convert_offline(x, RATE, RATE, world(params), naive, pieces=UNEVEN)
     naive_seams, naive_inside = seam_jumps(y_naive, SolaStitcher(RATE, RATE, naive), x.size)
     assert naive_seams > 3 * naive_inside
@@ -146,3 +147,19 @@ async def test_conversion_stream_through_pool_emits_ordered_chunks_and_summary(p
     decoded, rate = sf.read(io.BytesIO(b"".join(c.audio for c in chunks)), dtype="float32")
     assert rate == 22050
     assert decoded.size == pytest.approx(total_s * 22050, abs=2)
+
+
+def test_blocks_start_short_and_grow_to_the_block_size() -> None:
+    stitcher = SolaStitcher(RATE, RATE, BlockSettings(block_s=0.5, first_block_s=0.12, block_growth=2.0))
+    seams = stitcher.seam_inputs(5 * RATE)
+    blocks = np.diff([0, *seams])
+    assert blocks[0] == round(0.12 * RATE)
+    assert list(blocks[:3]) == [2880, 5760, 11520] and all(b == 12000 for b in blocks[3:])
+    # The first window is taken as soon as the short block and its look-ahead have arrived.
+    stitcher.feed(np.zeros(2880 + stitcher.lookahead_in - 1, np.float32))
+    assert stitcher.next_window() is None
+    stitcher.feed(np.zeros(1, np.float32))
+    window = stitcher.next_window()
+    assert window is not None and window.new_samples == 2880
+    with pytest.raises(ValueError, match="first one included"):
+        BlockSettings(first_block_s=0.04).validate()

@@ -28,6 +28,8 @@ FRAME_MS = 5.0
 # steps give the same frames on any slice (D4C up to its own 1e-12 dither); synthesis pieces join in phase.
 FRAMES_PER_CALL = 50
 SYNTH_FRAMES_PER_CALL = 200
+F0_FLOOR = 50.0  # Hz: below the lowest speaking voices
+F0_CEIL = 1100.0  # Hz: above a child's shout
 
 
 def warp_envelope(sp: np.ndarray, ratio: float) -> np.ndarray:
@@ -141,14 +143,41 @@ def per_frames(
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
+def praat_f0(x: np.ndarray, sr: int = WORK_SR, frame_ms: float = FRAME_MS) -> np.ndarray:
+    """F0 per frame (frame k at k * frame_ms, len(x) // hop + 1 frames, as pyworld's trackers) by Praat's
+    autocorrelation method (parselmouth), 0 where unvoiced. Its path search with octave costs keeps low voices in
+    their octave: on Piper joe (87-95 Hz by Praat and YIN) DIO reads 169 Hz, and resynthesis baked the octave in."""
+    import parselmouth
+
+    hop = round(sr * frame_ms / 1000)
+    n = len(x) // hop + 1
+    pitch = parselmouth.Sound(np.asarray(x, dtype=np.float64), sr).to_pitch_ac(
+        time_step=frame_ms / 1000, pitch_floor=F0_FLOOR, pitch_ceiling=F0_CEIL
+    )
+    times, values = pitch.xs(), pitch.selected_array["frequency"]
+    if not len(times):
+        return np.zeros(n)
+    t = np.arange(n) * (frame_ms / 1000)
+    nearest = np.clip(np.rint((t - times[0]) / (frame_ms / 1000)).astype(np.int64), 0, len(times) - 1)
+    inside = (t >= times[0] - frame_ms / 2000) & (t <= times[-1] + frame_ms / 2000)
+    return np.where(inside, values[nearest], 0.0)
+
+
 def track_f0(xd: np.ndarray, method: str, should_stop: ShouldStop | None) -> tuple[np.ndarray, np.ndarray]:
-    """DIO (default) or Harvest F0 at 5 ms frames, tracked in sub-blocks (Harvest costs ~0.1 s per second of audio,
-    too long to run uncut on a long clip)."""
+    """F0 at 5 ms frames, tracked in sub-blocks (Harvest costs ~0.1 s per second of audio, too long to run uncut on a
+    long clip). Default (and pm): Praat's autocorrelation, the estimator that keeps octaves; harvest and dio on
+    request. The neural methods belong to the RVC engines; asked of this voice they fall back to the default."""
     import pyworld
 
-    analyse = pyworld.harvest if method == "harvest" else pyworld.dio
+    if method in ("harvest", "dio"):
+        tracker = pyworld.harvest if method == "harvest" else pyworld.dio
+
+        def analyse(x: np.ndarray) -> np.ndarray:
+            return tracker(x, WORK_SR, f0_floor=F0_FLOOR, f0_ceil=F0_CEIL, frame_period=FRAME_MS)[0]
+    else:
+        analyse = praat_f0
     f0 = track_in_blocks(
-        lambda x: analyse(x, WORK_SR, f0_floor=50.0, f0_ceil=1100.0, frame_period=FRAME_MS)[0],
+        analyse,
         xd,
         round(WORK_SR * FRAME_MS / 1000),
         1000 / FRAME_MS,
