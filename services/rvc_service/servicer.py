@@ -96,8 +96,8 @@ def block_converter(model: VoiceModel, params: ConversionParams, rates: EngineRa
 
 def cost_class(model: VoiceModel, params: ConversionParams, default_f0: str) -> tuple[str, str]:
     """(model, F0 method actually run): what a stream's cost depends on most (WORLD's Harvest costs ~5x its DIO)."""
-    if model.engine == "world":
-        return model.name, "harvest" if params.f0_method == "harvest" else "dio"
+    if model.engine == "world":  # harvest and dio on request; anything else runs Praat's autocorrelation (pm)
+        return model.name, params.f0_method if params.f0_method in ("harvest", "dio") else "pm"
     return model.name, (params.f0_method or default_f0) if model.uses_f0 else "none"
 
 
