@@ -152,5 +152,5 @@ async def test_second_stream_is_refused_at_once_and_admitted_after_the_first_end
     text = await asyncio.to_thread(lambda: urllib.request.urlopen(service.metrics_url, timeout=5).read().decode())
     assert metric(text, "rvc_admission_refusals_total", model="world-default") >= 3
     assert metric(text, "rvc_admission_capacity_workers") == pytest.approx(0.3)
-    assert metric(text, "rvc_stream_cost_ratio", model="world-default", f0_method="dio") > 0
+    assert metric(text, "rvc_stream_cost_ratio", model="world-default", f0_method="pm") > 0
     assert "rvc_admitted_load_workers" in text
