@@ -85,7 +85,7 @@ def main() -> int:
 
     world = WorldVoice()
     rtf = timed(lambda: world.convert(x16, 16000, ConversionParams())) / dur
-    print(f"{'world (pyworld dio, 24 kHz)':<40} RTF {rtf:.3f}")
+    print(f"{'world (Praat F0 + WORLD, 24 kHz)':<40} RTF {rtf:.3f}")
 
     est = F0Estimator(device)
     for m in methods:
