@@ -12,7 +12,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["triton_stream_bench.py", "rvc_engines_bench.py", "rvc_pool_bench.py", "gateway_bench.py", "spark_bench.py"]
+ORDER = [
+    "triton_stream_bench.py",
+    "rvc_engines_bench.py",
+    "f0_bench.py",
+    "rvc_pool_bench.py",
+    "gateway_bench.py",
+    "spark_bench.py",
+]
 HAS_QUICK = {"gateway_bench.py", "spark_bench.py"}
 
 

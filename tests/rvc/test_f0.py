@@ -41,7 +41,7 @@ def test_coarse_quantisation_bounds() -> None:
 
 def test_rmvpe_without_weights_is_unavailable(f0_estimator: F0Estimator) -> None:
     assert "rmvpe" not in f0_estimator.available
-    assert f0_estimator.default_method() == "harvest"
+    assert f0_estimator.default_method() == "pm"
     with pytest.raises(MethodUnavailable):
         f0_estimator.estimate(harmonic_tone(), "rmvpe")
 

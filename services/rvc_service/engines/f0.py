@@ -98,8 +98,11 @@ class F0Estimator:
         return self.rmvpe_path is not None and self.rmvpe_path.is_file()
 
     def default_method(self) -> str:
-        """The contract's F0_METHOD_UNSPECIFIED: rmvpe when its weights are installed, otherwise harvest."""
-        return "rmvpe" if self.has_rmvpe else "harvest"
+        """The contract's F0_METHOD_UNSPECIFIED: rmvpe when its weights are installed, otherwise pm (Praat's
+        autocorrelation). Not harvest: on Piper joe it marks half the frames voiced that pYIN does not and jumps an
+        octave on some takes; pm keeps the octave on every test signal at a 100th of harvest's cost
+        (benchmarks/f0_bench.py)."""
+        return "rmvpe" if self.has_rmvpe else "pm"
 
     def estimate(
         self,

@@ -6,7 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 
-# Names accepted for ConversionParams.f0_method; "" means the service default (rmvpe if installed, else harvest).
+# Names accepted for ConversionParams.f0_method; "" means the service default (rmvpe if installed, else pm).
 F0_METHODS: tuple[str, ...] = ("pm", "harvest", "dio", "crepe", "crepe-tiny", "fcpe", "rmvpe")
 
 
