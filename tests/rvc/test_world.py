@@ -5,6 +5,7 @@ import pytest
 from factories import harmonic_tone
 
 from services.rvc_service.engines import BUILTIN_VOICES, ConversionParams, F0Estimator, VoiceModel, WorldVoice
+from tests.signals import glottal_vowel
 
 
 def _f0(y: np.ndarray, sr: int) -> float:
@@ -59,24 +60,6 @@ def test_builtins_and_block_api(voice_in: np.ndarray) -> None:
 # ---- pitch against the source (issue 11): measured by librosa's pYIN, an estimator the voice does not use
 
 
-def glottal_pulses(f0: float, sr: int = 24000, seconds: float = 2.0) -> np.ndarray:
-    """A voiced vowel-like signal: Rosenberg-style glottal pulses with 2% vibrato through three formant resonators."""
-    from scipy.signal import lfilter
-
-    t = np.arange(int(seconds * sr)) / sr
-    phase = np.cumsum(f0 * (1 + 0.02 * np.sin(2 * np.pi * 5 * t))) / sr % 1.0
-    pulse = np.where(
-        phase < 0.4,
-        0.5 * (1 - np.cos(np.pi * phase / 0.4)),
-        np.where(phase < 0.56, np.cos(np.pi * (phase - 0.4) / 0.32), 0),
-    )
-    y = np.diff(pulse, prepend=0.0)
-    for centre, bandwidth in ((700, 130), (1200, 150), (2600, 200)):
-        r = np.exp(-np.pi * bandwidth / sr)
-        y = lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * centre / sr), r * r], y)
-    return (0.5 * y / np.abs(y).max()).astype(np.float32)
-
-
 def pyin_median(y: np.ndarray, sr: int) -> float:
     import librosa
 
@@ -89,7 +72,7 @@ def pyin_median(y: np.ndarray, sr: int) -> float:
 @pytest.mark.parametrize("f0", [80.0, 110.0, 220.0, 300.0])
 @pytest.mark.parametrize("semitones", [0.0, 12.0, -5.0])
 def test_world_voice_keeps_the_source_pitch(f0: float, semitones: float) -> None:
-    source = glottal_pulses(f0)
+    source = glottal_vowel(f0, sr=24000, seconds=2.0)
     out, sr = WorldVoice().convert(source, 24000, ConversionParams(pitch_shift_semitones=semitones))
     expected = pyin_median(source, 24000) * 2 ** (semitones / 12)
     assert abs(12 * np.log2(pyin_median(out, sr) / expected)) < 0.5
