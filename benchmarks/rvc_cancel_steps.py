@@ -24,23 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore")
 
 from services.rvc_service.engines import BUILTIN_VOICES, ConversionParams, RvcModel, VoiceModel  # noqa: E402
+from tests.signals import gliding_voice  # noqa: E402
 
 STREAM_WINDOW_S = 1.055
 CLIP_WINDOW_S = 9.0
 
 
-def speech_like(rate: int, seconds: float, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(round(rate * seconds)) / rate
-    f0 = 130 + 35 * np.sin(2 * np.pi * 0.9 * t) + 10 * np.sin(2 * np.pi * 3.1 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / rate
-    envelope = np.clip(np.sin(2 * np.pi * 2.2 * t) + 0.4, 0, 1)
-    x = sum((0.6 / k) * np.sin(k * phase) for k in range(1, 25)) * envelope + 0.01 * rng.standard_normal(t.size)
-    return (0.4 * x / np.abs(x).max()).astype(np.float32)
-
-
 def measure(voice: VoiceModel, rate: int, seconds: float, params: ConversionParams) -> tuple[float, float, int]:
-    audio = speech_like(rate, seconds)
+    audio = gliding_voice(rate, seconds)
     voice.convert_block(audio, rate, params, context=0)  # warm-up: imports, lazily loaded F0 models
     stamps: list[float] = []
 

@@ -55,7 +55,8 @@ from benchmarks.listener import percentile
 from services.common.audio import decode_audio, float_to_pcm16, wav_header
 from tests.fixtures.spark import SPARK_MODELS, SPARK_PARAMS, make_tiny_checkpoint, start_spark_gateway
 from tests.fixtures.triton_server import TritonServer, free_ports, start_triton
-from tests.spark.helpers import RATE, SparkStream, metric, read_metrics, spark_inputs, speech_like
+from tests.prometheus import metric, scrape
+from tests.spark.helpers import RATE, SparkStream, spark_inputs, speech_like
 from voice.v1 import audio_pb2, tts_gateway_pb2, tts_gateway_pb2_grpc
 
 # One sentence under the gateway's first-piece length (60 characters), so the gateway sends Triton the same single
@@ -201,7 +202,7 @@ def wait_for_voice(stub: tts_gateway_pb2_grpc.TtsGatewayServiceStub, name: str, 
 
 def cache_counts(triton: TritonServer) -> tuple[float, float]:
     """(hits, misses) of spark_tts's reference-token cache so far."""
-    text = read_metrics(triton.metrics_url)
+    text = scrape(triton.metrics_url)
     return (
         metric(text, "spark_reference_tokens_total", result="hit"),
         metric(text, "spark_reference_tokens_total", result="miss"),

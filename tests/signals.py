@@ -47,3 +47,15 @@ def synthesize_joe(path: Path, text: str) -> Path:
     )
     subprocess.run([str(TRITON_PYTHON), "-c", script, str(path), text], check=True, timeout=120)
     return path
+
+
+def gliding_voice(rate: int, seconds: float, seed: int = 0) -> np.ndarray:
+    """Gliding harmonic voice (F0 95-180 Hz) with syllable-rate loudness and breath noise: what the conversion
+    engines work hardest on."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(round(rate * seconds)) / rate
+    f0 = 130 + 35 * np.sin(2 * np.pi * 0.9 * t) + 10 * np.sin(2 * np.pi * 3.1 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    envelope = np.clip(np.sin(2 * np.pi * 2.2 * t) + 0.4, 0, 1)
+    x = sum((0.6 / k) * np.sin(k * phase) for k in range(1, 25)) * envelope + 0.01 * rng.standard_normal(t.size)
+    return (0.4 * x / np.abs(x).max()).astype(np.float32)

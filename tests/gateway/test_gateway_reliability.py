@@ -4,24 +4,20 @@ upstream work stopping promptly on cancel, and no sliver chunks."""
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-import urllib.request
 
 import grpc
 import pytest
 
 from tests.gateway.test_gateway import PARAGRAPH, collect, request, seconds, stub  # noqa: F401  (fixture)
+from tests.prometheus import metric, scrape
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 LEAKS = ("Traceback", 'File "', "/work/", "site-packages", ".py")
 
 
-def metric(url: str, name: str, model: str = "piper_tts") -> float:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    pattern = rf'^{name}\{{[^}}]*model="{model}"[^}}]*\}} (\S+)'
-    return sum(float(m) for m in re.findall(pattern, text, re.M))
+def piper_metric(url: str, name: str) -> float:
+    return metric(scrape(url), name, model="piper_tts")
 
 
 @pytest.mark.parametrize(
@@ -63,22 +59,22 @@ async def test_cancel_stops_the_sentence_in_synthesis_at_once(stub, triton_serve
     long_sentence = " ".join(["and the river ran on past the old mill towards the sea"] * 6)
     text = f"Here we go. Then {long_sentence}."
     url = triton_server.metrics_url
-    cancelled_before = metric(url, "tts_requests_cancelled_total")
-    interrupted_before = metric(url, "tts_pieces_interrupted_total")
-    pieces_before = metric(url, "tts_pieces_total")
+    cancelled_before = piper_metric(url, "tts_requests_cancelled_total")
+    interrupted_before = piper_metric(url, "tts_pieces_interrupted_total")
+    pieces_before = piper_metric(url, "tts_pieces_total")
     call = stub.Synthesize(request(text=text), timeout=60)
     first = await call.read()  # the lead-in is out: the long sentence is in synthesis now
     assert first is not grpc.aio.EOF
     await asyncio.sleep(0.15)
     call.cancel()
     cancelled_at = time.monotonic()
-    while metric(url, "tts_requests_cancelled_total") == cancelled_before:
+    while piper_metric(url, "tts_requests_cancelled_total") == cancelled_before:
         assert time.monotonic() - cancelled_at < 5, "Triton never saw the cancel"
         await asyncio.sleep(0.01)
     reaction = time.monotonic() - cancelled_at
     print(f"Triton saw the cancel and stopped after {reaction * 1000:.0f} ms")
     # The long sentence was stopped mid-inference, not finished for nobody.
-    assert metric(url, "tts_pieces_interrupted_total") == interrupted_before + 1
-    assert metric(url, "tts_pieces_total") == pieces_before + 1  # only the lead-in was synthesized
+    assert piper_metric(url, "tts_pieces_interrupted_total") == interrupted_before + 1
+    assert piper_metric(url, "tts_pieces_total") == pieces_before + 1  # only the lead-in was synthesized
     # Within 100 ms of the cancel on an idle host; the poll loop and a busy CI core add their share.
     assert reaction < 0.3, f"Triton took {reaction * 1000:.0f} ms to stop"

@@ -5,7 +5,6 @@ and RetryInfo, clips are not refused, and streams are admitted again once the fi
 from __future__ import annotations
 
 import asyncio
-import re
 import statistics
 import time
 import urllib.request
@@ -19,6 +18,7 @@ from google.rpc import error_details_pb2
 from services.common import audio as A
 from services.common.errors import status_details
 from tests.fixtures.rvc_service import RvcServiceProcess, start_rvc_service
+from tests.prometheus import metric
 from voice.v1 import audio_pb2, conversion_pb2, voice_conversion_pb2, voice_conversion_pb2_grpc
 
 pytestmark = pytest.mark.timeout(180)
@@ -46,16 +46,6 @@ def audio_messages(seconds: float, piece_s: float = 0.25) -> list[voice_conversi
     pcm = A.float_to_pcm16(tone(seconds))
     step = 2 * round(piece_s * RATE)
     return [voice_conversion_pb2.ConvertRequest(audio=pcm[i : i + step]) for i in range(0, len(pcm), step)]
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
-            if all(found.get(k) == v for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import pytest
 from services.rvc_service.cancel import CancelToken, JobCancelled
 from services.rvc_service.engines import BUILTIN_VOICES, ConversionParams, RvcModel, VoiceModel
 from services.rvc_service.pool import WorkerPool
+from tests.signals import gliding_voice
 
 factories = pytest.importorskip("tests.rvc.factories")
 
@@ -31,17 +32,6 @@ SECONDS = 6.0
 WORLD_SHARE = 0.06
 RVC_SHARE = 0.15
 FLOOR_S = 0.1
-
-
-def speech_like(rate: int, seconds: float, seed: int = 0) -> np.ndarray:
-    """Gliding harmonic voice with syllable-rate loudness and breath noise: what the engines work hardest on."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(round(rate * seconds)) / rate
-    f0 = 130 + 35 * np.sin(2 * np.pi * 0.9 * t) + 10 * np.sin(2 * np.pi * 3.1 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / rate
-    envelope = np.clip(np.sin(2 * np.pi * 2.2 * t) + 0.4, 0, 1)
-    x = sum((0.6 / k) * np.sin(k * phase) for k in range(1, 25)) * envelope + 0.01 * rng.standard_normal(t.size)
-    return (0.4 * x / np.abs(x).max()).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -123,13 +113,13 @@ async def test_world_job_stops_inside_the_block(pool: WorkerPool) -> None:
     voice = BUILTIN_VOICES["world-default"]
     params = ConversionParams(pitch_shift_semitones=4.0, formant_shift_semitones=1.5)  # joe-world-high's settings
     rate = voice.sample_rate
-    run_s, longest, latency = await cancel_mid_run(pool, voice, speech_like(rate, SECONDS), rate, params)
+    run_s, longest, latency = await cancel_mid_run(pool, voice, gliding_voice(rate, SECONDS), rate, params)
     assert_prompt("world-default (dio)", run_s, longest, latency, WORLD_SHARE)
 
 
 async def test_rvc_job_stops_inside_the_block(pool: WorkerPool, rvc_voice: RvcModel) -> None:
     params = ConversionParams(f0_method="dio", index_rate=0.0)
-    run_s, longest, latency = await cancel_mid_run(pool, rvc_voice, speech_like(16000, SECONDS), 16000, params)
+    run_s, longest, latency = await cancel_mid_run(pool, rvc_voice, gliding_voice(16000, SECONDS), 16000, params)
     assert_prompt("rvc tiny v2 (dio)", run_s, longest, latency, RVC_SHARE)
 
 

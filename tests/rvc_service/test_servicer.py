@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-import re
 import signal
 import threading
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterable
 
 import grpc
@@ -22,6 +20,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from services.common import audio as A
 from services.common.errors import status_details
 from tests.fixtures.rvc_service import RvcServiceProcess, start_rvc_service
+from tests.prometheus import metric, scrape
 from voice.v1 import audio_pb2, conversion_pb2, voice_conversion_pb2, voice_conversion_pb2_grpc
 
 pytestmark = pytest.mark.timeout(120)
@@ -60,21 +59,6 @@ async def requests(messages: Iterable[voice_conversion_pb2.ConvertRequest]) -> A
 def bad_fields(err: grpc.aio.AioRpcError) -> dict[str, str]:
     bad = next(d for d in status_details(err) if isinstance(d, error_details_pb2.BadRequest))
     return {v.field: v.description for v in bad.field_violations}
-
-
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return response.read().decode()
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
-            if all(found.get(k) == v for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @pytest.fixture

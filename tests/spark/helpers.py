@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import queue
-import re
-import urllib.request
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,21 +21,6 @@ def speech_like(seconds: float, f0: float = 140.0, rate: int = RATE, seed: int =
     voice = sum(np.sin(k * phase) / k for k in range(1, 12))
     syllables = 0.55 + 0.45 * np.sin(2 * np.pi * 4.0 * t) ** 2
     return (0.25 * voice * syllables / 2.5 + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
-
-
-def metric(metrics_text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for line in metrics_text.splitlines():
-        match = re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", line)
-        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
-            total += float(match.group(2))
-    return total
-
-
-def read_metrics(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.read().decode()
 
 
 @dataclass

@@ -21,7 +21,8 @@ import soundfile as sf
 from tests.fixtures.gateway import GatewayProcess
 from tests.fixtures.spark import start_spark_gateway
 from tests.fixtures.triton_server import TritonServer
-from tests.spark.helpers import RATE, metric, read_metrics, speech_like
+from tests.prometheus import metric, scrape
+from tests.spark.helpers import RATE, speech_like
 from voice.v1 import audio_pb2, tts_gateway_pb2, tts_gateway_pb2_grpc
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -79,7 +80,7 @@ def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
 
 
 def tokenizer_runs(triton: TritonServer) -> float:
-    return metric(read_metrics(triton.metrics_url), "nv_inference_request_success", model="audio_tokenizer")
+    return metric(scrape(triton.metrics_url), "nv_inference_request_success", model="audio_tokenizer")
 
 
 def connect(gateway: GatewayProcess) -> tuple[grpc.Channel, Stub]:

@@ -17,7 +17,8 @@ import soundfile as sf
 
 from tests.fixtures.gateway import GatewayProcess
 from tests.fixtures.triton_server import TritonServer
-from tests.spark.helpers import RATE, SparkStream, metric, read_metrics, spark_inputs, speech_like
+from tests.prometheus import metric, scrape
+from tests.spark.helpers import RATE, SparkStream, spark_inputs, speech_like
 from voice.v1 import audio_pb2, tts_gateway_pb2, tts_gateway_pb2_grpc
 
 pytestmark = pytest.mark.timeout(600)
@@ -91,7 +92,7 @@ def test_chinese_text_streams_sentence_by_sentence(
     stub: tts_gateway_pb2_grpc.TtsGatewayServiceStub, spark_triton: TritonServer
 ) -> None:
     reference = wav_input(speech_like(3.0, seed=32))
-    before = metric(read_metrics(spark_triton.metrics_url), "nv_inference_request_success", model="audio_tokenizer")
+    before = metric(scrape(spark_triton.metrics_url), "nv_inference_request_success", model="audio_tokenizer")
     chunks = synthesize(
         stub, text=CHINESE, zero_shot=tts_gateway_pb2.ZeroShot(reference_audio=reference, reference_text="参考"), seed=5
     )
@@ -104,14 +105,12 @@ def test_chinese_text_streams_sentence_by_sentence(
     ]
     assert summary.processed_text == CHINESE
     # Three sentences, one reference: Triton's audio tokenizer ran once for the whole stream.
-    after = metric(read_metrics(spark_triton.metrics_url), "nv_inference_request_success", model="audio_tokenizer")
+    after = metric(scrape(spark_triton.metrics_url), "nv_inference_request_success", model="audio_tokenizer")
     assert after - before == 1
     synthesize(
         stub, text="再来一次。", zero_shot=tts_gateway_pb2.ZeroShot(reference_audio=reference, reference_text="参考")
     )
-    assert (
-        metric(read_metrics(spark_triton.metrics_url), "nv_inference_request_success", model="audio_tokenizer") == after
-    )
+    assert metric(scrape(spark_triton.metrics_url), "nv_inference_request_success", model="audio_tokenizer") == after
 
 
 def test_streaming_input_splits_chinese_deltas(stub: tts_gateway_pb2_grpc.TtsGatewayServiceStub) -> None:
@@ -235,7 +234,7 @@ def test_cancel_after_the_first_chunk_stops_the_model(
         for s in range(30, 80)
         if len(synthesize(stub, text="A long piece of speech.", voice_design=design, seed=s)) > 4
     )
-    before = metric(read_metrics(spark_triton.metrics_url), "spark_requests_cancelled_total")
+    before = metric(scrape(spark_triton.metrics_url), "spark_requests_cancelled_total")
     call = stub.Synthesize(
         tts_gateway_pb2.SynthesizeRequest(
             text="A long piece of speech.",
@@ -248,7 +247,7 @@ def test_cancel_after_the_first_chunk_stops_the_model(
     next(call)
     call.cancel()
     deadline = time.monotonic() + 30
-    while metric(read_metrics(spark_triton.metrics_url), "spark_requests_cancelled_total") <= before:
+    while metric(scrape(spark_triton.metrics_url), "spark_requests_cancelled_total") <= before:
         assert time.monotonic() < deadline, "Triton's spark_tts never saw the cancellation"
         time.sleep(0.2)
 

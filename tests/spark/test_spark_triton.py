@@ -18,7 +18,8 @@ import pytest
 import tritonclient.grpc as triton_grpc
 
 from tests.fixtures.triton_server import REPO_ROOT, TritonServer
-from tests.spark.helpers import HOP, SparkStream, metric, read_metrics, spark_inputs, speech_like
+from tests.prometheus import metric, scrape
+from tests.spark.helpers import HOP, SparkStream, spark_inputs, speech_like
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -91,10 +92,10 @@ def test_two_references_give_different_speakers(spark_triton: TritonServer) -> N
 def test_audio_length_is_tokens_times_hop(spark_triton: TritonServer, stream: SparkStream) -> None:
     reference = speech_like(2.5, seed=3)
     for seed, text in ((11, "Hello there."), (12, "A second, somewhat longer sentence to speak.")):
-        before = metric(read_metrics(spark_triton.metrics_url), "spark_semantic_tokens_total")
+        before = metric(scrape(spark_triton.metrics_url), "spark_semantic_tokens_total")
         result = stream.run(spark_inputs(text, reference=reference, reference_text="reference words", seed=seed))
         assert not result.error, result.error
-        tokens = metric(read_metrics(spark_triton.metrics_url), "spark_semantic_tokens_total") - before
+        tokens = metric(scrape(spark_triton.metrics_url), "spark_semantic_tokens_total") - before
         assert tokens > 0
         assert result.audio.size == tokens * HOP
 
@@ -120,7 +121,7 @@ def test_repeated_reference_skips_the_audio_tokenizer(spark_triton: TritonServer
     reference = speech_like(2.2, f0=180.0, seed=7)
 
     def counts() -> tuple[float, float, float]:
-        text = read_metrics(spark_triton.metrics_url)
+        text = scrape(spark_triton.metrics_url)
         return (
             metric(text, "nv_inference_request_success", model="audio_tokenizer"),
             metric(text, "spark_reference_tokens_total", result="hit"),
@@ -227,7 +228,7 @@ def test_cancel_between_chunks_stops_generation(spark_triton: TritonServer) -> N
     metrics_url = spark_triton.metrics_url
     # A long designed piece: find its first chunk, then cancel the stream.
     stream = SparkStream(spark_triton.grpc_url)
-    cancelled_before = metric(read_metrics(metrics_url), "spark_requests_cancelled_total")
+    cancelled_before = metric(scrape(metrics_url), "spark_requests_cancelled_total")
     for seed in range(30, 60):  # a seed whose piece has several chunks (as in the schedule test)
         probe = stream.run(spark_inputs("A long piece of speech.", gender="male", seed=seed))
         if len(probe.chunks) >= 3:
@@ -237,12 +238,12 @@ def test_cancel_between_chunks_stops_generation(spark_triton: TritonServer) -> N
     assert audio is not None and not final and not error
     stream.close(cancel=True)
     deadline = time.monotonic() + 30
-    while metric(read_metrics(metrics_url), "spark_requests_cancelled_total") <= cancelled_before:
+    while metric(scrape(metrics_url), "spark_requests_cancelled_total") <= cancelled_before:
         assert time.monotonic() < deadline, "the model never saw the cancellation"
         time.sleep(0.2)
-    tokens = metric(read_metrics(metrics_url), "spark_semantic_tokens_total")
+    tokens = metric(scrape(metrics_url), "spark_semantic_tokens_total")
     time.sleep(1.0)
-    assert metric(read_metrics(metrics_url), "spark_semantic_tokens_total") == tokens  # nothing generating now
+    assert metric(scrape(metrics_url), "spark_semantic_tokens_total") == tokens  # nothing generating now
     fresh = SparkStream(spark_triton.grpc_url)
     try:
         assert not fresh.run(spark_inputs("After the cancel.", gender="female", seed=2)).error

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import queue
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tests.fixtures.triton_server import TritonServer
+from tests.prometheus import metric
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -110,16 +110,6 @@ def whole(server: TritonServer, inputs: list[grpcclient.InferInput]) -> np.ndarr
 
 def rms(audio: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
-
-
-def metric(text: str, name: str, model: str) -> float:
-    """Sum of a Prometheus sample family for one model (labels in any order)."""
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
-        if match and f'model="{model}"' in match.group(1):
-            total += float(match.group(2))
-    return total
 
 
 def assert_server_ready(server: TritonServer) -> None:
@@ -261,15 +251,17 @@ def test_cancel_mid_stream_stops_synthesis(triton_server: TritonServer) -> None:
     deadline = time.monotonic() + 30
     while True:
         after = triton_server.metrics()
-        cancelled = metric(after, "tts_requests_cancelled_total", STREAM) - metric(
-            before, "tts_requests_cancelled_total", STREAM
+        cancelled = metric(after, "tts_requests_cancelled_total", model=STREAM) - metric(
+            before, "tts_requests_cancelled_total", model=STREAM
         )
         if cancelled >= 1 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert cancelled == 1
-    synthesized = metric(after, "tts_pieces_total", STREAM) - metric(before, "tts_pieces_total", STREAM)
-    skipped = metric(after, "tts_pieces_skipped_total", STREAM) - metric(before, "tts_pieces_skipped_total", STREAM)
+    synthesized = metric(after, "tts_pieces_total", model=STREAM) - metric(before, "tts_pieces_total", model=STREAM)
+    skipped = metric(after, "tts_pieces_skipped_total", model=STREAM) - metric(
+        before, "tts_pieces_skipped_total", model=STREAM
+    )
     assert synthesized + skipped == sentences
     assert synthesized <= received + 2, f"{synthesized} sentences synthesized after {received} were received"
     assert skipped >= sentences - received - 2
@@ -372,12 +364,12 @@ def test_whole_model_returns_one_response_of_comparable_duration(triton_server: 
 
 
 def test_metrics_count_successful_requests(triton_server: TritonServer) -> None:
-    before = metric(triton_server.metrics(), "nv_inference_request_success", STREAM)
+    before = metric(triton_server.metrics(), "nv_inference_request_success", model=STREAM)
     for _ in range(2):
         assert stream(triton_server, tts_inputs("Count me.")).error is None
     deadline = time.monotonic() + 10
     while True:
-        after = metric(triton_server.metrics(), "nv_inference_request_success", STREAM)
+        after = metric(triton_server.metrics(), "nv_inference_request_success", model=STREAM)
         if after >= before + 2 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
