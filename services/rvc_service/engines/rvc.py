@@ -26,7 +26,7 @@ from .content import ContentEncoder
 from .f0 import HOP, SR, F0Estimator, coarse_f0, shift_f0
 from .index import RetrievalIndex
 from .params import ConversionParams, InvalidParameters, MethodUnavailable, ModelLoadError, public_reason
-from .synthesizer import Synthesizer, build_synthesizer
+from .synthesizer import DecodeWindow, Synthesizer, build_synthesizer
 
 _HIGHPASS = signal.butter(N=5, Wn=48, btype="high", fs=SR)
 
@@ -288,6 +288,8 @@ class RvcModel:
                 continue
             seg = padded[s : e + 2 * t_pad]
             sl = slice(s // HOP, (e + 2 * t_pad) // HOP)
+            # The decoder (most of the cost) skips the reflect padding; the prior still reads all of it.
+            window = DecodeWindow(t_pad // HOP, (e - s) // HOP + 1)
             y = self._segment(
                 seg,
                 pitch[sl] if pitch is not None else None,
@@ -295,9 +297,9 @@ class RvcModel:
                 params,
                 gen,
                 should_stop,
+                window,
             )
-            start = round(t_pad * tgt / SR)
-            pieces.append(_fit_len(y[start:], round((e - s) * tgt / SR)))
+            pieces.append(_fit_len(y, round((e - s) * tgt / SR)))
         y = _fit_len(np.concatenate(pieces), n_out)
         check_stop(should_stop)
         return self._finish(y, x, params, out_sr)
@@ -332,12 +334,17 @@ class RvcModel:
             return np.zeros(n_block_out, np.float32)
         check_stop(should_stop)
         pitch, pitchf = self._pitch(xp, params, should_stop)
-        y = self._segment(xp, pitch, pitchf, params, self._generator(seed), should_stop)
+        # The decoder runs on the block only (plus its margin): the context serves the content encoder and prior.
+        first = ctx16 // HOP
+        window = DecodeWindow(first, max(0, len(xp) // HOP - first))
+        y = self._segment(xp, pitch, pitchf, params, self._generator(seed), should_stop, window)
         check_stop(should_stop)
         tgt = self.sample_rate
-        y = _fit_len(y, round(len(x) * tgt / SR))
-        y = mix_rms(x, SR, y, tgt, params.rms_mix_rate)
-        block = y[round(ctx16 * tgt / SR) :]
+        # The decoded frames start at the first whole frame of the block (context lengths are whole frames in
+        # practice); the loudness mix compares the block with its own input.
+        skip = round(ctx16 * tgt / SR) - first * self.net.hop
+        block = _fit_len(y[skip:], round((len(x) - ctx16) * tgt / SR))
+        block = mix_rms(x[ctx16:], SR, block, tgt, params.rms_mix_rate)
         if rate != tgt:
             block = soxr.resample(block, tgt, rate).astype(np.float32)
         return _fit_len(block, n_block_out)
@@ -382,7 +389,10 @@ class RvcModel:
         params: ConversionParams,
         gen: torch.Generator | None,
         should_stop: ShouldStop | None = None,
+        window: DecodeWindow | None = None,
     ) -> np.ndarray:
+        """Content features, protection and synthesis of one piece; only `window`'s frames when given (clipped to the
+        frames the features cover)."""
         feats, feats0 = self.features(audio16k, params.index_rate, should_stop)
         p_len = min(len(audio16k) // HOP, feats.shape[1])
         feats, feats0 = feats[:, :p_len], feats0[:, :p_len]
@@ -393,8 +403,11 @@ class RvcModel:
             feats = protect_features(feats, feats0, pft, params.protect)
         lengths = torch.tensor([p_len], device=self.device)
         sid = torch.tensor([params.speaker_id], device=self.device)
+        if window is not None:
+            start = min(window.start, p_len)
+            window = DecodeWindow(start, min(window.frames, p_len - start))
         check_stop(should_stop)
-        y = self.net.infer(feats, lengths, pt, pft, sid, generator=gen, should_stop=should_stop)
+        y = self.net.infer(feats, lengths, pt, pft, sid, generator=gen, window=window, should_stop=should_stop)
         return y[0, 0].float().cpu().numpy()
 
     def _finish(

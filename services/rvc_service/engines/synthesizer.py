@@ -11,6 +11,7 @@ import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -340,7 +341,7 @@ class SineSource(nn.Module):
         self.l_linear = nn.Linear(1, 1)  # harmonic_num = 0 in every RVC model
 
     def forward(self, f0: torch.Tensor, upp: int, generator: torch.Generator | None) -> torch.Tensor:
-        # f0: [b, frames] in Hz, 0 where unvoiced -> excitation [b, frames * upp, 1]
+        # f0: [b, frames] in Hz, 0 where unvoiced -> excitation [b, 1, frames * upp]
         b = f0.shape[0]
         rad = (f0.double() / self.sr) % 1.0  # phase increment per sample, per frame
         # The WebUI draws a random initial phase for overtones only (zero for the fundamental); draw it anyway so a
@@ -353,7 +354,7 @@ class SineSource(nn.Module):
         uv = (f0 > 0).to(f0.dtype).repeat_interleave(upp, dim=1).unsqueeze(-1)
         noise_amp = uv * self.noise_std + (1 - uv) * self.sine_amp / 3
         noise = noise_amp * torch.randn(sine.shape, generator=generator, device=f0.device, dtype=sine.dtype)
-        return torch.tanh(self.l_linear(sine * uv + noise))
+        return torch.tanh(self.l_linear(sine * uv + noise)).transpose(1, 2)
 
 
 class Generator(nn.Module):
@@ -385,17 +386,8 @@ class Generator(nn.Module):
         self.conv_post = nn.Conv1d(ch, 1, 7, 1, padding=3, bias=False)
         self.cond = nn.Conv1d(cfg.gin_channels, uic, 1) if cfg.gin_channels else None
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        f0: torch.Tensor | None,
-        g: torch.Tensor | None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        har = None
-        if self.m_source is not None:
-            assert f0 is not None
-            har = self.m_source(f0, self.upp, generator).transpose(1, 2)
+    def forward(self, x: torch.Tensor, har: torch.Tensor | None, g: torch.Tensor | None) -> torch.Tensor:
+        """x [b, inter, frames], har (the NSF excitation from `m_source`) [b, 1, frames * upp] -> audio."""
         x = self.conv_pre(x)
         if g is not None and self.cond is not None:
             x = x + self.cond(g)
@@ -433,6 +425,10 @@ class Synthesizer(nn.Module):
         """Output samples per feature frame (sr / 100 for every RVC model)."""
         return self.dec.upp
 
+    def excitation(self, nsff0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        assert self.dec.m_source is not None
+        return self.dec.m_source(nsff0, self.hop, generator)
+
     @torch.inference_mode()
     def infer(
         self,
@@ -444,20 +440,90 @@ class Synthesizer(nn.Module):
         *,
         generator: torch.Generator | None = None,
         noise_scale: float = 0.66666,
+        window: DecodeWindow | None = None,
         should_stop: ShouldStop | None = None,
     ) -> torch.Tensor:
-        """phone [b, t, dim] float, pitch [b, t] long (1..255), nsff0 [b, t] Hz, sid [b] -> audio [b, 1, t * hop].
-        `should_stop` is checked between the encoder's layers, the flows and the decoder's residual blocks."""
+        """phone [b, t, dim] float, pitch [b, t] long (1..255), nsff0 [b, t] Hz, sid [b] -> audio [b, 1, t * hop],
+        or only `window`'s frames of it. `should_stop` is checked between the encoder's layers, the flows and the
+        decoder's residual blocks."""
         _CALL.should_stop = should_stop
         try:
-            g = self.emb_g(sid).unsqueeze(-1)
-            m, logs, mask = self.enc_p(phone, pitch if self.use_f0 else None, lengths)
-            eps = torch.randn(m.shape, generator=generator, device=m.device, dtype=m.dtype)
-            z = self.flow.reverse((m + torch.exp(logs) * eps * noise_scale) * mask, mask, g)
-            _check_stop()
-            return self.dec(z * mask, nsff0 if self.use_f0 else None, g, generator)
+            return run_synthesis(self, phone, lengths, pitch, nsff0, sid, generator, noise_scale, window)
         finally:
             _CALL.should_stop = None
+
+    # The three stages run_synthesis drives; OnnxSynthesizer provides the same three.
+
+    def speaker(self, sid: torch.Tensor) -> torch.Tensor:
+        return self.emb_g(sid).unsqueeze(-1)
+
+    def prior(
+        self, phone: torch.Tensor, pitch: torch.Tensor | None, lengths: torch.Tensor, g: torch.Tensor, eps: torch.Tensor
+    ) -> torch.Tensor:
+        """Content (+ pitch) -> the flow's output z [b, inter, t]; `eps` is the scaled prior noise."""
+        m, logs, mask = self.enc_p(phone, pitch if self.use_f0 else None, lengths)
+        z = self.flow.reverse((m + torch.exp(logs) * eps) * mask, mask, g)
+        return z * mask
+
+    def decode(self, z: torch.Tensor, har: torch.Tensor | None, g: torch.Tensor) -> torch.Tensor:
+        _check_stop()
+        return self.dec(z, har, g)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeWindow:
+    """Decode only frames [start, start + frames) of the prior. The prior (global attention) still sees every frame;
+    the decoder, whose receptive field is about +-11 frames for the published configs, runs on the window plus
+    DECODER_MARGIN frames each side, so the result equals the full decode's same samples. Streaming uses it to skip
+    the left context, whole-utterance conversion to skip the reflect padding."""
+
+    start: int
+    frames: int
+
+
+DECODER_MARGIN = 16  # frames; tests check the published 32k/40k/48k decoders' receptive fields fit inside
+
+
+class SynthesisStages(Protocol):
+    cfg: SynthConfig
+    use_f0: bool
+
+    @property
+    def hop(self) -> int: ...
+    def speaker(self, sid: torch.Tensor) -> torch.Tensor: ...
+    def excitation(self, nsff0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor: ...
+    def prior(
+        self, phone: torch.Tensor, pitch: torch.Tensor | None, lengths: torch.Tensor, g: torch.Tensor, eps: torch.Tensor
+    ) -> torch.Tensor: ...
+    def decode(self, z: torch.Tensor, har: torch.Tensor | None, g: torch.Tensor) -> torch.Tensor: ...
+
+
+def run_synthesis(
+    net: SynthesisStages,
+    phone: torch.Tensor,
+    lengths: torch.Tensor,
+    pitch: torch.Tensor | None,
+    nsff0: torch.Tensor | None,
+    sid: torch.Tensor,
+    generator: torch.Generator | None,
+    noise_scale: float,
+    window: DecodeWindow | None,
+) -> torch.Tensor:
+    """Speaker embedding, noise, prior, excitation and a (windowed) decode. Random numbers are drawn for the whole
+    input in the reference implementation's order (prior noise, then the source's phase and noise), so a seeded or
+    globally seeded run gives the same audio whatever the window and whichever backend runs the stages."""
+    b, t = phone.shape[0], phone.shape[1]
+    g = net.speaker(sid)
+    eps = torch.randn((b, net.cfg.inter_channels, t), generator=generator, device=phone.device, dtype=phone.dtype)
+    har = net.excitation(nsff0, generator) if net.use_f0 and nsff0 is not None else None
+    z = net.prior(phone, pitch, lengths, g, eps * noise_scale)
+    if window is None:
+        return net.decode(z, har, g)
+    lo = max(0, window.start - DECODER_MARGIN)
+    hi = min(t, window.start + window.frames + DECODER_MARGIN)
+    hop = net.hop
+    y = net.decode(z[:, :, lo:hi], har[:, :, lo * hop : hi * hop] if har is not None else None, g)
+    return y[:, :, (window.start - lo) * hop : (window.start - lo + window.frames) * hop]
 
 
 # ------------------------------------------------------------------------------------------------- weight loading
