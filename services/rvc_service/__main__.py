@@ -17,9 +17,11 @@ from services.common.server import (
     add_server_arguments,
     announce_ready,
     init_service_logging,
+    parse_bool,
     server_options_from_args,
 )
 from services.rvc_service.capacity import CapacityEstimator
+from services.rvc_service.engines.onnx_runtime import OnnxSettings, default_cache_dir
 from services.rvc_service.pool import WorkerPool, default_workers
 from services.rvc_service.registry import ModelRegistry
 from services.rvc_service.servicer import STREAM_BLOCKS, VoiceConversionServicer
@@ -61,6 +63,25 @@ def make_parser() -> EnvArgumentParser:
         type=int,
         default=0,
         help="CPU only: torch intra-op threads per worker (0: cores/workers)",
+    )
+    parser.add_option(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnx"],
+        help="what runs RVC's content encoder and synthesizer: onnx (ONNX Runtime, CPU only, about 1.35x faster "
+        "than torch there), torch, or auto (onnx on CPU, torch on CUDA)",
+    )
+    parser.add_option(
+        "--onnx-cache-dir",
+        type=Path,
+        default=default_cache_dir(),
+        help="where ONNX exports of loaded models are kept between runs (keyed by the weights)",
+    )
+    parser.add_option(
+        "--onnx-int8-content",
+        type=parse_bool,
+        default=False,
+        help="quantize the content encoder's matrix products to int8 (pays off on CPUs with VNNI/AMX)",
     )
     parser.add_option("--queue-capacity", type=int, default=64, help="waiting jobs beyond which work is refused")
     parser.add_option("--memory-budget-mb", type=int, default=4096, help="memory for loaded RVC models (LRU beyond)")
@@ -138,6 +159,18 @@ class RvcService:
     servicer: VoiceConversionServicer
 
 
+def onnx_settings(args: argparse.Namespace, device: str, threads: int) -> OnnxSettings | None:
+    """None for the torch backend; ONNX Runtime sessions get the pool's threads per worker."""
+    backend = args.backend
+    if backend == "auto":
+        backend = "torch" if device.startswith("cuda") else "onnx"
+    if backend == "torch":
+        return None
+    if device.startswith("cuda"):
+        raise SystemExit("--backend onnx runs on the CPU (onnxruntime's CPU build); use --backend torch with CUDA")
+    return OnnxSettings(args.onnx_cache_dir, threads=threads, int8_content=args.onnx_int8_content)
+
+
 def build_service(args: argparse.Namespace) -> RvcService:
     """Everything but start(): registry, pool, servicer, host (the pool is closed by the host's stop hook)."""
     device = resolve_device(args.device)
@@ -148,16 +181,18 @@ def build_service(args: argparse.Namespace) -> RvcService:
         raise SystemExit("--target-utilization must be >= 0 (0 turns admission control off)")
     if args.stream_cost_prior <= 0:
         raise SystemExit("--stream-cost-prior must be positive")
-    registry = ModelRegistry(args.models_dir, device, args.memory_budget_mb << 20)
-    for name in filter(None, (n.strip() for n in args.preload.split(","))):
-        log.info("preloading %s", name)
-        registry.load(name)  # a bad name fails start-up loudly rather than the first request
     pool = WorkerPool(
         workers,
         args.queue_capacity,
         device=device,
         threads_per_worker=args.threads_per_worker or None,
     )
+    registry = ModelRegistry(
+        args.models_dir, device, args.memory_budget_mb << 20, onnx=onnx_settings(args, device, pool.threads_per_worker)
+    )
+    for name in filter(None, (n.strip() for n in args.preload.split(","))):
+        log.info("preloading %s", name)
+        registry.load(name)  # a bad name fails start-up loudly rather than the first request
     capacity = CapacityEstimator(workers, args.target_utilization, prior_cost=args.stream_cost_prior)
     servicer = VoiceConversionServicer(
         registry,

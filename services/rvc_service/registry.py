@@ -29,6 +29,7 @@ from services.rvc_service.engines import (
     RvcModel,
     VoiceModel,
 )
+from services.rvc_service.engines.onnx_runtime import OnnxContentEncoder, OnnxSettings
 
 __all__ = [
     "InvalidModelName",
@@ -101,13 +102,16 @@ class ModelRegistry:
         models_dir: str | Path,
         device: torch.device | str = "cpu",
         memory_budget_bytes: int = 4 << 30,
+        onnx: OnnxSettings | None = None,
     ) -> None:
+        """`onnx`: run RVC voices' content encoder and synthesizer in ONNX Runtime (CPU) instead of torch."""
         self.models_dir = Path(models_dir).resolve()
+        self.onnx = onnx
         self.device = torch.device(device)
         self.memory_budget_bytes = memory_budget_bytes
         self._lock = threading.RLock()
         self._loaded: OrderedDict[str, RvcModel] = OrderedDict()  # most recently used last
-        self._encoder: ContentEncoder | None = None
+        self._encoder: ContentEncoder | OnnxContentEncoder | None = None
         rmvpe = self.models_dir / "rmvpe.pt"
         self.f0 = F0Estimator(self.device, rmvpe if rmvpe.is_file() else None)
 
@@ -187,20 +191,21 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------------------------------ load/unload
 
-    def content_encoder(self) -> ContentEncoder:
+    def content_encoder(self) -> ContentEncoder | OnnxContentEncoder:
         """The shared content encoder, loaded once: <dir>/hubert/ (HF) preferred over <dir>/hubert_base.pt."""
         with self._lock:
             if self._encoder is None:
                 hf, fs = self.models_dir / "hubert", self.models_dir / "hubert_base.pt"
                 if hf.is_dir():
-                    self._encoder = ContentEncoder.load(hf, self.device)
+                    encoder = ContentEncoder.load(hf, self.device)
                 elif fs.is_file():
-                    self._encoder = ContentEncoder.load(fs, self.device)
+                    encoder = ContentEncoder.load(fs, self.device)
                 else:
                     raise ModelLoadError(
                         "no content encoder: put an HF HuBERT/ContentVec in hubert/ or hubert_base.pt in the models "
                         "directory"
                     )
+                self._encoder = encoder if self.onnx is None else OnnxContentEncoder(encoder, self.onnx)
             return self._encoder
 
     def get(self, name: str) -> VoiceModel:
@@ -229,6 +234,7 @@ class ModelRegistry:
                 content_encoder=self.content_encoder(),
                 f0_estimator=self.f0,
                 index_path=find_index(self.models_dir, name),
+                onnx=self.onnx,
             )
             del checkpoint  # the fp16 WebUI weights; the model holds its own copy
             if model.memory_bytes > self.memory_budget_bytes:

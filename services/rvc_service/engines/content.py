@@ -25,6 +25,95 @@ OUTPUT_LAYER = {"v1": 9, "v2": 12}
 _CHECKED_LAYERS = re.compile(r"(^|\.)(conv_layers|layers)\.\d+$")
 
 
+class HubertWithFinalProj:
+    """Built lazily (transformers is heavy): HubertModel plus the pre-training projection `final_proj`."""
+
+    _cls: Any = None
+
+    @classmethod
+    def get(cls) -> Any:
+        if cls._cls is None:
+            from transformers import HubertModel
+
+            class _HubertWithFinalProj(HubertModel):
+                # The ContentVec/HuBERT HF ports keep the pre-training projection under `final_proj`.
+                def __init__(self, config: Any) -> None:
+                    super().__init__(config)
+                    self.final_proj = nn.Linear(config.hidden_size, config.classifier_proj_size)
+
+            cls._cls = _HubertWithFinalProj
+        return cls._cls
+
+
+# fairseq HuBERT parameter names -> transformers HubertModel names (the architectures match layer for layer).
+_FAIRSEQ_TO_HF = [
+    (re.compile(r"^feature_extractor\.conv_layers\.(\d+)\.0\."), r"feature_extractor.conv_layers.\1.conv."),
+    (re.compile(r"^feature_extractor\.conv_layers\.0\.2\."), "feature_extractor.conv_layers.0.layer_norm."),
+    (re.compile(r"^post_extract_proj\."), "feature_projection.projection."),
+    (re.compile(r"^layer_norm\."), "feature_projection.layer_norm."),
+    (re.compile(r"^encoder\.pos_conv\.0\.weight_g$"), "encoder.pos_conv_embed.conv.parametrizations.weight.original0"),
+    (re.compile(r"^encoder\.pos_conv\.0\.weight_v$"), "encoder.pos_conv_embed.conv.parametrizations.weight.original1"),
+    (re.compile(r"^encoder\.pos_conv\.0\.bias$"), "encoder.pos_conv_embed.conv.bias"),
+    (re.compile(r"^encoder\.layers\.(\d+)\.self_attn\.(\w)_proj\."), r"encoder.layers.\1.attention.\2_proj."),
+    (re.compile(r"^encoder\.layers\.(\d+)\.self_attn\.out_proj\."), r"encoder.layers.\1.attention.out_proj."),
+    (re.compile(r"^encoder\.layers\.(\d+)\.self_attn_layer_norm\."), r"encoder.layers.\1.layer_norm."),
+    (re.compile(r"^encoder\.layers\.(\d+)\.fc1\."), r"encoder.layers.\1.feed_forward.intermediate_dense."),
+    (re.compile(r"^encoder\.layers\.(\d+)\.fc2\."), r"encoder.layers.\1.feed_forward.output_dense."),
+    (re.compile(r"^mask_emb$"), "masked_spec_embed"),
+]
+
+
+def fairseq_to_hf(model: nn.Module) -> nn.Module:
+    """The same HuBERT as a transformers model (for export: fairseq's encoder pads to an even length with Python
+    arithmetic on shapes, which a traced graph cannot follow). Only the default (group-norm, post-LN) layout that
+    hubert_base.pt and ContentVec use is converted; others raise ValueError."""
+    from transformers import HubertConfig
+
+    convs = [layer[0] for layer in model.feature_extractor.conv_layers]
+    first = model.feature_extractor.conv_layers[0]
+    if len(first) != 4 or not isinstance(first[2], nn.GroupNorm) or model.encoder.layer_norm_first:
+        raise ValueError("only the default HuBERT layout (group-norm feature extractor, post-LN encoder) converts")
+    pos_conv = model.encoder.pos_conv[0]
+    layer0 = model.encoder.layers[0]
+    final_proj = getattr(model, "final_proj", None)
+    config = HubertConfig(
+        hidden_size=model.post_extract_proj.out_features,
+        num_hidden_layers=len(model.encoder.layers),
+        num_attention_heads=layer0.self_attn.num_heads,
+        intermediate_size=layer0.fc1.out_features,
+        hidden_act="gelu",
+        conv_dim=tuple(c.out_channels for c in convs),
+        conv_kernel=tuple(c.kernel_size[0] for c in convs),
+        conv_stride=tuple(c.stride[0] for c in convs),
+        conv_bias=convs[0].bias is not None,
+        feat_extract_norm="group",
+        do_stable_layer_norm=False,
+        num_conv_pos_embeddings=pos_conv.kernel_size[0],
+        num_conv_pos_embedding_groups=pos_conv.groups,
+        classifier_proj_size=final_proj.out_features if final_proj is not None else 256,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+        layerdrop=0.0,
+    )
+    hf = HubertWithFinalProj.get()(config)
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("label_embs") or (key.startswith("final_proj") and final_proj is None):
+            continue
+        for pattern, replacement in _FAIRSEQ_TO_HF:
+            if pattern.search(key):
+                key = pattern.sub(replacement, key)
+                break
+        state[key] = value
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (final_proj is None and k.startswith("final_proj"))]
+    if missing or unexpected:
+        raise ValueError(f"fairseq HuBERT does not map: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    return hf.eval()
+
+
 class ContentEncoder:
     """A loaded content encoder; `extract` is safe to call from several threads (inference only)."""
 
@@ -62,15 +151,9 @@ class ContentEncoder:
 
     @classmethod
     def _load_hf(cls, path: Path, device: torch.device) -> ContentEncoder:
-        from transformers import HubertModel
-
-        class HubertWithFinalProj(HubertModel):
-            # The ContentVec/HuBERT HF ports keep the pre-training projection under `final_proj`.
-            def __init__(self, config: Any) -> None:
-                super().__init__(config)
-                self.final_proj = nn.Linear(config.hidden_size, config.classifier_proj_size)
-
-        model, info = HubertWithFinalProj.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
+        model, info = HubertWithFinalProj.get().from_pretrained(
+            str(path), local_files_only=True, output_loading_info=True
+        )
         final_proj = None if any(k.startswith("final_proj") for k in info["missing_keys"]) else model.final_proj
         return cls(model.eval().to(device), final_proj, "hf", device, path)
 

@@ -25,6 +25,7 @@ from ..cancel import ShouldStop, check_stop
 from .content import ContentEncoder
 from .f0 import HOP, SR, F0Estimator, coarse_f0, shift_f0
 from .index import RetrievalIndex
+from .onnx_runtime import OnnxContentEncoder, OnnxSettings, OnnxSynthesizer
 from .params import ConversionParams, InvalidParameters, MethodUnavailable, ModelLoadError, public_reason
 from .synthesizer import DecodeWindow, Synthesizer, build_synthesizer
 
@@ -115,9 +116,9 @@ class RvcModel:
     def __init__(
         self,
         name: str,
-        net: Synthesizer,
+        net: Synthesizer | OnnxSynthesizer,
         version: str,
-        content_encoder: ContentEncoder,
+        content_encoder: ContentEncoder | OnnxContentEncoder,
         f0: F0Estimator,
         index: RetrievalIndex | None,
         device: torch.device,
@@ -158,14 +159,16 @@ class RvcModel:
         path: str | Path,
         device: torch.device | str = "cpu",
         *,
-        content_encoder: ContentEncoder | str | Path,
+        content_encoder: ContentEncoder | OnnxContentEncoder | str | Path,
         rmvpe_path: str | Path | None = None,
         f0_estimator: F0Estimator | None = None,
         index_path: str | Path | None = None,
         name: str | None = None,
         pipeline: PipelineConfig | None = None,
+        onnx: OnnxSettings | None = None,
     ) -> RvcModel:
-        """Load a WebUI checkpoint. Pass a shared ContentEncoder/F0Estimator to avoid one copy per voice.
+        """Load a WebUI checkpoint. Pass a shared ContentEncoder/F0Estimator to avoid one copy per voice, and `onnx`
+        to run the content encoder and synthesizer in ONNX Runtime (CPU).
         Raises ModelLoadError for anything that makes the files unusable."""
         p = Path(path)
         cpt = cls.read_checkpoint(p, name)
@@ -178,6 +181,7 @@ class RvcModel:
             f0_estimator=f0_estimator,
             index_path=index_path,
             pipeline=pipeline,
+            onnx=onnx,
         )
 
     @classmethod
@@ -187,11 +191,12 @@ class RvcModel:
         name: str,
         device: torch.device | str = "cpu",
         *,
-        content_encoder: ContentEncoder | str | Path,
+        content_encoder: ContentEncoder | OnnxContentEncoder | str | Path,
         rmvpe_path: str | Path | None = None,
         f0_estimator: F0Estimator | None = None,
         index_path: str | Path | None = None,
         pipeline: PipelineConfig | None = None,
+        onnx: OnnxSettings | None = None,
     ) -> RvcModel:
         """Build a voice from what ``read_checkpoint`` returned."""
         dev = torch.device(device)
@@ -203,15 +208,23 @@ class RvcModel:
             raise ModelLoadError(f"model {name!r}: weights do not fit its config ({public_reason(exc)})") from exc
         encoder = (
             content_encoder
-            if isinstance(content_encoder, ContentEncoder)
+            if isinstance(content_encoder, ContentEncoder | OnnxContentEncoder)
             else ContentEncoder.load(content_encoder, dev)
         )
+        runner: Synthesizer | OnnxSynthesizer = net
+        if onnx is not None:
+            if dev.type != "cpu":
+                raise ModelLoadError("the ONNX backend runs on the CPU; use the torch backend on CUDA")
+            runner = OnnxSynthesizer(net, onnx, f"model {name!r}")
+            if isinstance(encoder, ContentEncoder):
+                encoder = OnnxContentEncoder(encoder, onnx)
+            encoder.prepare(version)
         index = RetrievalIndex.load(index_path) if index_path else None
         want_dim = 256 if version == "v1" else 768
         if index is not None and index.dim != want_dim:
             raise ModelLoadError(f"model {name!r}: its index has {index.dim}-dim vectors; {version} needs {want_dim}")
         f0 = f0_estimator or F0Estimator(dev, rmvpe_path)
-        return cls(name, net, version, encoder, f0, index, dev, str(cpt.get("info", "")), pipeline)
+        return cls(name, runner, version, encoder, f0, index, dev, str(cpt.get("info", "")), pipeline)
 
     # --------------------------------------------------------------------------------------------- description
 
@@ -234,8 +247,7 @@ class RvcModel:
     @property
     def memory_bytes(self) -> int:
         """Bytes held by this voice alone (synthesizer + index); the shared content encoder is not counted."""
-        params = sum(t.numel() * t.element_size() for t in self.net.state_dict().values())
-        return params + (self.index.memory_bytes if self.index else 0)
+        return self.net.memory_bytes + (self.index.memory_bytes if self.index else 0)
 
     def validate(self, params: ConversionParams) -> ConversionParams:
         params.validate(self.speaker_count)

@@ -113,12 +113,13 @@ class LayerNorm(nn.Module):
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
+        self.channels = channels
         self.eps = eps
         self.gamma = nn.Parameter(torch.ones(channels))
         self.beta = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x.transpose(1, -1), (x.shape[1],), self.gamma, self.beta, self.eps)
+        x = F.layer_norm(x.transpose(1, -1), (self.channels,), self.gamma, self.beta, self.eps)
         return x.transpose(1, -1)
 
 
@@ -424,6 +425,10 @@ class Synthesizer(nn.Module):
     def hop(self) -> int:
         """Output samples per feature frame (sr / 100 for every RVC model)."""
         return self.dec.upp
+
+    @property
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
     def excitation(self, nsff0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         assert self.dec.m_source is not None
