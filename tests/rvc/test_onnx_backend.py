@@ -103,7 +103,8 @@ def test_a_cancelled_run_stops_early(onnx_settings: OnnxSettings) -> None:
     net = random_synthesizer("v2", True, 48000, seed=1)
     runner = OnnxSynthesizer(net, onnx_settings, "test")
     frames = 3000  # 30 s of audio: a decoder run of a second or more even for the tiny model
-    args = (torch.randn(1, frames, 768), torch.tensor([frames]), torch.full((1, frames), 40), torch.full((1, frames), 160.0), torch.tensor([0]))  # fmt: skip
+    pitch, f0 = torch.full((1, frames), 40), torch.full((1, frames), 160.0)
+    args = (torch.randn(1, frames, 768), torch.tensor([frames]), pitch, f0, torch.tensor([0]))
     t0 = time.perf_counter()
     runner.infer(*args)
     full = time.perf_counter() - t0
