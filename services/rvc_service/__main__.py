@@ -8,6 +8,7 @@ import dataclasses
 import gc
 import logging
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +169,15 @@ def onnx_settings(args: argparse.Namespace, device: str, threads: int) -> OnnxSe
         return None
     if device.startswith("cuda"):
         raise SystemExit("--backend onnx runs on the CPU (onnxruntime's CPU build); use --backend torch with CUDA")
+    try:  # fail at start-up, naming the flag, rather than at the first model load
+        args.onnx_cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=args.onnx_cache_dir):
+            pass
+    except OSError as exc:
+        raise SystemExit(
+            f"--onnx-cache-dir {args.onnx_cache_dir} is not writable ({exc.strerror}); point it at a writable "
+            "directory or use --backend torch"
+        ) from exc
     return OnnxSettings(args.onnx_cache_dir, threads=threads, int8_content=args.onnx_int8_content)
 
 
