@@ -103,10 +103,13 @@ class ModelRegistry:
         device: torch.device | str = "cpu",
         memory_budget_bytes: int = 4 << 30,
         onnx: OnnxSettings | None = None,
+        half: bool = False,
     ) -> None:
-        """`onnx`: run RVC voices' content encoder and synthesizer in ONNX Runtime (CPU) instead of torch."""
+        """`onnx`: run RVC voices' content encoder and synthesizer in ONNX Runtime (CPU) instead of torch.
+        `half`: fp16 weights for the content encoder and synthesizers (torch backend; meant for CUDA)."""
         self.models_dir = Path(models_dir).resolve()
         self.onnx = onnx
+        self.half = half
         self.device = torch.device(device)
         self.memory_budget_bytes = memory_budget_bytes
         self._lock = threading.RLock()
@@ -205,6 +208,8 @@ class ModelRegistry:
                         "no content encoder: put an HF HuBERT/ContentVec in hubert/ or hubert_base.pt in the models "
                         "directory"
                     )
+                if self.half:
+                    encoder.to_half()
                 self._encoder = encoder if self.onnx is None else OnnxContentEncoder(encoder, self.onnx)
             return self._encoder
 
@@ -235,6 +240,7 @@ class ModelRegistry:
                 f0_estimator=self.f0,
                 index_path=find_index(self.models_dir, name),
                 onnx=self.onnx,
+                half=self.half,
             )
             del checkpoint  # the fp16 WebUI weights; the model holds its own copy
             if model.memory_bytes > self.memory_budget_bytes:

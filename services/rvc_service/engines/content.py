@@ -169,6 +169,15 @@ class ContentEncoder:
         model = models[0].eval().to(device)
         return cls(model, getattr(model, "final_proj", None), "fairseq", device, path)
 
+    def to_half(self) -> ContentEncoder:
+        """fp16 weights (what the WebUI's is_half does on CUDA); inputs are cast to match in extract."""
+        self.model.half()
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -189,6 +198,7 @@ class ContentEncoder:
     @torch.inference_mode()
     def _extract(self, audio: torch.Tensor, version: str) -> torch.Tensor:
         layer = OUTPUT_LAYER[version]
+        audio = audio.to(self.dtype)
         if version == "v1" and self.final_proj is None:
             raise ModelLoadError("this content encoder has no final_proj, which v1 models need")
         if self.kind == "fairseq":

@@ -166,6 +166,7 @@ class RvcModel:
         name: str | None = None,
         pipeline: PipelineConfig | None = None,
         onnx: OnnxSettings | None = None,
+        half: bool = False,
     ) -> RvcModel:
         """Load a WebUI checkpoint. Pass a shared ContentEncoder/F0Estimator to avoid one copy per voice, and `onnx`
         to run the content encoder and synthesizer in ONNX Runtime (CPU).
@@ -182,6 +183,7 @@ class RvcModel:
             index_path=index_path,
             pipeline=pipeline,
             onnx=onnx,
+            half=half,
         )
 
     @classmethod
@@ -197,8 +199,10 @@ class RvcModel:
         index_path: str | Path | None = None,
         pipeline: PipelineConfig | None = None,
         onnx: OnnxSettings | None = None,
+        half: bool = False,
     ) -> RvcModel:
-        """Build a voice from what ``read_checkpoint`` returned."""
+        """Build a voice from what ``read_checkpoint`` returned. `half`: fp16 synthesizer weights (the WebUI's
+        is_half, for CUDA); pair it with an fp16 content encoder (ContentEncoder.to_half)."""
         dev = torch.device(device)
         version = str(cpt.get("version", "v1"))
         use_f0 = bool(int(cpt.get("f0", 1)))
@@ -211,8 +215,10 @@ class RvcModel:
             if isinstance(content_encoder, ContentEncoder | OnnxContentEncoder)
             else ContentEncoder.load(content_encoder, dev)
         )
-        runner: Synthesizer | OnnxSynthesizer = net
+        runner: Synthesizer | OnnxSynthesizer = net.half() if half else net
         if onnx is not None:
+            if half:
+                raise ModelLoadError("fp16 is for the torch backend on CUDA; the ONNX backend runs fp32")
             if dev.type != "cpu":
                 raise ModelLoadError("the ONNX backend runs on the CPU; use the torch backend on CUDA")
             runner = OnnxSynthesizer(net, onnx, f"model {name!r}")
@@ -231,6 +237,11 @@ class RvcModel:
     @property
     def sample_rate(self) -> int:
         return self.net.cfg.sr
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The synthesizer's precision (float16 with `half`, else float32)."""
+        return self.net.emb_g.weight.dtype
 
     @property
     def uses_f0(self) -> bool:
@@ -415,6 +426,7 @@ class RvcModel:
             feats = protect_features(feats, feats0, pft, params.protect)
         lengths = torch.tensor([p_len], device=self.device)
         sid = torch.tensor([params.speaker_id], device=self.device)
+        feats = feats.to(self.dtype)  # F0 (pft) stays float32: the excitation's phase needs the precision
         if window is not None:
             start = min(window.start, p_len)
             window = DecodeWindow(start, min(window.frames, p_len - start))

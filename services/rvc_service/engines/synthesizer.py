@@ -355,7 +355,8 @@ class SineSource(nn.Module):
         uv = (f0 > 0).to(f0.dtype).repeat_interleave(upp, dim=1).unsqueeze(-1)
         noise_amp = uv * self.noise_std + (1 - uv) * self.sine_amp / 3
         noise = noise_amp * torch.randn(sine.shape, generator=generator, device=f0.device, dtype=sine.dtype)
-        return torch.tanh(self.l_linear(sine * uv + noise)).transpose(1, 2)
+        # The l_linear merge runs in the network's precision (fp16 on CUDA with --precision fp16).
+        return torch.tanh(self.l_linear((sine * uv + noise).to(self.l_linear.weight.dtype))).transpose(1, 2)
 
 
 class Generator(nn.Module):
@@ -519,7 +520,8 @@ def run_synthesis(
     globally seeded run gives the same audio whatever the window and whichever backend runs the stages."""
     b, t = phone.shape[0], phone.shape[1]
     g = net.speaker(sid)
-    eps = torch.randn((b, net.cfg.inter_channels, t), generator=generator, device=phone.device, dtype=phone.dtype)
+    # Drawn in float32 whatever the precision, so fp16 consumes the same random stream as fp32.
+    eps = torch.randn((b, net.cfg.inter_channels, t), generator=generator, device=phone.device).to(phone.dtype)
     har = net.excitation(nsff0, generator) if net.use_f0 and nsff0 is not None else None
     z = net.prior(phone, pitch, lengths, g, eps * noise_scale)
     if window is None:
