@@ -10,7 +10,7 @@ PROTOS := $(wildcard proto/voice/v1/*.proto)
 # buf breaking compares the contract with main (on main itself: with the last commit).
 BREAKING_BASE ?= $(shell git merge-base HEAD main 2>/dev/null || echo HEAD)
 DEV_REQS := requirements-dev.txt requirements-parity.txt services/common/requirements.txt services/tts_gateway/requirements.txt \
-            services/rvc_service/requirements.txt
+            services/rvc_service/requirements.txt services/rvc_service/requirements-base.txt
 
 .PHONY: setup run test lint format bench soak clean
 
