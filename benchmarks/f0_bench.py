@@ -42,8 +42,6 @@ import soundfile as sf
 import soxr
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from services.rvc_service.engines import F0Estimator
 from services.rvc_service.engines.world import FRAME_MS, WORK_SR, praat_f0
 from tests.signals import glottal_vowel, synthesize_joe

@@ -12,7 +12,6 @@ crepe-tiny, fcpe), on a streaming window (0.5 s context + 0.5 s block + look-ahe
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 import warnings
@@ -20,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore")
 
-from services.rvc_service.engines import BUILTIN_VOICES, ConversionParams, RvcModel, VoiceModel  # noqa: E402
-from tests.signals import gliding_voice  # noqa: E402
+from services.rvc_service.engines import BUILTIN_VOICES, ConversionParams, RvcModel, VoiceModel  # noqa: E402  (after the warning filter)
+from tests.signals import gliding_voice  # noqa: E402  (after the warning filter)
 
 STREAM_WINDOW_S = 1.055
 CLIP_WINDOW_S = 9.0

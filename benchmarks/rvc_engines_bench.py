@@ -20,8 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from services.rvc_service.engines import (
     ContentEncoder,
     ConversionParams,

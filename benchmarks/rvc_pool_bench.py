@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 import warnings
@@ -27,15 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
-from services.common import audio as A  # noqa: E402
-from services.rvc_service.engines import ConversionParams, VoiceModel  # noqa: E402
-from services.rvc_service.pool import WorkerPool  # noqa: E402
-from services.rvc_service.registry import ModelRegistry  # noqa: E402
-from services.rvc_service.servicer import block_converter, engine_rates  # noqa: E402
-from services.rvc_service.streaming import ConversionStream  # noqa: E402
+from services.common import audio as A  # noqa: E402  (after the warning filter)
+from services.rvc_service.engines import ConversionParams, VoiceModel  # noqa: E402  (after the warning filter)
+from services.rvc_service.pool import WorkerPool  # noqa: E402  (after the warning filter)
+from services.rvc_service.registry import ModelRegistry  # noqa: E402  (after the warning filter)
+from services.rvc_service.servicer import block_converter, engine_rates  # noqa: E402  (after the warning filter)
+from services.rvc_service.streaming import ConversionStream  # noqa: E402  (after the warning filter)
 
 CLIENT_RATE = 16000
 

@@ -23,11 +23,8 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import grpc
+import numpy as np
 
 from services.common import audio as A
 from tests.fixtures.rvc_service import start_rvc_service

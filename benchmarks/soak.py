@@ -37,8 +37,6 @@ from pathlib import Path
 
 import grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from benchmarks.gateway_bench import Attempt, bounded_retry, csv_list, listen
 from benchmarks.listener import describe, percentile, summarize
 from tests.fixtures.gateway import start_gateway

@@ -48,8 +48,6 @@ from typing import Any
 import grpc
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from benchmarks.gateway_bench import bounded_retry, chunk_seconds, retry_delay
 from benchmarks.listener import percentile
 from services.common.audio import decode_audio, float_to_pcm16, wav_header

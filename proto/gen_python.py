@@ -1,7 +1,8 @@
 """Generate Python stubs (messages, .pyi and gRPC) for proto/voice/v1 into an output directory.
 
-Run by `make` during set-up; the output (gen/python by default) is never committed. tests/common/test_contract.py
-regenerates into a temporary directory and fails when the checked-out stubs are stale.
+The `voice-proto` distribution's build (setup.py) runs this into its build tree, so the stubs ship in the wheel and
+are never committed. tests/common/test_contract.py regenerates into a temporary directory and fails when the
+installed stubs differ (then `make setup` reinstalls them).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 from grpc_tools import protoc
 
 PROTO_ROOT = Path(__file__).resolve().parent
-DEFAULT_OUT = PROTO_ROOT.parent / "gen" / "python"
 
 
 def proto_files() -> list[Path]:
@@ -35,14 +35,15 @@ def generate(out_dir: Path) -> None:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    # Packages so that `import voice.v1.audio_pb2` works from a plain sys.path entry.
+    # Regular packages (`import voice.v1.audio_pb2`), marked as typed for type checkers (PEP 561).
     for pkg in (out_dir / "voice", out_dir / "voice" / "v1"):
         (pkg / "__init__.py").touch()
+    (out_dir / "voice" / "v1" / "py.typed").touch()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: gen/python)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
     generate(parser.parse_args(argv).out)
     return 0
 

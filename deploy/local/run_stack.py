@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             print("starting voice-conversion service ...", flush=True)
             rvc = Service(
                 "rvc_service",
-                lambda: [str(DEV_PYTHON), "-m", "services.rvc_service", "--host", args.host,
+                lambda: [str(DEV_PYTHON), "-P", "-m", "services.rvc_service", "--host", args.host,
                          "--port", str(ports["rvc"]), "--metrics-port", str(ports["rvc_metrics"])],
                 ready_timeout=180, log_path=args.log_dir / "rvc_service.log",
             )  # fmt: skip
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             print("starting gateway ...", flush=True)
             gateway = Service(
                 "gateway",
-                lambda: [str(DEV_PYTHON), "-m", "services.tts_gateway", "--host", args.host,
+                lambda: [str(DEV_PYTHON), "-P", "-m", "services.tts_gateway", "--host", args.host,
                          "--port", str(ports["gateway"]), "--metrics-port", str(ports["gateway_metrics"]),
                          "--triton-url", f"{args.host}:{args.triton_grpc_port}",
                          "--rvc-url", f"{args.host}:{ports['rvc']}", "--voices", str(voices_file),

@@ -1,4 +1,5 @@
-"""Entry point: ``python -m services.rvc_service`` (flags also read RVC_* environment variables; see --help)."""
+"""Entry point: ``voice-rvc-service`` or ``python -m services.rvc_service`` (flags also read RVC_* environment
+variables; see --help)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from services.common.server import (
     parse_bool,
     server_options_from_args,
 )
+from services.common.version import VERSION
 from services.rvc_service.capacity import CapacityEstimator
 from services.rvc_service.engines.onnx_runtime import OnnxSettings, default_cache_dir
 from services.rvc_service.pool import WorkerPool, default_workers
@@ -32,7 +34,6 @@ log = logging.getLogger("services.rvc_service")
 
 SERVICE_NAME = voice_conversion_pb2.DESCRIPTOR.services_by_name["VoiceConversionService"].full_name
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
-VERSION = "0.1.0"
 
 
 def resolve_device(requested: str) -> str:
@@ -54,7 +55,7 @@ def resolve_device(requested: str) -> str:
 
 
 def make_parser() -> EnvArgumentParser:
-    parser = EnvArgumentParser(prog="python -m services.rvc_service", description=__doc__, env_prefix="RVC")
+    parser = EnvArgumentParser(prog="voice-rvc-service", description=__doc__, env_prefix="RVC")
     add_server_arguments(parser, port=50052, metrics_port=9102)
     parser.add_option("--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help="RVC checkpoints (.pth/.index)")
     parser.add_option("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -247,5 +248,10 @@ async def main(argv: list[str]) -> None:
         tracer.cancel()
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `voice-rvc-service` console script."""
     asyncio.run(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    run()

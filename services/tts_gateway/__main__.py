@@ -1,4 +1,5 @@
-"""Entry point: python -m services.tts_gateway [flags]; every flag also reads GATEWAY_<FLAG> from the environment."""
+"""Entry point: `voice-tts-gateway [flags]` or `python -m services.tts_gateway [flags]`; every flag also reads
+GATEWAY_<FLAG> from the environment."""
 
 from __future__ import annotations
 
@@ -7,5 +8,10 @@ import sys
 
 from services.tts_gateway.app import main
 
-if __name__ == "__main__":
+
+def run() -> None:
     asyncio.run(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    run()

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))  # factories.py
 
 import services.rvc_service.engines  # noqa: F401  (import workaround runs before transformers)
 
@@ -17,7 +14,7 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from factories import write_checkpoint, write_fairseq_hubert, write_hf_hubert, write_index
+    from tests.rvc.factories import write_checkpoint, write_fairseq_hubert, write_hf_hubert, write_index
 
     d = tmp_path_factory.mktemp("rvc_models")
     write_hf_hubert(d / "hubert")

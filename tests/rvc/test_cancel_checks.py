@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from factories import harmonic_tone
 
 from services.rvc_service.cancel import JobCancelled
 from services.rvc_service.engines import BUILTIN_VOICES, ContentEncoder, ConversionParams, RvcModel
+from tests.rvc.factories import harmonic_tone
 
 
 class StopAfter:

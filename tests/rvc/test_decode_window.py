@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from factories import UPSAMPLE, random_synthesizer
 
 from services.rvc_service.engines.synthesizer import DECODER_MARGIN, DecodeWindow, SynthConfig, Synthesizer
+from tests.rvc.factories import UPSAMPLE, random_synthesizer
 
 
 def published_config(sr: int) -> list[object]:

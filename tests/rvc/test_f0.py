@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from factories import harmonic_tone
 
 from services.rvc_service.engines import F0Estimator, MethodUnavailable, coarse_f0, shift_f0
+from tests.rvc.factories import harmonic_tone
 
 
 def _median_voiced(f0: np.ndarray) -> float:

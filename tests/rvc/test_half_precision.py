@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from factories import harmonic_tone, write_checkpoint
 
 from services.rvc_service.engines import ContentEncoder, ConversionParams, F0Estimator, ModelLoadError, RvcModel
 from services.rvc_service.engines.onnx_runtime import OnnxSettings
+from tests.rvc.factories import harmonic_tone, write_checkpoint
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

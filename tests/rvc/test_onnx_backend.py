@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from factories import harmonic_tone, random_synthesizer, write_checkpoint
 
 from services.rvc_service.cancel import JobCancelled
 from services.rvc_service.engines import ContentEncoder, ConversionParams, RvcModel
 from services.rvc_service.engines.onnx_runtime import OnnxContentEncoder, OnnxSettings, OnnxSynthesizer
 from services.rvc_service.engines.synthesizer import DecodeWindow
+from tests.rvc.factories import harmonic_tone, random_synthesizer, write_checkpoint
 
 
 def snr_db(reference: np.ndarray, test: np.ndarray) -> float:

@@ -12,10 +12,10 @@ import types
 import numpy as np
 import pytest
 import torch
-from factories import random_synthesizer, tiny_config, webui_state_dict
 
 from services.rvc_service.engines.rmvpe import Rmvpe
 from services.rvc_service.engines.synthesizer import build_synthesizer
+from tests.rvc.factories import random_synthesizer, tiny_config, webui_state_dict
 
 
 def _reference(module: str) -> types.ModuleType:
@@ -97,9 +97,8 @@ def test_whole_pipeline_matches_reference(
     features, index blend, protection, synthesis, loudness mix, int16) against RvcModel.convert on either backend."""
     root_pipe = _reference("root_pipe")
     ref_models = _reference("lib.infer_pack.models")
-    from factories import harmonic_tone, write_checkpoint
-
     from services.rvc_service.engines import ConversionParams, RvcModel
+    from tests.rvc.factories import harmonic_tone, write_checkpoint
 
     ckpt = write_checkpoint(tmp_path / "voice.pth", "v2", True, 40000, seed=9)
     index = model_dir / "added_IVF17_Flat_nprobe_1_alto_v2.index"

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import harmonic_tone, write_checkpoint, write_index
 
 from services.rvc_service.engines import (
     ContentEncoder,
@@ -18,6 +17,7 @@ from services.rvc_service.engines import (
     VoiceModel,
 )
 from services.rvc_service.engines.rvc import PipelineConfig
+from tests.rvc.factories import harmonic_tone, write_checkpoint, write_index
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from factories import harmonic_tone, write_checkpoint
 
 from services.rvc_service.engines import ConversionParams, ModelLoadError, RvcModel, WorldVoice
 from services.rvc_service.registry import InvalidModelName, ModelNotFound, ModelRegistry, find_index
+from tests.rvc.factories import harmonic_tone, write_checkpoint
 
 
 @pytest.fixture()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from factories import write_index
 
 from services.rvc_service.engines import RetrievalIndex
 from services.rvc_service.engines.rvc import PipelineConfig, mix_rms, protect_features, split_points
+from tests.rvc.factories import write_index
 
 
 def _rms(x: np.ndarray) -> float:

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from factories import harmonic_tone
 
 from services.rvc_service.engines import BUILTIN_VOICES, ConversionParams, F0Estimator, VoiceModel, WorldVoice
+from tests.rvc.factories import harmonic_tone
 from tests.signals import glottal_vowel
 
 
