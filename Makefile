@@ -11,8 +11,8 @@ PROTOS := $(wildcard proto/voice/v1/*.proto)
 BREAKING_BASE ?= $(shell git merge-base HEAD main 2>/dev/null || echo HEAD)
 DEV_REQS := requirements-dev.txt requirements-parity.txt services/common/requirements.txt services/tts_gateway/requirements.txt \
             services/rvc_service/requirements.txt services/rvc_service/requirements-base.txt
-# The repository's own distributions: the services, the test helpers, the benchmarks (see each pyproject.toml).
-OWN_PACKAGES := pyproject.toml tests/pyproject.toml benchmarks/pyproject.toml
+# The repository's own distributions: the services, the client, the test helpers, the benchmarks (each pyproject.toml).
+OWN_PACKAGES := pyproject.toml clients/python/pyproject.toml tests/pyproject.toml benchmarks/pyproject.toml
 
 .PHONY: setup run test lint format bench soak clean
 

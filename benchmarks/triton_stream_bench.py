@@ -16,7 +16,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+
+from services.common.ready import free_loopback_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEXT = (
@@ -110,20 +111,9 @@ def run_level(url: str, model: str, rate: int, concurrency: int, requests: int) 
     return samples, wall
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 @contextmanager
 def own_server(instance_count: int | None) -> Iterator[str]:
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_loopback_ports(3)
     command = [
         str(REPO_ROOT / ".venv-triton" / "bin" / "python"),
         str(REPO_ROOT / "triton" / "launch.py"),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
 import pytest
+
+from services.common.ready import free_loopback_ports
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,9 +21,8 @@ pytest_plugins = [
 
 def free_port() -> int:
     """A TCP port that was free a moment ago on loopback (for processes that cannot report the port they bound)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    (port,) = free_loopback_ports(1)
+    return port
 
 
 @pytest.fixture(scope="session")

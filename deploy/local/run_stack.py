@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import json
 import os
 import signal
 import subprocess
@@ -23,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from services.common import ready
 
 REPO = Path(__file__).resolve().parents[2]
 DEV_PYTHON = REPO / ".venv" / "bin" / "python"
@@ -62,14 +63,10 @@ def die_with_parent() -> Callable[[], None] | None:
 
 
 def parse_ready_line(line: str) -> dict[str, Any] | None:
-    """Services print one JSON line with their ports when serving; the Triton launcher prints `triton ready: ...`."""
+    """Services print their JSON ready line (services.common.ready); the Triton launcher prints `triton ready: ...`."""
     if line.startswith("triton ready"):
         return {"line": line.strip()}
-    with contextlib.suppress(ValueError):
-        data = json.loads(line)
-        if isinstance(data, dict) and "port" in data:
-            return data
-    return None
+    return ready.parse_ready_line(line)
 
 
 @dataclass
@@ -363,10 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     for line in lines:
         print("  " + line)
     print(f"  logs in {args.log_dir}")
-    if (REPO / "clients" / "python" / "__main__.py").exists():
-        print("\nTry:")
-        print(f'  .venv/bin/python -m clients.python --target {args.host}:{ports["gateway"]} say '
-              '"Hello from the speech stack. This is the second sentence." --voice joe -o hello.wav')  # fmt: skip
+    print("\nTry:")
+    print(f'  .venv/bin/voice-cli --target {args.host}:{ports["gateway"]} say '
+          '"Hello from the speech stack. This is the second sentence." --voice joe -o hello.wav')  # fmt: skip
     print(f"  .venv/bin/grpcurl -plaintext {args.host}:{ports['gateway']} list   # reflection is on\n", flush=True)
     return supervisor.run()
 

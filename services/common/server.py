@@ -9,7 +9,6 @@ SIGTERM/SIGINT (stop accepting, let in-flight streams finish within a grace peri
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import time
@@ -26,6 +25,7 @@ from services.common.config import EnvArgumentParser, parse_bool
 from services.common.interceptors import ServerInterceptor
 from services.common.logs import configure_logging
 from services.common.metrics import MetricsExporter
+from services.common.ready import ready_line
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ class ServiceHost:
 
 def announce_ready(host: ServiceHost, **extra: object) -> None:
     """Print one JSON line with the bound ports to stdout: how launchers and tests learn ports chosen with 0."""
-    print(json.dumps({"service": host.name, "port": host.port, "metrics_port": host.metrics_port, **extra}), flush=True)
+    print(ready_line(host.name, host.port, host.metrics_port, **extra), flush=True)
 
 
 def init_service_logging(name: str, options: ServerOptions) -> None:

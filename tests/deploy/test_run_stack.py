@@ -135,7 +135,7 @@ def test_run_stack_serves_speech_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert f"Gateway       gRPC 127.0.0.1:{stack.ports['gateway-port']}" in banner
         assert f"RVC service   gRPC 127.0.0.1:{stack.ports['rvc-port']}" in banner
         # The ready-to-paste example, run as printed (with the output file moved into tmp_path).
-        example = next(line.strip() for line in stack.lines if "clients.python" in line)
+        example = next(line.strip() for line in stack.lines if "voice-cli" in line)
         command = [arg if arg != "hello.wav" else str(tmp_path / "hello.wav") for arg in shlex.split(example)]
         subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True, timeout=120)
         audio, rate = sf.read(io.BytesIO((tmp_path / "hello.wav").read_bytes()))
