@@ -1,10 +1,15 @@
 #!/usr/bin/env node
 // Minimal Node.js client for voice.v1.TtsGatewayService: calls the server-streaming Synthesize RPC and writes the
-// audio to a WAV file. The .proto files are loaded at run time from the repository's proto/ folder (no generated
-// code); proto-loader resolves google/protobuf/*.proto from the copies protobufjs ships.
+// audio to a WAV file. The .proto files are loaded at run time (no generated code) from the copy packaged with the
+// client (./proto, made by `npm pack`'s prepack or `make setup` from the repository's proto/); proto-loader resolves
+// google/protobuf/*.proto from the copies protobufjs ships.
 //
-//   node synthesize.js --text "Hello there." --voice NAME --out hello.wav [--target 127.0.0.1:50051]
-//                      [--format pcm16|wav] [--rate 24000] [--token TOKEN] [--tls] [--timeout 120]
+//   voice-synthesize --text "Hello there." --voice NAME --out hello.wav [--target 127.0.0.1:50051]
+//                    [--format pcm16|wav] [--rate 24000] [--token TOKEN] [--tls] [--timeout 120] [--max-retries 3]
+//
+// A call refused with RESOURCE_EXHAUSTED or UNAVAILABLE whose google.rpc.Status (the grpc-status-details-bin
+// trailer) carries a RetryInfo is retried after the delay asked for, if no audio has arrived yet: at most
+// --max-retries times, each wait capped at 10 s, never past the --timeout deadline (which covers all attempts).
 //
 // Exit status: 0 ok, 1 local error, 2 bad arguments or INVALID_ARGUMENT, 3 NOT_FOUND, 4 FAILED_PRECONDITION,
 // 5 UNAVAILABLE/DEADLINE_EXCEEDED, 6 RESOURCE_EXHAUSTED, 7 UNAUTHENTICATED/PERMISSION_DENIED, 8 other gRPC errors
@@ -16,9 +21,11 @@ const path = require('node:path');
 const { parseArgs } = require('node:util');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
+const protobuf = require('protobufjs');
 
-const PROTO_ROOT = process.env.VOICE_PROTO_ROOT || path.resolve(__dirname, '..', '..', 'proto');
 const WAV_HEADER_BYTES = 44;
+const MAX_RETRY_DELAY_S = 10;
+const RETRYABLE = new Set([grpc.status.RESOURCE_EXHAUSTED, grpc.status.UNAVAILABLE]);
 
 const EXIT_CODES = {
   [grpc.status.INVALID_ARGUMENT]: 2,
@@ -34,13 +41,14 @@ const EXIT_CODES = {
 
 function usage() {
   return [
-    'usage: node synthesize.js --text TEXT --voice NAME --out FILE.wav [options]',
+    'usage: voice-synthesize --text TEXT --voice NAME --out FILE.wav [options]   (or: node synthesize.js ...)',
     '  --target HOST:PORT   gateway address (env VOICE_TARGET, default 127.0.0.1:50051)',
     '  --format pcm16|wav   encoding requested from the server (default pcm16); the file is always a WAV',
     '  --rate HZ            output sample rate, 0 = the voice\'s native rate (default 0)',
     '  --token TOKEN        bearer token (env VOICE_TOKEN)',
     '  --tls                use TLS with the system roots',
-    '  --timeout SECONDS    deadline for the whole stream (default 120)',
+    '  --timeout SECONDS    deadline for the whole stream, retries included (default 120)',
+    '  --max-retries N      retries of a call refused with a RetryInfo delay (env VOICE_MAX_RETRIES, default 3)',
   ].join('\n');
 }
 
@@ -57,6 +65,7 @@ function parseCommandLine(argv) {
       token: { type: 'string', default: process.env.VOICE_TOKEN || '' },
       tls: { type: 'boolean', default: false },
       timeout: { type: 'string', default: '120' },
+      'max-retries': { type: 'string', default: process.env.VOICE_MAX_RETRIES || '3' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -72,15 +81,30 @@ function parseCommandLine(argv) {
   const rate = Number.parseInt(values.rate, 10);
   const timeout = Number.parseFloat(values.timeout);
   if (!Number.isInteger(rate) || rate < 0) throw new UsageError('--rate must be a non-negative integer');
-  if (!(timeout > 0)) throw new UsageError('--timeout must be a positive number of seconds');
-  return { ...values, rate, timeout };
+  if (!(timeout > 0) || !Number.isFinite(timeout)) {
+    throw new UsageError('--timeout must be a positive number of seconds');
+  }
+  const maxRetries = Number(values['max-retries']);
+  if (!Number.isInteger(maxRetries) || maxRetries < 0) throw new UsageError('--max-retries must be 0 or more');
+  return { ...values, rate, timeout, maxRetries };
 }
 
 class UsageError extends Error {}
 
+// The .proto files: $VOICE_PROTO_ROOT, else the copy packaged with the client, else (a repository checkout where
+// the copy has not been made yet) the repository's proto/.
+function protoRoot() {
+  if (process.env.VOICE_PROTO_ROOT) return process.env.VOICE_PROTO_ROOT;
+  const candidates = [path.join(__dirname, 'proto'), path.resolve(__dirname, '..', '..', 'proto')];
+  const found = candidates.find((root) => fs.existsSync(path.join(root, 'voice', 'v1', 'tts_gateway.proto')));
+  if (!found) throw new Error(`voice/v1/tts_gateway.proto not found in ${candidates.join(' or ')}`);
+  return found;
+}
+
 function loadGateway() {
-  const definition = protoLoader.loadSync(path.join(PROTO_ROOT, 'voice/v1/tts_gateway.proto'), {
-    includeDirs: [PROTO_ROOT],
+  const root = protoRoot();
+  const definition = protoLoader.loadSync(path.join(root, 'voice/v1/tts_gateway.proto'), {
+    includeDirs: [root],
     keepCase: false, // fields become lowerCamelCase, as in the JSON mapping
     longs: Number, // sequence numbers and durations fit easily in a double
     enums: String,
@@ -88,6 +112,59 @@ function loadGateway() {
     oneofs: true,
   });
   return grpc.loadPackageDefinition(definition).voice.v1.TtsGatewayService;
+}
+
+// google.rpc.Status and the details read from it (rpc_status.proto, packaged with the client).
+let rpcTypes = null;
+function rpc() {
+  if (rpcTypes === null) {
+    const root = protobuf.loadSync(path.join(__dirname, 'rpc_status.proto'));
+    rpcTypes = {
+      Status: root.lookupType('google.rpc.Status'),
+      RetryInfo: root.lookupType('google.rpc.RetryInfo'),
+      BadRequest: root.lookupType('google.rpc.BadRequest'),
+    };
+  }
+  return rpcTypes;
+}
+
+// The details of a gRPC error's google.rpc.Status: { retryDelay: seconds or null, violations: [text] }. A trailer
+// that does not parse counts as no details: it must never hide the plain status.
+function statusDetails(error) {
+  const found = { retryDelay: null, violations: [] };
+  const values = error && error.metadata ? error.metadata.get('grpc-status-details-bin') : [];
+  if (!values.length) return found;
+  try {
+    const types = rpc();
+    const status = types.Status.decode(values[0]);
+    for (const detail of status.details) {
+      const name = detail.typeUrl.slice(detail.typeUrl.lastIndexOf('/') + 1);
+      if (name === 'google.rpc.RetryInfo') {
+        const delay = types.RetryInfo.toObject(types.RetryInfo.decode(detail.value), { longs: Number }).retryDelay;
+        found.retryDelay = delay ? Math.max(0, (delay.seconds || 0) + (delay.nanos || 0) / 1e9) : 0;
+      } else if (name === 'google.rpc.BadRequest') {
+        for (const v of types.BadRequest.decode(detail.value).fieldViolations) {
+          found.violations.push(`${v.field}: ${v.description}`);
+        }
+      }
+    }
+  } catch {
+    return { retryDelay: null, violations: [] };
+  }
+  return found;
+}
+
+// Seconds to wait before retry number `retry` of a refused call, or null to give up.
+function retryDelay(error, retry, options, deadline) {
+  if (retry > options.maxRetries || error.receivedAudio || !RETRYABLE.has(error.code)) return null;
+  const asked = statusDetails(error).retryDelay;
+  if (asked === null) return null;
+  const delay = Math.min(asked, MAX_RETRY_DELAY_S);
+  return Date.now() + delay * 1000 >= deadline ? null : delay;
+}
+
+function statusName(code) {
+  return Object.keys(grpc.status).find((key) => grpc.status[key] === code) || String(code);
 }
 
 // 44-byte RIFF/WAVE header for mono 16-bit PCM of `dataBytes` bytes.
@@ -119,8 +196,7 @@ function seconds(duration) {
   return duration ? Number(duration.seconds || 0) + (duration.nanos || 0) / 1e9 : 0;
 }
 
-function synthesize(options) {
-  const TtsGatewayService = loadGateway();
+function synthesizeOnce(TtsGatewayService, options, deadline) {
   const credentials = options.tls ? grpc.credentials.createSsl() : grpc.credentials.createInsecure();
   const client = new TtsGatewayService(options.target, credentials);
   const metadata = new grpc.Metadata();
@@ -138,7 +214,7 @@ function synthesize(options) {
   const elapsed = () => Number(process.hrtime.bigint() - started) / 1e9;
 
   return new Promise((resolve, reject) => {
-    const call = client.synthesize(request, metadata, { deadline: Date.now() + options.timeout * 1000 });
+    const call = client.synthesize(request, metadata, { deadline });
     const pieces = [];
     let sampleRate = 0;
     let audioSeconds = 0;
@@ -156,6 +232,7 @@ function synthesize(options) {
     });
     call.on('error', (error) => {
       client.close();
+      error.receivedAudio = chunks > 0; // a stream that already delivered audio is never retried
       reject(error);
     });
     call.on('end', () => {
@@ -180,6 +257,24 @@ function synthesize(options) {
   });
 }
 
+async function synthesize(options) {
+  const TtsGatewayService = loadGateway();
+  const deadline = Date.now() + options.timeout * 1000;
+  for (let retry = 1; ; retry += 1) {
+    try {
+      return await synthesizeOnce(TtsGatewayService, options, deadline);
+    } catch (error) {
+      const delay = typeof error.code === 'number' ? retryDelay(error, retry, options, deadline) : null;
+      if (delay === null) throw error;
+      process.stderr.write(
+        `${endLine()}${statusName(error.code)}: ${error.details}; retrying in ${delay.toFixed(2)} s ` +
+          `(retry ${retry} of ${options.maxRetries})\n`,
+      );
+      await new Promise((resolve) => setTimeout(resolve, delay * 1000));
+    }
+  }
+}
+
 async function main() {
   let options;
   try {
@@ -199,9 +294,13 @@ async function main() {
     return 0;
   } catch (error) {
     if (typeof error.code === 'number' && error.details !== undefined) {
-      // A gRPC status: one line with the code name and the server's message.
-      const name = Object.keys(grpc.status).find((key) => grpc.status[key] === error.code) || String(error.code);
-      process.stderr.write(`${endLine()}error: ${name}: ${error.details}\n`);
+      // A gRPC status: one line with the code name, the server's message, and what its details add.
+      const details = statusDetails(error);
+      let line = `error: ${statusName(error.code)}: ${error.details}`;
+      const violations = details.violations.join('; ');
+      if (violations && !line.includes(violations)) line += ` [${violations}]`;
+      if (details.retryDelay !== null) line += ` (retry after ${details.retryDelay} s)`;
+      process.stderr.write(`${endLine()}${line.replace(/\s+/g, ' ').trim()}\n`);
       return EXIT_CODES[error.code] || 8;
     }
     process.stderr.write(`${endLine()}error: ${error.message}\n`);

@@ -9,18 +9,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from voice_client import ConversionClient, TtsClient
 
-from clients.python.client import ConversionClient, TtsClient
+from tests.clients.fake_gateway import FakeOverloadedGateway, serve_fake_gateway
 from voice.v1 import tts_gateway_pb2
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_S = 240.0
+# The console script that installing voice-client (clients/python) puts beside the interpreter.
+VOICE_CLI = Path(sys.executable).parent / "voice-cli"
 
 
 @dataclass(frozen=True)
@@ -85,10 +88,11 @@ class CliResult:
 
 
 class Cli:
-    """Runs `python -m clients.python` as the lead's Makefile does, against the fixture stack."""
+    """Runs the installed `voice-cli` console script, as a user would, against the fixture stack."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, command: Sequence[str] = (str(VOICE_CLI),)) -> None:
         self.stack = stack
+        self.command = list(command)
 
     def __call__(self, *args: str, stdin: bytes | None = None, cwd: Path | None = None) -> CliResult:
         return self.run(args, stdin=stdin, cwd=cwd)
@@ -96,7 +100,7 @@ class Cli:
     def run(self, args: Sequence[str], *, stdin: bytes | None = None, cwd: Path | None = None) -> CliResult:
         env = client_env(VOICE_TARGET=self.stack.tts_target, VOICE_RVC_TARGET=self.stack.rvc_target)
         done = subprocess.run(
-            [sys.executable, "-m", "clients.python", *args],
+            [*self.command, *args],
             cwd=cwd or REPO_ROOT,
             env=env,
             input=stdin,
@@ -109,4 +113,12 @@ class Cli:
 
 @pytest.fixture(scope="session")
 def cli(stack: Stack) -> Cli:
+    if not VOICE_CLI.exists():
+        pytest.fail(f"{VOICE_CLI} is missing: install the client (pip install -e clients/python; make setup does)")
     return Cli(stack)
+
+
+@pytest.fixture
+def fake_gateway() -> Iterator[tuple[FakeOverloadedGateway, str]]:
+    """A fake of the gateway's overload response (fake_gateway.py) on a free port: (servicer, address)."""
+    yield from serve_fake_gateway()

@@ -1,7 +1,9 @@
-"""voice-cli (`python -m clients.python`) against the real gateway, Triton and voice-conversion service."""
+"""voice-cli (the installed console script of clients/python) against the real gateway, Triton and voice-conversion
+service; and what it does with hostile input: one line on stderr, a documented exit status, never a traceback."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -12,12 +14,13 @@ import numpy as np
 import soundfile as sf
 
 from tests.clients.audio_checks import assert_speech_like, pcm16_samples, read_finalized_wav
-from tests.clients.conftest import REPO_ROOT, Cli, Stack, client_env
+from tests.clients.conftest import Cli, CliResult, Stack, client_env
 from voice.v1 import tts_gateway_pb2
 
 TEXT = "The quick brown fox jumps over the lazy dog. Then it naps in the warm afternoon sun."
-# One error line: "error: CODE: message ..." with a gRPC status name.
-ERROR_LINE = re.compile(r"^error: [A-Z_]+: \S.*$")
+# One error line: "voice-cli: error: CODE: message ..." with a gRPC status name.
+ERROR_LINE = re.compile(r"^voice-cli: error: [A-Z_]+: \S.*$")
+PREFIX = "voice-cli: error: "
 
 
 def test_say_writes_a_valid_wav_of_plausible_duration(
@@ -74,7 +77,7 @@ def test_say_unknown_voice_fails_with_one_clear_line(cli: Cli, tmp_path: Path) -
     assert len(result.stderr_lines) == 1, result.stderr
     line = result.stderr_lines[0]
     assert ERROR_LINE.match(line), line
-    assert line.startswith("error: NOT_FOUND: ")
+    assert line.startswith(PREFIX + "NOT_FOUND: ")
     assert "no-such-voice" in line
     assert not out.exists() and not (tmp_path / "never.wav.part").exists(), "no partial file is left behind"
 
@@ -86,27 +89,79 @@ def test_say_invalid_argument_names_the_field_and_exits_2(
     assert result.returncode == 2, result.stderr
     assert len(result.stderr_lines) == 1, result.stderr
     line = result.stderr_lines[0]
-    assert line.startswith("error: INVALID_ARGUMENT: "), line
+    assert line.startswith(PREFIX + "INVALID_ARGUMENT: "), line
     assert "output_format.sample_rate_hz" in line, "the BadRequest field violation is shown"
+
+
+def assert_one_line(result: CliResult, status: int, start: str) -> str:
+    assert result.returncode == status, f"exit {result.returncode}, expected {status}: {result.stderr}"
+    assert len(result.stderr_lines) == 1, result.stderr
+    line = result.stderr_lines[0]
+    assert line.startswith(PREFIX + start), line
+    assert "Traceback" not in result.stderr
+    return line
 
 
 def test_local_errors_are_one_line_too(cli: Cli, tmp_path: Path) -> None:
     # An output name without a known extension is refused before any call is made.
     result = cli("say", "Hi.", "--voice", "x", "-o", str(tmp_path / "x"))
-    assert result.returncode == 2, result.stderr
-    assert result.stderr_lines == [result.stderr_lines[0]] and "--format" in result.stderr_lines[0]
+    assert "--format" in assert_one_line(result, 2, "cannot tell the format")
     # A reference file that does not exist.
-    result = cli("say", "Hi.", "--voice", "x", "-o", str(tmp_path / "x.wav"), "--reference", str(tmp_path / "no.wav"))
-    assert result.returncode == 1, result.stderr
-    assert len(result.stderr_lines) == 1 and result.stderr_lines[0].startswith("error: FileNotFoundError: ")
+    missing = tmp_path / "no.wav"
+    result = cli("say", "Hi.", "--voice", "x", "-o", str(tmp_path / "x.wav"), "--reference", str(missing))
+    assert assert_one_line(result, 2, f"cannot read {missing}: ").endswith("No such file or directory")
+    assert not (tmp_path / "x.wav.part").exists()
+
+
+def test_convert_refuses_input_it_cannot_read_in_one_line(cli: Cli, tmp_path: Path) -> None:
+    """A hostile user's inputs: each is refused before any call, with the file named and the reason given."""
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.wav"
+    text.write_text("these are not samples\n")
+    unreadable = tmp_path / "locked.wav"
+    unreadable.write_bytes(b"RIFF")
+    unreadable.chmod(0)
+    cases = {
+        tmp_path / "input.wav": "No such file or directory",
+        tmp_path: "Is a directory",
+        empty: "the file is empty",
+        text: "not an audio file libsndfile can read",
+    }
+    if os.geteuid() != 0:  # root reads any file
+        cases[unreadable] = "Permission denied"
+    out = tmp_path / "out.wav"
+    for stream in ([], ["--stream"]):
+        for path, reason in cases.items():
+            result = cli("convert", str(path), "-o", str(out), "--model", "world-default", *stream)
+            line = assert_one_line(result, 2, f"cannot read {path}: ")
+            assert reason in line, line
+            assert not out.exists() and not (tmp_path / "out.wav.part").exists()
+
+
+def test_say_refuses_bad_local_arguments_in_one_line(cli: Cli, tmp_path: Path) -> None:
+    say = ["say", "Hi.", "--voice", "x"]
+    result = cli(*say, "-o", str(tmp_path / "no-such-dir" / "x.wav"))
+    assert "No such file or directory" in assert_one_line(result, 2, "cannot write ")
+    result = cli(*say, "-o", str(tmp_path), "--format", "wav")
+    assert "Is a directory" in assert_one_line(result, 2, "cannot write ")
+    result = cli(*say, "-o", str(tmp_path / "x.wav"), "--ca-cert", str(tmp_path / "ca.pem"))
+    assert_one_line(result, 2, f"cannot read {tmp_path / 'ca.pem'}: No such file or directory")
+    result = cli("say", "-", "--voice", "x", "-o", str(tmp_path / "x.wav"), stdin=b"\xff\xfe not text")
+    assert_one_line(result, 2, "cannot read the text from stdin: it is not UTF-8")
+    result = cli(*say, "-o", str(tmp_path / "x.wav"), "--reference-text", "words")
+    assert_one_line(result, 2, "--reference-text needs --reference")
+    assert list(tmp_path.iterdir()) == [], "nothing is left behind"
 
 
 def test_say_unreachable_server_exits_5(cli: Cli, tmp_path: Path) -> None:
-    result = cli(
-        "--target", "127.0.0.1:1", "--timeout", "5", "say", "Hi.", "--voice", "x", "-o", str(tmp_path / "x.wav")
-    )
-    assert result.returncode == 5, result.stderr
-    assert len(result.stderr_lines) == 1 and result.stderr_lines[0].startswith("error: UNAVAILABLE: ")
+    for target in ("127.0.0.1:1", "no-such-host.invalid:50051", ":::"):
+        result = cli("--target", target, "--timeout", "5", "say", "Hi.", "--voice", "x", "-o", str(tmp_path / "x.wav"))
+        assert_one_line(result, 5, "UNAVAILABLE: ")
+    result = cli("--rvc-target", "127.0.0.1:1", "--timeout", "5", "models")
+    assert_one_line(result, 5, "UNAVAILABLE: ")
+    result = cli("--target", "127.0.0.1:1", "--timeout", "5", "status")
+    assert_one_line(result, 5, "UNAVAILABLE: ")
 
 
 def test_say_with_conversion_overrides_to_opus(
@@ -139,7 +194,7 @@ def test_say_no_conversion_on_a_converted_voice(
     # Conversion settings together with --no-conversion contradict each other: the gateway says so.
     bad = cli("say", "Hi.", "--voice", converted_voice.name, "-o", str(out), "--no-conversion", "--pitch", "2")
     assert bad.returncode == 2, bad.stderr
-    assert bad.stderr_lines[0].startswith("error: INVALID_ARGUMENT: ")
+    assert bad.stderr_lines[0].startswith(PREFIX + "INVALID_ARGUMENT: ")
 
 
 def test_voices_lists_the_shipped_voices(cli: Cli, voices: list[tts_gateway_pb2.Voice]) -> None:
@@ -197,19 +252,19 @@ def test_convert_clip_and_stream(
     assert len(missing.stderr_lines) == 1 and "no-such-model" in missing.stderr_lines[0]
 
 
-def test_voice_cli_wrapper_resolves_paths_from_the_callers_directory(
+def test_python_dash_m_resolves_paths_from_the_callers_directory(
     stack: Stack, plain_voice: tts_gateway_pb2.Voice, tmp_path: Path
 ) -> None:
-    wrapper = REPO_ROOT / "clients" / "voice-cli"
+    """`python -m voice_client` is the same program; relative paths are the caller's, not the repository's."""
     done = subprocess.run(
-        [str(wrapper), "say", "Wrapped.", "--voice", plain_voice.name, "-o", "wrapped.wav", "-q"],
+        [sys.executable, "-m", "voice_client", "say", "Module.", "--voice", plain_voice.name, "-o", "module.wav", "-q"],
         cwd=tmp_path,
-        env=client_env(VOICE_TARGET=stack.tts_target, VOICE_CLI_PYTHON=sys.executable),
+        env=client_env(VOICE_TARGET=stack.tts_target),
         capture_output=True,
         text=True,
         timeout=240,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    samples, rate = read_finalized_wav((tmp_path / "wrapped.wav").read_bytes())
-    assert_speech_like(samples, rate, "Wrapped.")
+    samples, rate = read_finalized_wav((tmp_path / "module.wav").read_bytes())
+    assert_speech_like(samples, rate, "Module.")

@@ -1,19 +1,24 @@
-"""The Node.js example client (clients/node) against the real gateway: it must write a valid, complete WAV."""
+"""The Node.js example client (clients/node) against the real gateway: it must write a valid, complete WAV; it honours
+RetryInfo (against the fake of the gateway's overload response); and it installs and runs outside the repository
+from the tarball `npm pack` makes."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from tests.clients.audio_checks import assert_speech_like, read_finalized_wav
 from tests.clients.conftest import REPO_ROOT, Stack, client_env
+from tests.clients.fake_gateway import SAMPLE_RATE, FakeOverloadedGateway, Refusal
 from voice.v1 import tts_gateway_pb2
 
 NODE_DIR = REPO_ROOT / "clients" / "node"
 NODE = shutil.which("node")
+NPM = shutil.which("npm")
 
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed; the Node.js client cannot run")
 
@@ -26,16 +31,20 @@ def node_client() -> list[str]:
     return [str(NODE), str(NODE_DIR / "synthesize.js")]
 
 
-def run_node(args: list[str], stack: Stack) -> subprocess.CompletedProcess[str]:
+def run_node(args: list[str], target: str, cwd: Path = NODE_DIR) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         args,
-        cwd=NODE_DIR,
-        env=client_env(VOICE_TARGET=stack.tts_target),
+        cwd=cwd,
+        env=client_env(VOICE_TARGET=target),
         capture_output=True,
         text=True,
         timeout=240,
         check=False,
     )
+
+
+def lines_of(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
 
 
 @pytest.mark.parametrize("encoding", ["pcm16", "wav"])
@@ -45,7 +54,8 @@ def test_node_client_writes_a_valid_wav(
     text = "Hello from Node. The gateway streams, and Node writes the file."
     out = tmp_path / f"node-{encoding}.wav"
     done = run_node(
-        [*node_client, "--text", text, "--voice", plain_voice.name, "--out", str(out), "--format", encoding], stack
+        [*node_client, "--text", text, "--voice", plain_voice.name, "--out", str(out), "--format", encoding],
+        stack.tts_target,
     )
     assert done.returncode == 0, done.stderr
     samples, rate = read_finalized_wav(out.read_bytes())
@@ -56,8 +66,110 @@ def test_node_client_writes_a_valid_wav(
 
 def test_node_client_reports_errors(node_client: list[str], stack: Stack, tmp_path: Path) -> None:
     out = tmp_path / "never.wav"
-    done = run_node([*node_client, "--text", "Hi.", "--voice", "no-such-voice", "--out", str(out)], stack)
+    done = run_node([*node_client, "--text", "Hi.", "--voice", "no-such-voice", "--out", str(out)], stack.tts_target)
     assert done.returncode == 3, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    lines = lines_of(done.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: NOT_FOUND: "), done.stderr
     assert not out.exists()
+
+
+def test_node_client_shows_bad_request_violations(
+    node_client: list[str], stack: Stack, plain_voice: tts_gateway_pb2.Voice, tmp_path: Path
+) -> None:
+    args = ["--text", "Hi.", "--voice", plain_voice.name, "--out", str(tmp_path / "x.wav"), "--rate", "7"]
+    done = run_node([*node_client, *args], stack.tts_target)
+    assert done.returncode == 2, done.stderr
+    lines = lines_of(done.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: INVALID_ARGUMENT: ") and "sample_rate_hz" in lines[0]
+
+
+def test_node_client_honours_retry_info(
+    node_client: list[str], fake_gateway: tuple[FakeOverloadedGateway, str], tmp_path: Path
+) -> None:
+    servicer, target = fake_gateway
+    servicer.refusals = [Refusal(retry_after_s=0.3), Refusal(retry_after_s=0.2)]
+    out = tmp_path / "retried.wav"
+    done = run_node([*node_client, "--text", "Hi.", "--voice", "fake", "--out", str(out), "--format", "wav"], target)
+    assert done.returncode == 0, done.stderr
+    retries = [line for line in lines_of(done.stderr) if "retrying in" in line]
+    assert retries == [
+        "RESOURCE_EXHAUSTED: the gateway is at its real-time capacity (fake); retry shortly; retrying in 0.30 s "
+        "(retry 1 of 3)",
+        "RESOURCE_EXHAUSTED: the gateway is at its real-time capacity (fake); retry shortly; retrying in 0.20 s "
+        "(retry 2 of 3)",
+    ], done.stderr
+    assert len(servicer.calls) == 3
+    gaps = [later - earlier for earlier, later in zip(servicer.calls, servicer.calls[1:], strict=False)]
+    assert gaps[0] >= 0.3 and gaps[1] >= 0.2, gaps
+    samples, rate = read_finalized_wav(out.read_bytes())
+    assert rate == SAMPLE_RATE and len(samples) == int(0.6 * SAMPLE_RATE)
+
+
+def test_node_client_gives_up_as_told(
+    node_client: list[str], fake_gateway: tuple[FakeOverloadedGateway, str], tmp_path: Path
+) -> None:
+    servicer, target = fake_gateway
+    servicer.refusals = [Refusal(retry_after_s=0.25)]
+    args = ["--text", "Hi.", "--voice", "fake", "--out", str(tmp_path / "x.wav"), "--max-retries", "0"]
+    done = run_node([*node_client, *args], target)
+    assert done.returncode == 6, done.stderr
+    lines = lines_of(done.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: RESOURCE_EXHAUSTED: "), done.stderr
+    assert lines[0].endswith("(retry after 0.25 s)") and len(servicer.calls) == 1
+    # A delay that would pass the deadline is not waited for.
+    servicer.calls.clear()
+    servicer.refusals = [Refusal(retry_after_s=5.0)]
+    done = run_node([*node_client, *args[:-2], "--timeout", "2"], target)
+    assert done.returncode == 6 and len(servicer.calls) == 1, done.stderr
+    # No RetryInfo, no retry.
+    servicer.calls.clear()
+    servicer.refusals = [Refusal(retry_after_s=None)]
+    done = run_node([*node_client, *args[:-2]], target)
+    assert done.returncode == 6 and len(servicer.calls) == 1, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(NPM is None, reason="npm is not installed")
+def test_packed_client_installs_and_runs_outside_the_repository(
+    stack: Stack, plain_voice: tts_gateway_pb2.Voice, tmp_path: Path
+) -> None:
+    packs = tmp_path / "packs"
+    packs.mkdir()
+    npm = str(NPM)
+    quiet = ["--no-audit", "--no-fund", "--loglevel=error"]
+    packed = subprocess.run(
+        [npm, "pack", "--pack-destination", str(packs), *quiet],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert packed.returncode == 0, packed.stderr
+    (tarball,) = packs.glob("*.tgz")
+    with tarfile.open(tarball) as archive:
+        names = set(archive.getnames())
+    assert {"package/synthesize.js", "package/rpc_status.proto", "package/proto/voice/v1/tts_gateway.proto"} <= names
+    assert not any("node_modules" in name or "copy-protos" in name for name in names), sorted(names)
+
+    app = tmp_path / "app"  # outside the repository: nothing there but what npm installs
+    app.mkdir()
+    installed = subprocess.run(
+        [npm, "install", "--ignore-scripts", *quiet, str(tarball)],
+        cwd=app,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert installed.returncode == 0, installed.stderr
+    binary = app / "node_modules" / ".bin" / "voice-synthesize"
+    assert binary.exists()
+    text = "Installed from the packed tarball."
+    done = run_node(
+        [str(binary), "--text", text, "--voice", plain_voice.name, "--out", "packed.wav"], stack.tts_target, cwd=app
+    )
+    assert done.returncode == 0, done.stderr
+    samples, rate = read_finalized_wav((app / "packed.wav").read_bytes())
+    assert rate == plain_voice.native_sample_rate_hz
+    assert_speech_like(samples, rate, text)

@@ -1,4 +1,4 @@
-"""The Python client library (clients.python) used directly, against the real stack."""
+"""The Python client library (voice_client) used directly, against the real stack."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import time
 
 import grpc
 import pytest
-
-from clients.python import (
+from voice_client import (
     ConversionClient,
     StreamStats,
     SynthesisOptions,
@@ -16,6 +15,7 @@ from clients.python import (
     describe_rpc_error,
     exit_code_for,
 )
+
 from tests.clients.audio_checks import assert_speech_like, pcm16_samples
 from tests.clients.conftest import Stack
 from voice.v1 import audio_pb2, tts_gateway_pb2

@@ -4,24 +4,28 @@
 a target ("host:port") plus optional TLS, bearer token and per-call timeout, return the generated protobuf messages
 unchanged (so every field of the contract is available), and raise `grpc.RpcError` on failure; `describe_rpc_error`
 turns such an error into one readable line, `exit_code_for` into a process exit status.
+
+A call refused with RESOURCE_EXHAUSTED or UNAVAILABLE whose status carries a RetryInfo detail (the gateway's
+admission control, an upstream that is briefly down) is retried after the delay the server asks for, as long as no
+response message has arrived yet: at most `max_retries` times, each wait capped at `max_retry_delay` seconds, and
+never past the call's deadline (`timeout` covers all attempts together).
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 import numpy as np
 import soundfile as sf
-from google.rpc import error_details_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.errors import status_details
 from voice.v1 import (
     audio_pb2,
     conversion_pb2,
@@ -30,9 +34,16 @@ from voice.v1 import (
     voice_conversion_pb2,
     voice_conversion_pb2_grpc,
 )
+from voice_client import rpc_details
+from voice_client.rpc_details import is_a, retry_delay_seconds, status_details
 
 DEFAULT_TTS_TARGET = "127.0.0.1:50051"
 DEFAULT_RVC_TARGET = "127.0.0.1:50052"
+
+# Retries of calls the server refused with a RetryInfo delay (see the module docstring).
+DEFAULT_MAX_RETRIES = 3
+MAX_RETRY_DELAY_S = 10.0
+RETRYABLE_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
 
 PCM16 = audio_pb2.AUDIO_ENCODING_PCM16
 WAV = audio_pb2.AUDIO_ENCODING_WAV
@@ -73,27 +84,29 @@ def exit_code_for(error: grpc.RpcError) -> int:
 
 
 def describe_rpc_error(error: grpc.RpcError) -> str:
-    """One line: status code, server message, BadRequest field violations, retry hint, request id."""
+    """One line: status code, server message, BadRequest / PreconditionFailure / QuotaFailure violations, ErrorInfo
+    reason, retry hint, request id."""
     if not isinstance(error, grpc.Call):
         return f"RPC failed: {error}"
     code = error.code()
-    parts = [f"{code.name if code else 'UNKNOWN'}: {(error.details() or '').strip() or 'no details'}"]
-    try:
-        details = status_details(error)
-    except Exception:  # a malformed grpc-status-details-bin must not hide the plain status
-        details = []
-    for detail in details:
-        if isinstance(detail, error_details_pb2.BadRequest) and detail.field_violations:
-            violations = "; ".join(f"{v.field}: {v.description}" for v in detail.field_violations)
-            # The gateway often repeats the violations as its message; do not print them twice.
-            if violations not in parts[0]:
-                parts.append(f"[{violations}]")
-        elif isinstance(detail, error_details_pb2.RetryInfo):
-            parts.append(f"(retry after {detail.retry_delay.ToTimedelta().total_seconds():g} s)")
-        elif isinstance(detail, error_details_pb2.PreconditionFailure) and detail.violations:
-            text = "; ".join(f"{v.subject}: {v.description}" for v in detail.violations)
-            if text not in parts[0]:
-                parts.append(f"[{text}]")
+    head = f"{code.name if code else 'UNKNOWN'}: {(error.details() or '').strip() or 'no details'}"
+    parts = [head]
+
+    def add(text: str) -> None:
+        # The services often repeat a detail as their message; do not print it twice.
+        if text and text not in head:
+            parts.append(f"[{text}]")
+
+    for detail in status_details(error):
+        if is_a(detail, "google.rpc.BadRequest"):
+            add("; ".join(f"{v.field}: {v.description}" for v in detail.field_violations))
+        elif is_a(detail, "google.rpc.PreconditionFailure") or is_a(detail, "google.rpc.QuotaFailure"):
+            add("; ".join(f"{v.subject}: {v.description}" for v in detail.violations))
+        elif is_a(detail, "google.rpc.ErrorInfo") and detail.reason:
+            add(f"reason {detail.reason}" + (f" ({detail.domain})" if detail.domain else ""))
+        elif is_a(detail, "google.rpc.RetryInfo"):
+            delay = detail.retry_delay.seconds + detail.retry_delay.nanos / 1e9
+            parts.append(f"(retry after {delay:g} s)")
     request_id = _metadata_value(error, "x-request-id")
     if request_id:
         parts.append(f"(request_id={request_id})")
@@ -116,6 +129,39 @@ def _metadata_value(call: grpc.Call, key: str) -> str | None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+class UnreadableAudioError(ValueError):
+    """A local audio file that cannot be used: missing, a directory, unreadable, empty, or not audio."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"cannot read {path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UnreadableAudioError(path, error.strerror or type(error).__name__) from error
+    if not data:
+        raise UnreadableAudioError(path, "the file is empty")
+    return data
+
+
+def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
+    """Float32 mono samples and rate of any file libsndfile reads (WAV, FLAC, Ogg, AIFF, ...)."""
+    path = Path(path)
+    _read_file(path)  # the common failures (missing, directory, empty) with a plain reason
+    try:
+        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+        reason = getattr(error, "error_string", "") or str(error)
+        raise UnreadableAudioError(path, f"not an audio file libsndfile can read ({reason.rstrip('.')})") from error
+    if not len(samples):
+        raise UnreadableAudioError(path, "the file holds no audio samples")
+    return samples.mean(axis=1).astype("<f4"), int(rate)
+
+
 def output_format(encoding: str | int = "wav", sample_rate_hz: int = 0) -> audio_pb2.AudioFormat:
     value = ENCODINGS[encoding] if isinstance(encoding, str) else encoding
     return audio_pb2.AudioFormat(encoding=value, sample_rate_hz=sample_rate_hz, channels=1)
@@ -123,17 +169,16 @@ def output_format(encoding: str | int = "wav", sample_rate_hz: int = 0) -> audio
 
 def audio_input_from_file(path: str | Path) -> audio_pb2.AudioInput:
     """WAV and Ogg-Opus files travel as they are (the server decodes them); anything else libsndfile reads (FLAC,
-    AIFF, ...) is decoded here and sent as lossless FLOAT32 mono."""
+    AIFF, ...) is decoded here and sent as lossless FLOAT32 mono. Raises UnreadableAudioError."""
     path = Path(path)
-    data = path.read_bytes()
+    data = _read_file(path)
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
         return audio_pb2.AudioInput(audio=data, format=audio_pb2.AudioFormat(encoding=WAV))
     if data[:4] == b"OggS":
         return audio_pb2.AudioInput(audio=data, format=audio_pb2.AudioFormat(encoding=OGG_OPUS))
-    samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    mono = samples.mean(axis=1).astype("<f4")
+    mono, rate = read_mono(path)
     return audio_pb2.AudioInput(
-        audio=mono.tobytes(), format=audio_pb2.AudioFormat(encoding=FLOAT32, sample_rate_hz=int(rate), channels=1)
+        audio=mono.tobytes(), format=audio_pb2.AudioFormat(encoding=FLOAT32, sample_rate_hz=rate, channels=1)
     )
 
 
@@ -275,6 +320,89 @@ class StreamStats:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Retries
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryNotice:
+    """Passed to a client's `on_retry` callback before it waits `delay_s` and tries the call again."""
+
+    method: str
+    code: grpc.StatusCode
+    message: str
+    delay_s: float
+    retry: int  # 1 for the first retry
+    max_retries: int
+
+
+RetryCallback = Callable[[RetryNotice], None]
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+class _Deadline:
+    def __init__(self, timeout: float | None) -> None:
+        self.at = None if timeout is None else time.monotonic() + timeout
+
+    def remaining(self) -> float | None:
+        return None if self.at is None else max(0.0, self.at - time.monotonic())
+
+
+class _Replayable(Generic[_T]):
+    """A request stream that a retry can send again from its start.
+
+    gRPC reads request iterators on a thread of its own, so an attempt that was refused may have taken items from
+    the source (text pieces of a live token stream, audio blocks) that the server never used. Items are recorded
+    as they are taken, and each attempt replays them before it reads on. Once the server has answered, no retry
+    can happen (`stop_recording`), and the live attempt forgets what it has sent. A superseded attempt's reader
+    gets no more items, so it cannot take one from the next attempt."""
+
+    def __init__(self, source: Iterable[_T]) -> None:
+        self._source = iter(source)
+        self._items: deque[_T] = deque()
+        self._base = 0  # index, in the whole stream, of _items[0]
+        self._exhausted = False
+        self._recording = True
+        self._generation = 0
+        self._lock = threading.Lock()
+
+    def stop_recording(self) -> None:
+        self._recording = False  # a plain store: must never wait for a reader blocked on a slow source
+
+    def attempt(self) -> Iterator[_T]:
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+        return self._read(generation)
+
+    def _read(self, generation: int) -> Iterator[_T]:
+        index = 0
+        while True:
+            with self._lock:
+                if generation != self._generation:
+                    return
+                offset = index - self._base
+                if offset < len(self._items):
+                    item = self._items[offset]
+                elif self._exhausted:
+                    return
+                else:
+                    try:
+                        item = next(self._source)
+                    except StopIteration:
+                        self._exhausted = True
+                        return
+                    self._items.append(item)
+                if not self._recording:
+                    while self._items and self._base <= index:
+                        self._items.popleft()
+                        self._base += 1
+            index += 1
+            yield item
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Clients
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -291,11 +419,21 @@ class _BaseClient:
         token: str | None = None,
         timeout: float | None = None,
         max_message_mb: int = 64,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_retry_delay: float = MAX_RETRY_DELAY_S,
+        on_retry: RetryCallback | None = None,
     ) -> None:
         """`tls` uses the system roots unless `root_certificates` (PEM) is given; `token` is sent as
-        'authorization: Bearer <token>'; `timeout` is the default deadline of every call, whole streams included."""
+        'authorization: Bearer <token>'; `timeout` is the default deadline of every call, whole streams and retries
+        included. A refused call is retried at most `max_retries` times (0: never), waiting what its RetryInfo
+        says but at most `max_retry_delay` seconds; `on_retry` hears of each retry before the wait."""
+        if max_retries < 0:
+            raise ValueError("max_retries must be 0 or more")
         self.target = target or self.DEFAULT_TARGET
         self.timeout = timeout
+        self.max_retries = max_retries
+        self.max_retry_delay = max_retry_delay
+        self.on_retry = on_retry
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         # Whole clips and their converted audio can be tens of MiB; match the services' 64 MiB default.
         options = [
@@ -307,15 +445,86 @@ class _BaseClient:
             self.channel = grpc.secure_channel(self.target, credentials, options=options)
         else:
             self.channel = grpc.insecure_channel(self.target, options=options)
-        self._health = health_pb2_grpc.HealthStub(self.channel)
+        # grpc.health.v1.Health/Check with the private pool's messages (no grpcio-health-checking needed).
+        self._health_check = self.channel.unary_unary(
+            rpc_details.HEALTH_CHECK_METHOD,
+            request_serializer=rpc_details.HealthCheckRequest.SerializeToString,
+            response_deserializer=rpc_details.HealthCheckResponse.FromString,
+        )
 
-    def _call_kwargs(self, timeout: float | None) -> dict[str, Any]:
-        return {"metadata": self._metadata, "timeout": timeout if timeout is not None else self.timeout}
+    # ---- calls with retries ----------------------------------------------------------------------------------
+
+    def _deadline(self, timeout: float | None) -> _Deadline:
+        return _Deadline(timeout if timeout is not None else self.timeout)
+
+    def _retry_delay(self, method: str, error: grpc.RpcError, retry: int, deadline: _Deadline) -> float | None:
+        """How long to wait before retry number `retry` of a refused call, or None to give up and raise."""
+        if retry > self.max_retries or not isinstance(error, grpc.Call) or error.code() not in RETRYABLE_CODES:
+            return None
+        asked = retry_delay_seconds(error)
+        if asked is None:
+            return None
+        delay = min(asked, self.max_retry_delay)
+        remaining = deadline.remaining()
+        if remaining is not None and delay >= remaining:
+            return None  # the retry could not even start before the deadline
+        if self.on_retry is not None:
+            code = error.code()
+            message = (error.details() or "").strip()
+            self.on_retry(RetryNotice(method, code, message, delay, retry, self.max_retries))
+        return delay
+
+    def _unary(self, method: str, call: Callable[..., _R], request: Any, timeout: float | None) -> _R:
+        deadline = self._deadline(timeout)
+        retry = 0
+        while True:
+            try:
+                return call(request, metadata=self._metadata, timeout=deadline.remaining())
+            except grpc.RpcError as error:
+                retry += 1
+                delay = self._retry_delay(method, error, retry, deadline)
+                if delay is None:
+                    raise
+            time.sleep(delay)
+
+    def _stream(
+        self,
+        method: str,
+        start: Callable[[Iterator[_T] | None, float | None], grpc.Call],
+        timeout: float | None,
+        requests: _Replayable[_T] | None = None,
+    ) -> Iterator[audio_pb2.AudioChunk]:
+        """Iterate a response stream, retrying a refusal that came before any response message. If the consumer
+        stops early (break, exception, GC), the RPC is cancelled so the server stops working for nobody."""
+        deadline = self._deadline(timeout)
+        retry = 0
+        while True:
+            call = start(requests.attempt() if requests is not None else None, deadline.remaining())
+            received = False
+            try:
+                for chunk in call:  # type: ignore[attr-defined]
+                    if not received:
+                        received = True
+                        if requests is not None:
+                            requests.stop_recording()
+                    yield chunk
+                return
+            except grpc.RpcError as error:
+                retry += 1
+                delay = None if received else self._retry_delay(method, error, retry, deadline)
+                if delay is None:
+                    raise
+            finally:
+                call.cancel()
+            time.sleep(delay)
+
+    # ---- shared RPCs -----------------------------------------------------------------------------------------
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """grpc.health.v1 status name ("SERVING", "NOT_SERVING", ...) of `service` ("" is the whole server)."""
-        response = self._health.Check(health_pb2.HealthCheckRequest(service=service), **self._call_kwargs(timeout))
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        request = rpc_details.HealthCheckRequest(service=service)
+        response = self._unary("Health/Check", self._health_check, request, timeout)
+        return rpc_details.serving_status_name(response.status)  # type: ignore[attr-defined]
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Block until the channel is connected (raises grpc.FutureTimeoutError otherwise)."""
@@ -389,7 +598,11 @@ class TtsClient(_BaseClient):
     ) -> Iterator[audio_pb2.AudioChunk]:
         request = tts_gateway_pb2.SynthesizeRequest(text=text)
         options.apply(request)
-        return _cancel_on_close(self.stub.Synthesize(request, **self._call_kwargs(timeout)))
+
+        def start(_: Iterator[Any] | None, remaining: float | None) -> grpc.Call:
+            return self.stub.Synthesize(request, metadata=self._metadata, timeout=remaining)  # type: ignore[no-any-return]
+
+        return self._stream("Synthesize", start, timeout)
 
     def streaming_synthesize(
         self,
@@ -400,29 +613,35 @@ class TtsClient(_BaseClient):
         timeout: float | None = None,
     ) -> Iterator[audio_pb2.AudioChunk]:
         """Sends text incrementally (e.g. LLM tokens); complete sentences are synthesized while more text arrives.
-        The end of `text_pieces` flushes whatever is buffered; `flush_after_each` forces a flush after every piece."""
+        The end of `text_pieces` flushes whatever is buffered; `flush_after_each` forces a flush after every piece.
+        A refused call is retried with the pieces taken so far sent again."""
         config = tts_gateway_pb2.StreamingSynthesizeConfig()
         options.apply(config)
+        pieces = _Replayable(text_pieces)
 
-        def requests() -> Iterator[tts_gateway_pb2.StreamingSynthesizeRequest]:
+        def requests(attempt: Iterator[str]) -> Iterator[tts_gateway_pb2.StreamingSynthesizeRequest]:
             yield tts_gateway_pb2.StreamingSynthesizeRequest(config=config)
-            for piece in text_pieces:
+            for piece in attempt:
                 yield tts_gateway_pb2.StreamingSynthesizeRequest(text=piece)
                 if flush_after_each:
                     yield tts_gateway_pb2.StreamingSynthesizeRequest(
                         flush=tts_gateway_pb2.StreamingSynthesizeRequest.Flush()
                     )
 
-        return _cancel_on_close(self.stub.StreamingSynthesize(requests(), **self._call_kwargs(timeout)))
+        def start(attempt: Iterator[str] | None, remaining: float | None) -> grpc.Call:
+            assert attempt is not None
+            call = self.stub.StreamingSynthesize(requests(attempt), metadata=self._metadata, timeout=remaining)
+            return call  # type: ignore[no-any-return]
+
+        return self._stream("StreamingSynthesize", start, timeout, pieces)
 
     def list_voices(self, language_code: str = "", *, timeout: float | None = None) -> list[tts_gateway_pb2.Voice]:
-        response = self.stub.ListVoices(
-            tts_gateway_pb2.ListVoicesRequest(language_code=language_code), **self._call_kwargs(timeout)
-        )
-        return list(response.voices)
+        request = tts_gateway_pb2.ListVoicesRequest(language_code=language_code)
+        return list(self._unary("ListVoices", self.stub.ListVoices, request, timeout).voices)
 
     def status(self, *, timeout: float | None = None) -> tts_gateway_pb2.TtsGatewayServiceGetStatusResponse:
-        return self.stub.GetStatus(tts_gateway_pb2.TtsGatewayServiceGetStatusRequest(), **self._call_kwargs(timeout))
+        request = tts_gateway_pb2.TtsGatewayServiceGetStatusRequest()
+        return self._unary("GetStatus", self.stub.GetStatus, request, timeout)
 
     def create_voice(
         self,
@@ -442,13 +661,15 @@ class TtsClient(_BaseClient):
             reference_text=reference_text,
             description=description,
         )
-        return self.stub.CreateVoice(request, **self._call_kwargs(timeout)).voice
+        return self._unary("CreateVoice", self.stub.CreateVoice, request, timeout).voice
 
     def get_voice(self, name: str, *, timeout: float | None = None) -> tts_gateway_pb2.Voice:
-        return self.stub.GetVoice(tts_gateway_pb2.GetVoiceRequest(name=name), **self._call_kwargs(timeout)).voice
+        request = tts_gateway_pb2.GetVoiceRequest(name=name)
+        return self._unary("GetVoice", self.stub.GetVoice, request, timeout).voice
 
     def delete_voice(self, name: str, *, timeout: float | None = None) -> tts_gateway_pb2.Voice:
-        return self.stub.DeleteVoice(tts_gateway_pb2.DeleteVoiceRequest(name=name), **self._call_kwargs(timeout)).voice
+        request = tts_gateway_pb2.DeleteVoiceRequest(name=name)
+        return self._unary("DeleteVoice", self.stub.DeleteVoice, request, timeout).voice
 
 
 class ConversionClient(_BaseClient):
@@ -478,7 +699,7 @@ class ConversionClient(_BaseClient):
             audio=audio,
             output_format=output_format(encoding, sample_rate_hz),
         )
-        return self.stub.ConvertClip(request, **self._call_kwargs(timeout))
+        return self._unary("ConvertClip", self.stub.ConvertClip, request, timeout)
 
     def convert(
         self,
@@ -498,38 +719,35 @@ class ConversionClient(_BaseClient):
             input_format=input_format,
             output_format=output_format(encoding, sample_rate_hz),
         )
+        replayable = _Replayable(blocks)
 
-        def requests() -> Iterator[voice_conversion_pb2.ConvertRequest]:
+        def requests(attempt: Iterator[bytes]) -> Iterator[voice_conversion_pb2.ConvertRequest]:
             yield voice_conversion_pb2.ConvertRequest(config=config)
-            for block in blocks:
+            for block in attempt:
                 yield voice_conversion_pb2.ConvertRequest(audio=block)
 
-        return _cancel_on_close(self.stub.Convert(requests(), **self._call_kwargs(timeout)))
+        def start(attempt: Iterator[bytes] | None, remaining: float | None) -> grpc.Call:
+            assert attempt is not None
+            return self.stub.Convert(requests(attempt), metadata=self._metadata, timeout=remaining)  # type: ignore[no-any-return]
+
+        return self._stream("Convert", start, timeout, replayable)
 
     def list_models(self, *, timeout: float | None = None) -> list[voice_conversion_pb2.ModelInfo]:
-        response = self.stub.ListModels(voice_conversion_pb2.ListModelsRequest(), **self._call_kwargs(timeout))
-        return list(response.models)
+        request = voice_conversion_pb2.ListModelsRequest()
+        return list(self._unary("ListModels", self.stub.ListModels, request, timeout).models)
 
     def load_model(self, name: str, *, timeout: float | None = None) -> voice_conversion_pb2.LoadModelResponse:
-        return self.stub.LoadModel(voice_conversion_pb2.LoadModelRequest(name=name), **self._call_kwargs(timeout))
+        request = voice_conversion_pb2.LoadModelRequest(name=name)
+        return self._unary("LoadModel", self.stub.LoadModel, request, timeout)
 
     def unload_model(self, name: str, *, timeout: float | None = None) -> bool:
         """Frees the model; False when it was not loaded."""
         request = voice_conversion_pb2.UnloadModelRequest(name=name)
-        return self.stub.UnloadModel(request, **self._call_kwargs(timeout)).was_loaded
+        return bool(self._unary("UnloadModel", self.stub.UnloadModel, request, timeout).was_loaded)
 
     def status(self, *, timeout: float | None = None) -> voice_conversion_pb2.VoiceConversionServiceGetStatusResponse:
         request = voice_conversion_pb2.VoiceConversionServiceGetStatusRequest()
-        return self.stub.GetStatus(request, **self._call_kwargs(timeout))
-
-
-def _cancel_on_close(call: grpc.Call) -> Iterator[audio_pb2.AudioChunk]:
-    """Iterate a response stream; if the consumer stops early (break, exception, GC), cancel the RPC so the server
-    stops synthesizing instead of filling a buffer nobody reads."""
-    try:
-        yield from call  # type: ignore[misc]
-    finally:
-        call.cancel()
+        return self._unary("GetStatus", self.stub.GetStatus, request, timeout)
 
 
 def pcm_blocks(samples: np.ndarray, rate: int, block_seconds: float = 0.5) -> Iterator[bytes]:
@@ -541,6 +759,7 @@ def pcm_blocks(samples: np.ndarray, rate: int, block_seconds: float = 0.5) -> It
 
 
 __all__: Sequence[str] = [
+    "DEFAULT_MAX_RETRIES",
     "DEFAULT_RVC_TARGET",
     "DEFAULT_TTS_TARGET",
     "ENCODINGS",
@@ -549,14 +768,20 @@ __all__: Sequence[str] = [
     "EXIT_OK",
     "EXIT_OTHER_RPC_ERROR",
     "F0_METHODS",
+    "MAX_RETRY_DELAY_S",
+    "RETRYABLE_CODES",
     "ConversionClient",
+    "RetryNotice",
     "StreamStats",
     "SynthesisOptions",
     "TtsClient",
+    "UnreadableAudioError",
     "audio_input_from_file",
     "conversion_settings",
     "describe_rpc_error",
     "exit_code_for",
     "output_format",
     "pcm_blocks",
+    "read_mono",
+    "status_details",
 ]

@@ -1,12 +1,14 @@
 """voice-cli: command-line client for the TTS gateway and the voice-conversion service.
 
-    python -m clients.python say "Hello there." --voice NAME -o hello.wav
-    python -m clients.python say "Hello there." --voice NAME -o - | aplay -f S16_LE -r 22050 -c 1
-    python -m clients.python voices | status | models
-    python -m clients.python convert in.wav -o out.wav --model NAME --pitch 3
+    voice-cli say "Hello there." --voice NAME -o hello.wav
+    voice-cli say "Hello there." --voice NAME -o - | aplay -f S16_LE -r 22050 -c 1
+    voice-cli voices | status | models
+    voice-cli convert in.wav -o out.wav --model NAME --pitch 3
 
-Progress and the final timing line go to stderr; audio goes to the output file or stdout. A failed call prints ONE
-line `error: CODE: message [field: violation; ...]` and exits with the status documented in clients/python/README.md.
+(`python -m voice_client ...` is the same.) Progress and the final timing line go to stderr; audio goes to the output
+file or stdout. A failure prints ONE line, `voice-cli: error: CODE: message [field: violation; ...]` for a failed call
+or `voice-cli: error: cannot read in.wav: <reason>` for a bad local file, and exits with the status documented in
+clients/python/README.md; never a traceback.
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO, TypeVar
 
 import grpc
-import soundfile as sf
 from google.protobuf import json_format
 
-from clients.python.client import (
+from voice.v1 import audio_pb2, conversion_pb2, tts_gateway_pb2, voice_conversion_pb2
+from voice_client.client import (
+    DEFAULT_MAX_RETRIES,
     DEFAULT_RVC_TARGET,
     DEFAULT_TTS_TARGET,
     ENCODINGS,
@@ -31,20 +34,25 @@ from clients.python.client import (
     EXIT_OK,
     F0_METHODS,
     ConversionClient,
+    RetryNotice,
     StreamStats,
     SynthesisOptions,
     TtsClient,
+    UnreadableAudioError,
     audio_input_from_file,
     conversion_settings,
     describe_rpc_error,
     exit_code_for,
     pcm_blocks,
+    read_mono,
 )
-from services.common.audio import finalize_wav_header
-from voice.v1 import audio_pb2, conversion_pb2, tts_gateway_pb2, voice_conversion_pb2
+from voice_client.wav import WavFileWriter, WavStreamError
 
+PROG = "voice-cli"
 EXIT_USAGE = 2  # argparse's own status for bad command lines; the same as INVALID_ARGUMENT on purpose
 EXIT_INTERRUPTED = 130
+
+_V = TypeVar("_V")
 
 _EXTENSION_FORMATS = {".wav": "wav", ".opus": "opus", ".ogg": "opus", ".pcm": "pcm16", ".raw": "pcm16"}
 
@@ -58,9 +66,35 @@ class UsageError(Exception):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _env_float(name: str) -> float | None:
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
+def _env(name: str, parse: Callable[[str], _V], fallback: _V) -> _V:
+    """An environment default, checked like the flag (a bad value is a usage error, not a traceback)."""
     value = os.environ.get(name)
-    return float(value) if value else None
+    if not value:
+        return fallback
+    try:
+        return parse(value)
+    except argparse.ArgumentTypeError as error:
+        raise UsageError(f"environment variable {name}: {error}") from None
 
 
 def _connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -100,9 +134,17 @@ def _connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
     )
     group.add_argument(
         "--timeout",
-        type=float,
-        default=default(_env_float("VOICE_TIMEOUT") or 300.0),
-        help="deadline in seconds for each call, whole streams included (env VOICE_TIMEOUT, default 300)",
+        type=_positive_seconds,
+        default=default(_env("VOICE_TIMEOUT", _positive_seconds, 300.0)),
+        help="deadline in seconds for each call, whole streams and retries included (env VOICE_TIMEOUT, default 300)",
+    )
+    group.add_argument(
+        "--max-retries",
+        type=_count,
+        default=default(_env("VOICE_MAX_RETRIES", _count, DEFAULT_MAX_RETRIES)),
+        help="retries of a call refused with RESOURCE_EXHAUSTED or UNAVAILABLE and a RetryInfo delay, before any "
+        f"audio arrived; each waits the delay asked for, at most 10 s (env VOICE_MAX_RETRIES, default "
+        f"{DEFAULT_MAX_RETRIES}; 0 never retries)",
     )
 
 
@@ -137,7 +179,7 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="voice-cli",
+        prog=PROG,
         description="Client for voice.v1.TtsGatewayService and voice.v1.VoiceConversionService.",
         epilog="Exit status: 0 ok, 1 local error, 2 usage or INVALID_ARGUMENT, 3 NOT_FOUND, 4 FAILED_PRECONDITION, "
         "5 UNAVAILABLE or DEADLINE_EXCEEDED, 6 RESOURCE_EXHAUSTED, 7 UNAUTHENTICATED or PERMISSION_DENIED, "
@@ -199,12 +241,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _client_kwargs(args: argparse.Namespace) -> dict[str, object]:
+def _read_local(path: Path) -> bytes:
+    """A file named on the command line, or a UsageError that says why it cannot be read."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UsageError(f"cannot read {path}: {error.strerror or type(error).__name__}") from None
+    if not data:
+        raise UsageError(f"cannot read {path}: the file is empty")
+    return data
+
+
+def _client_kwargs(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    def on_retry(notice: RetryNotice) -> None:
+        progress.done(
+            f"{notice.code.name}: {notice.message or 'no details'}; retrying in {notice.delay_s:.2f} s "
+            f"(retry {notice.retry} of {notice.max_retries})"
+        )
+
     return {
         "tls": bool(args.tls),
-        "root_certificates": args.ca_cert.read_bytes() if args.ca_cert else None,
+        "root_certificates": _read_local(args.ca_cert) if args.ca_cert else None,
         "token": args.token,
         "timeout": args.timeout,
+        "max_retries": args.max_retries,
+        "on_retry": on_retry,
     }
 
 
@@ -241,35 +302,62 @@ def _resolve_format(args: argparse.Namespace) -> str:
 
 
 class AudioSink:
-    """Writes streamed audio to stdout as it arrives, or to `<output>.part`, renamed on success. A streamed WAV's
-    header carries 'unknown length' sizes; for files they are patched once the stream is complete."""
+    """Writes audio to stdout as it arrives, or to `<output>.part`, renamed on success. A WAV file is written by
+    libsndfile from the streamed samples (the streamed header's sizes say 'unknown length'; the file's are true).
+
+    The .part file is created at once, so an output path that cannot be written fails before any call is made."""
 
     def __init__(self, output: str, encoding: str) -> None:
         self.output = output
         self.encoding = encoding
         self._path = None if output == "-" else Path(output)
         self._part = None if self._path is None else self._path.with_name(self._path.name + ".part")
-        self._file: BinaryIO = sys.stdout.buffer if self._part is None else self._part.open("wb")
+        self._wav: WavFileWriter | None = None
+        self._file: BinaryIO | None = None
+        if self._path is None or self._part is None:
+            self._file = sys.stdout.buffer
+            return
+        if self._path.is_dir():
+            raise UsageError(f"cannot write {output}: Is a directory")
+        try:
+            self._file = self._part.open("wb")
+        except OSError as error:
+            raise UsageError(f"cannot write {output}: {error.strerror or type(error).__name__}") from None
+        if encoding == "wav":
+            self._file.close()
+            self._file = None
+            self._wav = WavFileWriter(self._part)
 
     def write(self, data: bytes) -> None:
-        if data:
-            self._file.write(data)
-            if self._part is None:
-                self._file.flush()  # a player on the other end of the pipe should hear it now
+        if not data:
+            return
+        if self._wav is not None:
+            self._wav.write(data)
+            return
+        assert self._file is not None
+        self._file.write(data)
+        if self._part is None:
+            self._file.flush()  # a player on the other end of the pipe should hear it now
 
     def commit(self) -> None:
         if self._part is None or self._path is None:
+            assert self._file is not None
             self._file.flush()
             return
-        self._file.close()
-        if self.encoding == "wav":
-            self._part.write_bytes(finalize_wav_header(self._part.read_bytes()))
+        if self._wav is not None:
+            self._wav.close()
+        elif self._file is not None:
+            self._file.close()
         self._part.replace(self._path)
 
     def discard(self) -> None:
-        if self._part is not None:
+        if self._part is None:
+            return
+        if self._wav is not None:
+            self._wav.abort()
+        elif self._file is not None:
             self._file.close()
-            self._part.unlink(missing_ok=True)
+        self._part.unlink(missing_ok=True)
 
 
 class Progress:
@@ -355,50 +443,71 @@ def _words(text: str) -> Iterator[str]:
         yield text[start:]
 
 
-def cmd_say(args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if args.text == "-" else args.text
-    encoding = _resolve_format(args)
+def _read_text(spec: str) -> str:
+    if spec != "-":
+        return spec
+    try:
+        return sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"cannot read the text from stdin: it is not UTF-8 ({error.reason} at byte {error.start})"
+        ) from None
+
+
+def _check_mode(args: argparse.Namespace) -> None:
     if args.reference_text and not args.reference:
         raise UsageError("--reference-text needs --reference")
+    if args.reference and args.instruct:
+        raise UsageError("--reference and --instruct cannot be combined")
+    if (args.pitch_level or args.speed_level) and not args.gender:
+        raise UsageError("--pitch-level and --speed-level need --gender")
+
+
+def cmd_say(args: argparse.Namespace) -> int:
+    text = _read_text(args.text)
+    encoding = _resolve_format(args)
+    _check_mode(args)
     settings = _settings_from_args(args)
+    reference = audio_input_from_file(args.reference) if args.reference else None  # read before any call
     progress = Progress(sys.stderr, not args.quiet)
-    with TtsClient(args.target, **_client_kwargs(args)) as client:  # type: ignore[arg-type]
-        voice = args.voice
-        if not voice:
-            voices = client.list_voices()
-            if not voices:
-                raise UsageError("the gateway lists no voices")
-            voice = voices[0].name
-            progress.done(f"using voice '{voice}' (pass --voice to choose)")
-        options = SynthesisOptions(
-            voice=voice,
-            encoding=encoding,
-            sample_rate_hz=args.rate,
-            speaker=args.speaker,
-            reference=audio_input_from_file(args.reference) if args.reference else None,
-            reference_text=args.reference_text,
-            instruction=args.instruct,
-            conversion=settings,
-            disable_conversion=args.no_conversion,
-            speaking_rate=args.speaking_rate,
-            request_id=args.request_id,
-            gender=args.gender,
-            pitch=args.pitch_level,
-            speed=args.speed_level,
-            seed=args.seed,
-        )
-        sink = AudioSink(args.output, encoding)
-        stats = StreamStats()
-        try:
+    kwargs = _client_kwargs(args, progress)
+    sink = AudioSink(args.output, encoding)  # a path that cannot be written fails here, before any call
+    stats = StreamStats()
+    try:
+        with TtsClient(args.target, **kwargs) as client:
+            voice = args.voice
+            if not voice:
+                voices = client.list_voices()
+                if not voices:
+                    raise UsageError("the gateway lists no voices")
+                voice = voices[0].name
+                progress.done(f"using voice '{voice}' (pass --voice to choose)")
+            options = SynthesisOptions(
+                voice=voice,
+                encoding=encoding,
+                sample_rate_hz=args.rate,
+                speaker=args.speaker,
+                reference=reference,
+                reference_text=args.reference_text,
+                instruction=args.instruct,
+                conversion=settings,
+                disable_conversion=args.no_conversion,
+                speaking_rate=args.speaking_rate,
+                request_id=args.request_id,
+                gender=args.gender,
+                pitch=args.pitch_level,
+                speed=args.speed_level,
+                seed=args.seed,
+            )
             if args.incremental:
                 chunks = client.streaming_synthesize(_words(text), options)
             else:
                 chunks = client.synthesize_with(text, options)
             _stream_to_sink(chunks, sink, progress, stats)
-            sink.commit()
-        except BaseException:
-            sink.discard()
-            raise
+        sink.commit()
+    except BaseException:
+        sink.discard()
+        raise
     progress.done(_timing_line(stats, "stdout" if args.output == "-" else f"wrote {args.output}"))
     return EXIT_OK
 
@@ -407,16 +516,23 @@ def cmd_convert(args: argparse.Namespace) -> int:
     encoding = _resolve_format(args)
     settings = _settings_from_args(args)
     assert settings is not None  # --model is required, so settings always carry the model name
+    # The input is read (and, for --stream or formats other than WAV/Ogg, decoded) before any call is made.
+    if args.stream:
+        samples, rate = read_mono(args.input)
+        clip = None
+    else:
+        clip = audio_input_from_file(args.input)
     progress = Progress(sys.stderr, not args.quiet)
-    with ConversionClient(args.rvc_target, **_client_kwargs(args)) as client:  # type: ignore[arg-type]
-        sink = AudioSink(args.output, encoding)
-        try:
-            if args.stream:
-                samples, rate = sf.read(str(args.input), dtype="float32", always_2d=True)
+    kwargs = _client_kwargs(args, progress)
+    sink = AudioSink(args.output, encoding)
+    destination = "stdout" if args.output == "-" else f"wrote {args.output}"
+    try:
+        with ConversionClient(args.rvc_target, **kwargs) as client:
+            if clip is None:
                 stats = StreamStats()
                 input_format = audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_PCM16, sample_rate_hz=rate)
                 chunks = client.convert(
-                    pcm_blocks(samples.mean(axis=1), rate),
+                    pcm_blocks(samples, rate),
                     settings,
                     input_format=input_format,
                     encoding=encoding,
@@ -425,25 +541,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
                 )
                 _stream_to_sink(chunks, sink, progress, stats)
                 sink.commit()
-                progress.done(_timing_line(stats, "stdout" if args.output == "-" else f"wrote {args.output}"))
+                progress.done(_timing_line(stats, destination))
                 return EXIT_OK
             started = time.monotonic()
             response = client.convert_clip(
-                audio_input_from_file(args.input),
-                settings,
-                encoding=encoding,
-                sample_rate_hz=args.rate,
-                request_id=args.request_id,
+                clip, settings, encoding=encoding, sample_rate_hz=args.rate, request_id=args.request_id
             )
             sink.write(response.audio)
             sink.commit()
-        except BaseException:
-            sink.discard()
-            raise
+    except BaseException:
+        sink.discard()
+        raise
     elapsed = time.monotonic() - started
     audio_s = response.audio_duration.ToTimedelta().total_seconds()
     progress.done(
-        f"{'stdout' if args.output == '-' else 'wrote ' + args.output}: {audio_s:.2f} s of audio, "
+        f"{destination}: {audio_s:.2f} s of audio, "
         f"{_format_name(response.format.encoding)} {response.format.sample_rate_hz} Hz; "
         f"round trip {elapsed:.3f} s, conversion {response.conversion_time.ToTimedelta().total_seconds():.3f} s, "
         f"RTF {response.real_time_factor:.3f} [request_id={response.request_id}]"
@@ -474,7 +586,7 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
 
 
 def cmd_voices(args: argparse.Namespace) -> int:
-    with TtsClient(args.target, **_client_kwargs(args)) as client:  # type: ignore[arg-type]
+    with TtsClient(args.target, **_client_kwargs(args, Progress(sys.stderr, True))) as client:
         voices = client.list_voices(args.language)
     if args.json:
         print(json_format.MessageToJson(tts_gateway_pb2.ListVoicesResponse(voices=voices)))
@@ -503,7 +615,7 @@ def _seconds(duration: object) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     if args.conversion:
-        with ConversionClient(args.rvc_target, **_client_kwargs(args)) as rvc:  # type: ignore[arg-type]
+        with ConversionClient(args.rvc_target, **_client_kwargs(args, Progress(sys.stderr, True))) as rvc:
             health = rvc.health()
             conversion_status = rvc.status()
         if args.json:
@@ -520,7 +632,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         loaded = ", ".join(m.name for m in conversion_status.loaded_models) or "none"
         print(f"loaded models: {loaded}")
         return EXIT_OK
-    with TtsClient(args.target, **_client_kwargs(args)) as tts:  # type: ignore[arg-type]
+    with TtsClient(args.target, **_client_kwargs(args, Progress(sys.stderr, True))) as tts:
         health = tts.health()
         gateway_status = tts.status()
     if args.json:
@@ -543,7 +655,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    with ConversionClient(args.rvc_target, **_client_kwargs(args)) as client:  # type: ignore[arg-type]
+    with ConversionClient(args.rvc_target, **_client_kwargs(args, Progress(sys.stderr, True))) as client:
         models = client.list_models()
     if args.json:
         print(json_format.MessageToJson(voice_conversion_pb2.ListModelsResponse(models=models)))
@@ -575,19 +687,22 @@ def cmd_models(args: argparse.Namespace) -> int:
 def _fail(message: str, code: int) -> int:
     # Start on a fresh line in case a progress line is still open on a terminal.
     prefix = "\r\033[K" if sys.stderr.isatty() else ""
-    sys.stderr.write(f"{prefix}error: {message}\n")
+    sys.stderr.write(f"{prefix}{PROG}: error: {' '.join(message.split())}\n")
     sys.stderr.flush()
     return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except UsageError as error:  # a bad VOICE_* environment default
+        return _fail(str(error), EXIT_USAGE)
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
     except grpc.RpcError as error:
         return _fail(describe_rpc_error(error), exit_code_for(error))
-    except UsageError as error:
+    except (UsageError, UnreadableAudioError) as error:
         return _fail(str(error), EXIT_USAGE)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
@@ -596,8 +711,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the interpreter's final flush does not raise a second time.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except (OSError, ValueError, sf.LibsndfileError) as error:
-        return _fail(f"{type(error).__name__}: {error}", EXIT_LOCAL_ERROR)
+    except WavStreamError as error:
+        return _fail(f"the server sent bad audio: {error}", EXIT_LOCAL_ERROR)
+    except OSError as error:
+        where = f" ({error.filename})" if error.filename else ""
+        return _fail(f"{error.strerror or type(error).__name__}{where}", EXIT_LOCAL_ERROR)
+    except Exception as error:  # a bug, but the user still gets one line and a status, not a traceback
+        return _fail(f"unexpected {type(error).__name__}: {error}", EXIT_LOCAL_ERROR)
 
 
 if __name__ == "__main__":
