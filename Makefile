@@ -46,8 +46,9 @@ $(TRITON_VENV)/.installed: triton/requirements.txt triton/requirements-spark.txt
 	touch $@
 
 # The Node.js example client's packages (protobufjs's postinstall only prints a notice).
-$(NODE_STAMP): clients/node/package-lock.json
+$(NODE_STAMP): clients/node/package-lock.json $(PROTOS)
 	npm ci --prefix clients/node --ignore-scripts --no-audit --no-fund
+	node clients/node/copy-protos.js  # the .proto files travel inside the package (npm pack runs it as prepack)
 	touch $@
 
 run: setup
@@ -56,9 +57,10 @@ run: setup
 test: setup
 	$(PY) -m pytest
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed $(PROTO_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy  # strict on services/ and clients/python (pyproject.toml [tool.mypy])
 	cd proto && ../$(VENV)/bin/buf lint && ../$(VENV)/bin/buf format -d --exit-code
 	$(VENV)/bin/buf breaking proto --against '.git#ref=$(BREAKING_BASE),subdir=proto'
 
@@ -75,4 +77,4 @@ soak: setup
 	$(PY) benchmarks/soak.py $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) proto/build clients/node/node_modules
+	rm -rf $(VENV) $(TRITON_VENV) proto/build clients/node/node_modules clients/node/proto

@@ -421,7 +421,11 @@ def main(argv: list[str] | None = None) -> int:
     _become_subreaper()
     # Own session: a terminal's Ctrl-C reaches the launcher only (it forwards once), and the server's group holds
     # exactly the server and its stubs, so it can be killed as one.
-    proc = subprocess.Popen(command, env=server_env(root), preexec_fn=die_with_parent(), start_new_session=True)
+    # The server's own bin folder as working directory: the Python stubs put it on sys.path, and a caller's folder
+    # (the repository root holds this triton/ folder) would shadow packages such as the OpenAI Triton compiler.
+    proc = subprocess.Popen(
+        command, env=server_env(root), cwd=binary.parent, preexec_fn=die_with_parent(), start_new_session=True
+    )
     stop_deadline: list[float] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:

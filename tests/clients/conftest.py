@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from voice_client import ConversionClient, TtsClient
 
 from tests.clients.fake_gateway import FakeOverloadedGateway, serve_fake_gateway
 from voice.v1 import tts_gateway_pb2
+from voice_client import ConversionClient, TtsClient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_S = 240.0

@@ -6,6 +6,10 @@ import time
 
 import grpc
 import pytest
+
+from tests.clients.audio_checks import assert_speech_like, pcm16_samples
+from tests.clients.conftest import Stack
+from voice.v1 import audio_pb2, tts_gateway_pb2
 from voice_client import (
     ConversionClient,
     StreamStats,
@@ -15,10 +19,6 @@ from voice_client import (
     describe_rpc_error,
     exit_code_for,
 )
-
-from tests.clients.audio_checks import assert_speech_like, pcm16_samples
-from tests.clients.conftest import Stack
-from voice.v1 import audio_pb2, tts_gateway_pb2
 
 TEXT = "First sentence is short. The second one follows it."
 

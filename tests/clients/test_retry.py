@@ -17,12 +17,12 @@ from typing import Any
 
 import grpc
 import pytest
-from voice_client import RetryNotice, SynthesisOptions, TtsClient, describe_rpc_error, retry_delay_seconds
 
 from tests.clients.audio_checks import assert_speech_like, read_finalized_wav
 from tests.clients.conftest import VOICE_CLI, client_env
 from tests.clients.fake_gateway import SAMPLE_RATE, FakeOverloadedGateway, Refusal, status_trailer
 from voice.v1 import audio_pb2
+from voice_client import RetryNotice, SynthesisOptions, TtsClient, describe_rpc_error, retry_delay_seconds
 
 
 def synthesize_all(client: TtsClient, **kwargs: Any) -> list[audio_pb2.AudioChunk]:

@@ -15,6 +15,7 @@ from google.protobuf import any_pb2, descriptor_pool, duration_pb2
 from google.protobuf.descriptor import Descriptor
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
+
 from voice_client import rpc_details
 
 DECLARED = [

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from voice_client.wav import WavFileWriter, WavStreamError, parse_wav_header
 
 from tests.clients.audio_checks import read_finalized_wav
 from tests.clients.fake_gateway import wav_stream_header
+from voice_client.wav import WavFileWriter, WavStreamError, parse_wav_header
 
 
 def pcm(frames: int, channels: int = 1, seed: int = 0) -> np.ndarray:
