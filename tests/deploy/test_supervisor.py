@@ -20,6 +20,7 @@ from types import ModuleType
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,7 +31,7 @@ with open(sys.argv[1], "a") as f:
     f.write(f"{time.time()}\\n")
 print(json.dumps({"port": 1234, "metrics_port": 1235}), flush=True)
 hold = float(sys.argv[2])
-time.sleep(hold if hold >= 0 else 3600)
+time.sleep(hold if hold >= 0 else 3600)  # its lifetime (argv[2]): what the test asks of it
 sys.exit(int(sys.argv[3]))
 """
 
@@ -113,10 +114,9 @@ def test_stop_request_stops_every_service_and_restarts_none(run_stack: ModuleTyp
     result: list[int] = []
     runner = threading.Thread(target=lambda: result.append(supervisor.run(poll_interval=0.02)))
     runner.start()
-    deadline = time.monotonic() + 10
-    while not any("restart #1 in 5.0 s" in m for m in messages):  # the crasher is waiting out its backoff
-        assert time.monotonic() < deadline, messages
-        time.sleep(0.02)
+    wait_until(  # the crasher is waiting out its backoff
+        lambda: any("restart #1 in 5.0 s" in m for m in messages), within=10, interval=0.02, what=lambda: str(messages)
+    )
     supervisor.stopping.set()
     runner.join(timeout=40)
     assert result == [0]
@@ -153,10 +153,7 @@ supervisor.run()
         os.kill(child, 0)  # running
         parent.kill()
         parent.wait(timeout=10)
-        deadline = time.monotonic() + 5
-        while _running(child):
-            assert time.monotonic() < deadline, "the service outlived its killed supervisor"
-            time.sleep(0.05)
+        wait_until(lambda: not _running(child), within=5, what="the service to die with its killed supervisor")
     finally:
         parent.kill()
         if child and _running(child):  # only when the test failed: the service it started
