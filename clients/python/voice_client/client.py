@@ -20,10 +20,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar, cast
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 import soundfile as sf
 
 from voice.v1 import (
@@ -51,10 +52,10 @@ OGG_OPUS = audio_pb2.AUDIO_ENCODING_OGG_OPUS
 FLOAT32 = audio_pb2.AUDIO_ENCODING_FLOAT32
 
 # Names accepted by the CLI's --format and by `output_format(...)`.
-ENCODINGS: dict[str, int] = {"wav": WAV, "pcm16": PCM16, "opus": OGG_OPUS, "float32": FLOAT32}
+ENCODINGS: dict[str, audio_pb2.AudioEncoding] = {"wav": WAV, "pcm16": PCM16, "opus": OGG_OPUS, "float32": FLOAT32}
 
-F0_METHODS: dict[str, int] = {
-    name.removeprefix("F0_METHOD_").lower().replace("_", "-"): value
+F0_METHODS: dict[str, conversion_pb2.F0Method] = {
+    name.removeprefix("F0_METHOD_").lower().replace("_", "-"): cast(conversion_pb2.F0Method, value)
     for name, value in conversion_pb2.F0Method.items()
     if value != conversion_pb2.F0_METHOD_UNSPECIFIED
 }
@@ -148,7 +149,7 @@ def _read_file(path: Path) -> bytes:
     return data
 
 
-def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
+def read_mono(path: str | Path) -> tuple[npt.NDArray[np.float32], int]:
     """Float32 mono samples and rate of any file libsndfile reads (WAV, FLAC, Ogg, AIFF, ...)."""
     path = Path(path)
     _read_file(path)  # the common failures (missing, directory, empty) with a plain reason
@@ -163,7 +164,7 @@ def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
 
 
 def output_format(encoding: str | int = "wav", sample_rate_hz: int = 0) -> audio_pb2.AudioFormat:
-    value = ENCODINGS[encoding] if isinstance(encoding, str) else encoding
+    value = ENCODINGS[encoding] if isinstance(encoding, str) else cast(audio_pb2.AudioEncoding, encoding)
     return audio_pb2.AudioFormat(encoding=value, sample_rate_hz=sample_rate_hz, channels=1)
 
 
@@ -197,7 +198,9 @@ def conversion_settings(
     """ConversionSettings with only the given fields set (unset ones keep the server's defaults); None if empty."""
     settings = conversion_pb2.ConversionSettings(model=model or "")
     if f0_method is not None:
-        settings.f0_method = F0_METHODS[f0_method] if isinstance(f0_method, str) else f0_method
+        settings.f0_method = (
+            F0_METHODS[f0_method] if isinstance(f0_method, str) else cast(conversion_pb2.F0Method, f0_method)
+        )
     optional = {
         "pitch_shift_semitones": pitch_shift_semitones,
         "formant_shift_semitones": formant_shift_semitones,
@@ -257,7 +260,8 @@ class SynthesisOptions:
             raise ValueError("a reference transcript needs reference audio")
         elif self.gender:
             design = message.voice_design
-            design.gender = tts_gateway_pb2.VoiceGender.Value(f"VOICE_GENDER_{self.gender.upper()}")
+            gender = tts_gateway_pb2.VoiceGender.Value(f"VOICE_GENDER_{self.gender.upper()}")
+            design.gender = cast(tts_gateway_pb2.VoiceGender, gender)
             for field, level in (("pitch", self.pitch), ("speed", self.speed)):
                 if level:
                     setattr(design, field, tts_gateway_pb2.VoiceLevel.Value(f"VOICE_LEVEL_{level.upper()}"))
@@ -641,7 +645,10 @@ class TtsClient(_BaseClient):
 
     def status(self, *, timeout: float | None = None) -> tts_gateway_pb2.TtsGatewayServiceGetStatusResponse:
         request = tts_gateway_pb2.TtsGatewayServiceGetStatusRequest()
-        return self._unary("GetStatus", self.stub.GetStatus, request, timeout)
+        response: tts_gateway_pb2.TtsGatewayServiceGetStatusResponse = self._unary(
+            "GetStatus", self.stub.GetStatus, request, timeout
+        )
+        return response
 
     def create_voice(
         self,
@@ -661,15 +668,18 @@ class TtsClient(_BaseClient):
             reference_text=reference_text,
             description=description,
         )
-        return self._unary("CreateVoice", self.stub.CreateVoice, request, timeout).voice
+        voice: tts_gateway_pb2.Voice = self._unary("CreateVoice", self.stub.CreateVoice, request, timeout).voice
+        return voice
 
     def get_voice(self, name: str, *, timeout: float | None = None) -> tts_gateway_pb2.Voice:
         request = tts_gateway_pb2.GetVoiceRequest(name=name)
-        return self._unary("GetVoice", self.stub.GetVoice, request, timeout).voice
+        voice: tts_gateway_pb2.Voice = self._unary("GetVoice", self.stub.GetVoice, request, timeout).voice
+        return voice
 
     def delete_voice(self, name: str, *, timeout: float | None = None) -> tts_gateway_pb2.Voice:
         request = tts_gateway_pb2.DeleteVoiceRequest(name=name)
-        return self._unary("DeleteVoice", self.stub.DeleteVoice, request, timeout).voice
+        voice: tts_gateway_pb2.Voice = self._unary("DeleteVoice", self.stub.DeleteVoice, request, timeout).voice
+        return voice
 
 
 class ConversionClient(_BaseClient):
@@ -699,7 +709,10 @@ class ConversionClient(_BaseClient):
             audio=audio,
             output_format=output_format(encoding, sample_rate_hz),
         )
-        return self._unary("ConvertClip", self.stub.ConvertClip, request, timeout)
+        response: voice_conversion_pb2.ConvertClipResponse = self._unary(
+            "ConvertClip", self.stub.ConvertClip, request, timeout
+        )
+        return response
 
     def convert(
         self,
@@ -738,7 +751,10 @@ class ConversionClient(_BaseClient):
 
     def load_model(self, name: str, *, timeout: float | None = None) -> voice_conversion_pb2.LoadModelResponse:
         request = voice_conversion_pb2.LoadModelRequest(name=name)
-        return self._unary("LoadModel", self.stub.LoadModel, request, timeout)
+        response: voice_conversion_pb2.LoadModelResponse = self._unary(
+            "LoadModel", self.stub.LoadModel, request, timeout
+        )
+        return response
 
     def unload_model(self, name: str, *, timeout: float | None = None) -> bool:
         """Frees the model; False when it was not loaded."""
@@ -747,10 +763,13 @@ class ConversionClient(_BaseClient):
 
     def status(self, *, timeout: float | None = None) -> voice_conversion_pb2.VoiceConversionServiceGetStatusResponse:
         request = voice_conversion_pb2.VoiceConversionServiceGetStatusRequest()
-        return self._unary("GetStatus", self.stub.GetStatus, request, timeout)
+        response: voice_conversion_pb2.VoiceConversionServiceGetStatusResponse = self._unary(
+            "GetStatus", self.stub.GetStatus, request, timeout
+        )
+        return response
 
 
-def pcm_blocks(samples: np.ndarray, rate: int, block_seconds: float = 0.5) -> Iterator[bytes]:
+def pcm_blocks(samples: npt.NDArray[np.float32], rate: int, block_seconds: float = 0.5) -> Iterator[bytes]:
     """Float mono samples as PCM16 blocks of `block_seconds`, the shape a live source would stream them in."""
     pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2")
     step = max(1, int(rate * block_seconds))

@@ -243,7 +243,7 @@ def retry_delay_seconds(error: grpc.RpcError) -> float | None:
     for detail in status_details(error):
         if is_a(detail, "google.rpc.RetryInfo"):
             delay = detail.retry_delay
-            return max(0.0, delay.seconds + delay.nanos / 1e9)
+            return max(0.0, float(delay.seconds) + float(delay.nanos) / 1e9)
     return None
 
 
