@@ -19,6 +19,7 @@ from types import ModuleType
 import pytest
 
 from tests.fixtures.triton_server import LAUNCHER, TRITON_PYTHON, free_ports
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -66,13 +67,10 @@ def _regions(prefix: str) -> list[str]:
     return sorted(p.name for p in SHM.glob(f"{prefix}*"))
 
 
-def _wait(condition: Callable[[], bool], timeout: float) -> float:
-    """Seconds until ``condition`` held; fails after ``timeout``."""
+def _wait(condition: Callable[[], bool], within: float, what: str) -> float:
+    """Seconds until ``condition`` held; fails after ``within``."""
     start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"condition not met within {timeout:.0f} s")
-        time.sleep(0.05)
+    wait_until(condition, within=within, what=what)
     return time.monotonic() - start
 
 
@@ -108,11 +106,12 @@ def _launcher(tmp_path: Path, name: str, *extra: str) -> Iterator[Launched]:
         )  # fmt: skip
     launched = Launched(process, log, http)
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while "triton ready" not in launched.log_text():
+
+        def ready() -> bool:
             assert process.poll() is None, f"launcher exited with {process.returncode}:\n{launched.log_text()}"
-            assert time.monotonic() < deadline, f"not ready:\n{launched.log_text()}"
-            time.sleep(0.2)
+            return "triton ready" in launched.log_text()
+
+        wait_until(ready, within=READY_TIMEOUT_S, interval=0.2, what=lambda: f"ready:\n{launched.log_text()}")
         servers = _children(process.pid)
         assert len(servers) == 1, servers
         launched.server = servers[0]
@@ -166,7 +165,7 @@ def test_kill_9_of_the_server_kills_its_stubs_and_removes_its_regions(launch: Mo
             for pid in stubs:  # stuck stubs: they cannot notice the server's death on their own
                 os.kill(pid, signal.SIGSTOP)
             os.kill(launched.server, signal.SIGKILL)
-            took = _wait(lambda: not _live(stubs) and not _regions(prefix), timeout=10)
+            took = _wait(lambda: not _live(stubs) and not _regions(prefix), within=10, what="stubs and regions gone")
             assert launched.process.wait(timeout=10) != 0
             assert not _group(launched.server)
             print(f"stubs and regions gone {took:.3f} s after kill -9 of tritonserver")
@@ -182,8 +181,8 @@ def test_kill_9_of_the_launcher_takes_the_server_and_stubs_down(launch: ModuleTy
         launched.process.kill()
         launched.process.wait(timeout=10)
         # The parent-death signal makes the server shut down; its own shutdown stops the stubs and unlinks regions.
-        took = _wait(lambda: not _live(group), timeout=20)
-        _wait(lambda: not _regions(prefix), timeout=5)
+        took = _wait(lambda: not _live(group), within=20, what="the server and its stubs to exit")
+        _wait(lambda: not _regions(prefix), within=5, what="the shared-memory regions to go")
         print(f"server and stubs gone {took:.2f} s after kill -9 of the launcher")
 
 
@@ -201,7 +200,7 @@ def test_a_new_launcher_removes_stubs_and_regions_of_a_launcher_killed_with_its_
             first.process.kill()
             os.kill(first.server, signal.SIGKILL)
             first.process.wait(timeout=10)
-            time.sleep(1.0)
+            _wait(lambda: not _live([first.server]), within=10, what="the killed server to be gone")
             assert _live(stubs) and _regions(prefix), "nothing was left behind: the scenario did not happen"
             with _launcher(tmp_path, "second"):
                 assert not _live(stubs), "the stubs of a launcher that is gone survived a new launcher's start"

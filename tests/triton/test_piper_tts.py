@@ -15,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.fixtures.triton_server import TritonServer
 from tests.prometheus import metric
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -180,15 +181,26 @@ def test_first_response_arrives_well_before_the_stream_ends(triton_server: Trito
     assert 0.04 <= per_char <= 0.15
 
 
+def pieces_made(server: TritonServer) -> float:
+    """Sentences the streaming model has synthesized so far."""
+    return metric(server.metrics(), "tts_pieces_total", model=STREAM)
+
+
+def requests_taken(server: TritonServer) -> float:
+    """Requests the streaming model has taken over (Triton counts a decoupled request as a success then)."""
+    return metric(server.metrics(), "nv_inference_request_success", model=STREAM)
+
+
 def test_new_stream_is_not_queued_behind_a_long_one(triton_server: TritonServer) -> None:
     """One instance interleaves streams by sentence: a short request starting mid-way is served long before the
     long request's end, not after it."""
     long_text = " ".join(f"Long request, sentence number {i}, keeps the instance busy." for i in range(14))
     long_result: dict[str, StreamResult] = {}
     worker = threading.Thread(target=lambda: long_result.update(r=stream(triton_server, tts_inputs(long_text))))
+    pieces = pieces_made(triton_server)
     started = time.monotonic()
     worker.start()
-    time.sleep(1.0)  # the long stream is now synthesizing
+    wait_until(lambda: pieces_made(triton_server) > pieces, within=60, what="the long stream's first sentence")
     short_started = time.monotonic()
     short = stream(triton_server, tts_inputs("Short one."))
     short_first_at = short_started + short.arrivals_s[0]
@@ -210,11 +222,13 @@ def test_playback_ahead_hint_lets_a_new_stream_go_first(triton_server: TritonSer
         results[name] = stream(triton_server, tts_inputs(text, **controls))
 
     busy = threading.Thread(target=run, args=("busy", busy_text))
+    accepted = requests_taken(triton_server)
     busy.start()
-    time.sleep(0.5)  # the instance is now synthesizing the background stream
+    # The instance is synthesizing the background stream's first sentence when the other two arrive, in order.
+    wait_until(lambda: requests_taken(triton_server) > accepted, within=30, what="the background stream")
     ahead = threading.Thread(target=run, args=("ahead", "I am far ahead. No hurry."), kwargs={"playback_ahead_s": 60.0})
     ahead.start()
-    time.sleep(0.05)
+    wait_until(lambda: requests_taken(triton_server) > accepted + 1, within=30, what="the request that is ahead")
     run("fresh", "I just started. Serve me.")
     for thread in (busy, ahead):
         thread.join(timeout=120)
@@ -248,16 +262,14 @@ def test_cancel_mid_stream_stops_synthesis(triton_server: TritonServer) -> None:
     client.close()
 
     # The model counts a cancellation when it notices it, which is before its next sentence.
-    deadline = time.monotonic() + 30
-    while True:
-        after = triton_server.metrics()
-        cancelled = metric(after, "tts_requests_cancelled_total", model=STREAM) - metric(
-            before, "tts_requests_cancelled_total", model=STREAM
-        )
-        if cancelled >= 1 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert cancelled == 1
+    cancelled_before = metric(before, "tts_requests_cancelled_total", model=STREAM)
+
+    def metrics_once_cancelled() -> str | None:
+        text = triton_server.metrics()
+        return text if metric(text, "tts_requests_cancelled_total", model=STREAM) > cancelled_before else None
+
+    after = wait_until(metrics_once_cancelled, within=30, interval=0.2, what="the model to count the cancellation")
+    assert metric(after, "tts_requests_cancelled_total", model=STREAM) - cancelled_before == 1
     synthesized = metric(after, "tts_pieces_total", model=STREAM) - metric(before, "tts_pieces_total", model=STREAM)
     skipped = metric(after, "tts_pieces_skipped_total", model=STREAM) - metric(
         before, "tts_pieces_skipped_total", model=STREAM
@@ -364,13 +376,7 @@ def test_whole_model_returns_one_response_of_comparable_duration(triton_server: 
 
 
 def test_metrics_count_successful_requests(triton_server: TritonServer) -> None:
-    before = metric(triton_server.metrics(), "nv_inference_request_success", model=STREAM)
+    before = requests_taken(triton_server)
     for _ in range(2):
         assert stream(triton_server, tts_inputs("Count me.")).error is None
-    deadline = time.monotonic() + 10
-    while True:
-        after = metric(triton_server.metrics(), "nv_inference_request_success", model=STREAM)
-        if after >= before + 2 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert after >= before + 2
+    wait_until(lambda: requests_taken(triton_server) >= before + 2, within=10, interval=0.2, what="2 more successes")
