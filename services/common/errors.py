@@ -71,7 +71,8 @@ class ServiceError(Exception):
         return status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
 
     def to_grpc_status(self) -> grpc.Status:
-        return rpc_status.to_status(self.to_status_proto())
+        status: grpc.Status = rpc_status.to_status(self.to_status_proto())  # grpc_status is untyped
+        return status
 
 
 class InvalidArgument(ServiceError):
@@ -179,7 +180,7 @@ class Internal(ServiceError):
 
 def status_details(error: grpc.RpcError) -> list[Message]:
     """Unpack the google.rpc.Status details a server attached to a failed call (client side helper)."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     if status is None:
         return []
     unpacked: list[Message] = []

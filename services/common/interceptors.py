@@ -20,7 +20,7 @@ import hmac
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 AUTH_EXEMPT_SERVICES = frozenset({"grpc.health.v1.Health"})
 
 
-def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
+def _rpc_type(handler: grpc.RpcMethodHandler[Any, Any]) -> str:
     if handler.request_streaming and handler.response_streaming:
         return "bidi_stream"
     if handler.request_streaming:
@@ -105,8 +105,12 @@ async def _parsed_requests(requests: AsyncIterator[Any], activity: _Activity) ->
 
 
 async def _watched(
-    responses: AsyncIterator[Any], activity: _Activity, *, idle_timeout_s: float | None, max_stream_s: float | None
-) -> AsyncIterator[Any]:
+    responses: AsyncGenerator[Any, Any],
+    activity: _Activity,
+    *,
+    idle_timeout_s: float | None,
+    max_stream_s: float | None,
+) -> AsyncGenerator[Any, None]:
     """Yield `responses`, ending with DEADLINE_EXCEEDED when the stream idles or runs too long.
 
     Each step of the handler runs as a task (all steps in one context, so request-id bindings made by the handler
@@ -157,10 +161,17 @@ async def _watched(
             yield message
     finally:
         with contextlib.suppress(BaseException):
-            await responses.aclose()  # type: ignore[attr-defined]
+            await responses.aclose()
 
 
-async def abort_with_service_error(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+def _context_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode | int | None:
+    """The code set on `context` so far. The stubs say StatusCode, but grpc.aio returns None until a code is set
+    (and a raw int from some paths, see _CallObserver.finish)."""
+    code: grpc.StatusCode | int | None = context.code()
+    return code
+
+
+async def abort_with_service_error(context: grpc.aio.ServicerContext[Any, Any], error: ServiceError) -> None:
     status = error.to_grpc_status()
     await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
 
@@ -168,10 +179,10 @@ async def abort_with_service_error(context: grpc.aio.ServicerContext, error: Ser
 class _CallObserver:
     """Tracks one RPC: binds its request id to the log context and records metrics when it ends."""
 
-    def __init__(self, service: str, method: str, rpc_type: str, context: grpc.aio.ServicerContext) -> None:
+    def __init__(self, service: str, method: str, rpc_type: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self.service, self.method, self.rpc_type = service, method, rpc_type
         self.context = context
-        self.code: grpc.StatusCode | None = None
+        self.code: grpc.StatusCode | int | None = None
         self.started = time.perf_counter()
         metadata = dict(context.invocation_metadata() or ())
         request_id = metadata.get(REQUEST_ID_METADATA_KEY)
@@ -191,7 +202,7 @@ class _CallObserver:
             self.code = grpc.StatusCode.CANCELLED
             raise exc
         if isinstance(exc, grpc.aio.AbortError):
-            self.code = self.context.code() or grpc.StatusCode.UNKNOWN
+            self.code = _context_code(self.context) or grpc.StatusCode.UNKNOWN
             raise exc
         log.exception("unhandled error in %s/%s", self.service, self.method, exc_info=exc)
         self.code = grpc.StatusCode.INTERNAL
@@ -199,7 +210,7 @@ class _CallObserver:
         await self.context.abort(grpc.StatusCode.INTERNAL, f"internal error; the server log has the details{where}")
 
     def finish(self) -> None:
-        code = self.code or self.context.code() or grpc.StatusCode.OK
+        code = self.code or _context_code(self.context) or grpc.StatusCode.OK
         if isinstance(code, int):  # context.code() may hold a raw int after set_code from some paths
             code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
         elapsed = time.perf_counter() - self.started
@@ -264,15 +275,20 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
         service, method = _split_method(handler_call_details.method)
         rpc_type = _rpc_type(handler)
-        behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+        # Typed loosely: the stubs give the sync API's signatures, grpc.aio's behaviours are coroutine functions and
+        # async generator functions taking an aio context.
+        behavior: Callable[..., Any] | None = (
+            handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+        )
+        assert behavior is not None  # grpc's handlers carry exactly one of the four
         authorized = self._authorized(handler_call_details, service)
         if not authorized:
             behavior = _unauthenticated_behavior(handler.response_streaming)
@@ -285,11 +301,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         if handler.response_streaming:
 
-            async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 call = _CallObserver(service, method, rpc_type, context)
                 sent = metrics.STREAM_MESSAGES_SENT.labels(service, method)
                 activity = _Activity()
-                watched: AsyncIterator[Any] | None = None
+                watched: AsyncGenerator[Any, None] | None = None
                 self._enter(tracked)
                 try:
                     if request_streaming:
@@ -311,14 +327,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     # frees admission slots and upstream calls) rather than whenever the garbage collector gets to it.
                     if watched is not None:
                         with contextlib.suppress(BaseException):
-                            await watched.aclose()  # type: ignore[attr-defined]
+                            await watched.aclose()
                     self._leave(tracked)
                     call.finish()
 
             wrapped: Callable[..., Any] = streaming
         else:
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 call = _CallObserver(service, method, rpc_type, context)
                 self._enter(tracked)
                 try:
@@ -365,13 +381,13 @@ def _draining_behavior(response_streaming: bool) -> Callable[..., Any]:
 
 
 def _rejecting_behavior(response_streaming: bool, code: grpc.StatusCode, message: str) -> Callable[..., Any]:
-    async def reject(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def reject(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(code, message)
 
     if not response_streaming:
         return reject
 
-    async def reject_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def reject_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         await reject(request, context)
         yield  # pragma: no cover - makes this an async generator
 

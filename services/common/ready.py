@@ -10,8 +10,9 @@ import socket
 from typing import Any
 
 
-def ready_line(service: str, port: int, metrics_port: int, **extra: object) -> str:
-    """The line a service prints once it serves: its name, the ports it bound (0 resolved), and any extra facts."""
+def ready_line(service: str, port: int, metrics_port: int | None, **extra: object) -> str:
+    """The line a service prints once it serves: its name, the ports it bound (0 resolved; `metrics_port` None, printed
+    as null, when the exporter is off), and any extra facts."""
     return json.dumps({"service": service, "port": port, "metrics_port": metrics_port, **extra})
 
 

@@ -41,6 +41,18 @@ from services.common.errors import ResourceExhausted, Unavailable
 from services.rvc_service import metrics
 from services.rvc_service.cancel import CancelToken, JobCancelled
 
+# CancelToken and JobCancelled are re-exported: callers of the pool take them from here.
+__all__ = [
+    "CancelToken",
+    "JobCancelled",
+    "JobResult",
+    "PoolClosed",
+    "PoolFull",
+    "PoolStats",
+    "WorkerPool",
+    "default_workers",
+]
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -258,7 +270,7 @@ class WorkerPool:
         device = torch.device(self.device)
         if device.index is not None:
             torch.cuda.set_device(device)
-        return torch.cuda.Stream(device=device)
+        return torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]  # torch: Stream.__new__ is unannotated
 
     def _worker_main(self, index: int) -> None:
         stream = None
@@ -303,7 +315,7 @@ class WorkerPool:
             else:
                 job.future.set_result(outcome)
 
-    def _run_job(self, job: _Job, stream: Any) -> JobResult | BaseException:
+    def _run_job(self, job: _Job, stream: Any) -> JobResult[Any] | BaseException:
         started = time.perf_counter()
         wait = started - job.enqueued_at
         metrics.QUEUE_WAIT_SECONDS.labels(job.model).observe(wait)

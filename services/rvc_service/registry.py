@@ -11,6 +11,7 @@ Built-in WORLD voices are always listed and never evicted. All methods are threa
 
 from __future__ import annotations
 
+import builtins
 import re
 import threading
 from collections import OrderedDict
@@ -183,7 +184,7 @@ class ModelRegistry:
             name, "rvc", True, m.version, m.sample_rate, m.uses_f0, m.has_index, m.speaker_count, size, m.memory_bytes
         )
 
-    def loaded_names(self) -> list[str]:
+    def loaded_names(self) -> builtins.list[str]:  # `list` here is the method above
         with self._lock:
             return list(self._loaded)
 

@@ -8,9 +8,10 @@ true raises `services.rvc_service.cancel.JobCancelled` at its next check (inside
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..cancel import ShouldStop
 from .content import ContentEncoder
@@ -30,33 +31,42 @@ from .world import BUILTIN_VOICES, WorldVoice
 
 @runtime_checkable
 class VoiceModel(Protocol):
-    """What the worker pool relies on, for either engine."""
+    """What the worker pool relies on, for either engine. The description attributes are read-only (a frozen
+    dataclass's fields, class attributes or properties)."""
 
-    name: str
-    engine: str  # "rvc" | "world"
-    version: str
-    sample_rate: int
-    uses_f0: bool
-    has_index: bool
-    speaker_count: int
-    memory_bytes: int
+    @property
+    def name(self) -> str: ...
+    @property
+    def engine(self) -> str: ...  # "rvc" | "world"
+    @property
+    def version(self) -> str: ...
+    @property
+    def sample_rate(self) -> int: ...
+    @property
+    def uses_f0(self) -> bool: ...
+    @property
+    def has_index(self) -> bool: ...
+    @property
+    def speaker_count(self) -> int: ...
+    @property
+    def memory_bytes(self) -> int: ...
 
     def validate(self, params: ConversionParams) -> ConversionParams: ...
 
     def convert(
         self,
-        audio: np.ndarray,
+        audio: NDArray[np.floating[Any]],
         sr: int,
         params: ConversionParams,
         *,
         out_sr: int | None = None,
         seed: int | None = None,
         should_stop: ShouldStop | None = None,
-    ) -> tuple[np.ndarray, int]: ...
+    ) -> tuple[NDArray[np.float32], int]: ...
 
     def convert_block(
         self,
-        audio: np.ndarray,
+        audio: NDArray[np.floating[Any]],
         sr: int,
         params: ConversionParams,
         *,
@@ -64,7 +74,7 @@ class VoiceModel(Protocol):
         out_sr: int | None = None,
         seed: int | None = None,
         should_stop: ShouldStop | None = None,
-    ) -> np.ndarray: ...
+    ) -> NDArray[np.float32]: ...
 
 
 __all__ = [

@@ -35,7 +35,7 @@ class HubertWithFinalProj:
         if cls._cls is None:
             from transformers import HubertModel
 
-            class _HubertWithFinalProj(HubertModel):
+            class _HubertWithFinalProj(HubertModel):  # type: ignore[no-untyped-call]  # transformers: unannotated __init_subclass__
                 # The ContentVec/HuBERT HF ports keep the pre-training projection under `final_proj`.
                 def __init__(self, config: Any) -> None:
                     super().__init__(config)
@@ -63,10 +63,11 @@ _FAIRSEQ_TO_HF = [
 ]
 
 
-def fairseq_to_hf(model: nn.Module) -> nn.Module:
+def fairseq_to_hf(model: Any) -> nn.Module:
     """The same HuBERT as a transformers model (for export: fairseq's encoder pads to an even length with Python
     arithmetic on shapes, which a traced graph cannot follow). Only the default (group-norm, post-LN) layout that
-    hubert_base.pt and ContentVec use is converted; others raise ValueError."""
+    hubert_base.pt and ContentVec use is converted; others raise ValueError. `model` is fairseq's HubertModel
+    (fairseq is untyped)."""
     from transformers import HubertConfig
 
     convs = [layer[0] for layer in model.feature_extractor.conv_layers]
@@ -76,7 +77,7 @@ def fairseq_to_hf(model: nn.Module) -> nn.Module:
     pos_conv = model.encoder.pos_conv[0]
     layer0 = model.encoder.layers[0]
     final_proj = getattr(model, "final_proj", None)
-    config = HubertConfig(
+    config = HubertConfig(  # type: ignore[no-untyped-call]  # transformers: HubertConfig.__init__ is unannotated
         hidden_size=model.post_extract_proj.out_features,
         num_hidden_layers=len(model.encoder.layers),
         num_attention_heads=layer0.self_attn.num_heads,
@@ -97,7 +98,7 @@ def fairseq_to_hf(model: nn.Module) -> nn.Module:
         feat_proj_dropout=0.0,
         layerdrop=0.0,
     )
-    hf = HubertWithFinalProj.get()(config)
+    hf: nn.Module = HubertWithFinalProj.get()(config)
     state = {}
     for key, value in model.state_dict().items():
         if key.startswith("label_embs") or (key.startswith("final_proj") and final_proj is None):
@@ -199,12 +200,20 @@ class ContentEncoder:
     def _extract(self, audio: torch.Tensor, version: str) -> torch.Tensor:
         layer = OUTPUT_LAYER[version]
         audio = audio.to(self.dtype)
-        if version == "v1" and self.final_proj is None:
-            raise ModelLoadError("this content encoder has no final_proj, which v1 models need")
+        final_proj = None
+        if version == "v1":
+            if self.final_proj is None:
+                raise ModelLoadError("this content encoder has no final_proj, which v1 models need")
+            final_proj = self.final_proj
+        feats: torch.Tensor
         if self.kind == "fairseq":
+            fairseq_model: Any = self.model  # fairseq's HubertModel (untyped)
             mask = torch.zeros(audio.shape, dtype=torch.bool, device=audio.device)
-            feats = self.model.extract_features(source=audio, padding_mask=mask, output_layer=layer)[0]
+            feats = fairseq_model.extract_features(source=audio, padding_mask=mask, output_layer=layer)[0]
         else:
             hidden = self.model(audio, output_hidden_states=True).hidden_states
             feats = hidden[min(layer, len(hidden) - 1)]  # small test encoders have fewer than 12 layers
-        return self.final_proj(feats) if version == "v1" else feats
+        if final_proj is None:
+            return feats
+        projected: torch.Tensor = final_proj(feats)
+        return projected

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
+from numpy.typing import NDArray
 
 from ..cancel import ShouldStop, check_stop
 from .params import F0_METHODS, MethodUnavailable, public_reason
@@ -31,25 +33,26 @@ _MEL_MIN = 1127.0 * np.log(1 + F0_MIN / 700)
 _MEL_MAX = 1127.0 * np.log(1 + F0_MAX / 700)
 
 
-def shift_f0(f0: np.ndarray, semitones: float) -> np.ndarray:
-    return (f0 * 2.0 ** (semitones / 12.0)).astype(np.float32)
+def shift_f0(f0: NDArray[np.floating[Any]], semitones: float) -> NDArray[np.float32]:
+    return (f0 * float(2.0 ** (semitones / 12.0))).astype(np.float32)
 
 
-def coarse_f0(f0: np.ndarray) -> np.ndarray:
+def coarse_f0(f0: NDArray[np.floating[Any]]) -> NDArray[np.int64]:
     """Mel-scale quantisation to the pitch-embedding indexes 1..255 (1 = unvoiced), as RVC trains with."""
     mel = 1127.0 * np.log(1 + f0 / 700.0)
     voiced = mel > 0
     mel[voiced] = (mel[voiced] - _MEL_MIN) * 254 / (_MEL_MAX - _MEL_MIN) + 1
-    return np.clip(np.rint(mel), 1, 255).astype(np.int64)
+    coarse: NDArray[np.int64] = np.clip(np.rint(mel), 1, 255).astype(np.int64)
+    return coarse
 
 
 def track_in_blocks(
-    analyse: Callable[[np.ndarray], np.ndarray],
-    x: np.ndarray,
+    analyse: Callable[[NDArray[np.float64]], NDArray[np.float64]],
+    x: NDArray[np.float64],
     hop: int,
     frame_rate: float,
     should_stop: ShouldStop | None,
-) -> np.ndarray:
+) -> NDArray[np.float64]:
     """`analyse(excerpt)` -> F0 per frame (frame k at sample k * hop, len(excerpt) // hop + 1 frames, as pyworld's
     trackers return; `frame_rate` frames per second), run over overlapping sub-blocks and stitched; checks
     `should_stop` before each sub-block."""
@@ -70,14 +73,14 @@ def track_in_blocks(
     return f0
 
 
-def _fit(f0: np.ndarray, n: int, center: bool = False) -> np.ndarray:
+def _fit(f0: npt.ArrayLike, n: int, center: bool = False) -> NDArray[np.float32]:
     """Trim or zero-pad to n frames; `center` splits the padding across both ends (Praat drops edge frames)."""
-    f0 = np.asarray(f0, dtype=np.float32)
-    if len(f0) >= n:
-        return f0[:n]
-    missing = n - len(f0)
+    f0_32 = np.asarray(f0, dtype=np.float32)
+    if len(f0_32) >= n:
+        return f0_32[:n]
+    missing = n - len(f0_32)
     left = (missing + 1) // 2 if center else 0
-    return np.pad(f0, (left, missing - left))
+    return np.pad(f0_32, (left, missing - left))
 
 
 class F0Estimator:
@@ -106,13 +109,13 @@ class F0Estimator:
 
     def estimate(
         self,
-        audio: np.ndarray,
+        audio: NDArray[np.floating[Any]],
         method: str,
         n_frames: int | None = None,
         filter_radius: int = 3,
         *,
         should_stop: ShouldStop | None = None,
-    ) -> np.ndarray:
+    ) -> NDArray[np.float32]:
         """F0 in Hz of 16 kHz mono float audio, one value per 10 ms frame (n_frames defaults to len // 160).
         `should_stop` is checked before the estimator runs and between the batches of the neural ones."""
         n = len(audio) // HOP if n_frames is None else n_frames
@@ -134,7 +137,7 @@ class F0Estimator:
     # -------------------------------------------------------------------------------------------------- methods
 
     @staticmethod
-    def _pm(x: np.ndarray, n: int) -> np.ndarray:
+    def _pm(x: NDArray[np.float32], n: int) -> NDArray[np.float32]:
         import parselmouth
 
         pitch = parselmouth.Sound(x.astype(np.float64), SR).to_pitch_ac(
@@ -144,8 +147,8 @@ class F0Estimator:
 
     @staticmethod
     def _world(
-        x: np.ndarray, n: int, method: str, filter_radius: int, should_stop: ShouldStop | None = None
-    ) -> np.ndarray:
+        x: NDArray[np.float32], n: int, method: str, filter_radius: int, should_stop: ShouldStop | None = None
+    ) -> NDArray[np.float32]:
         import pyworld
         from scipy.signal import medfilt
 
@@ -169,7 +172,9 @@ class F0Estimator:
             f0 = medfilt(f0, 2 * filter_radius + 1)  # removes single-frame octave jumps and breath blips
         return _fit(f0, n)
 
-    def _crepe(self, x: np.ndarray, n: int, capacity: str, should_stop: ShouldStop | None = None) -> np.ndarray:
+    def _crepe(
+        self, x: NDArray[np.float32], n: int, capacity: str, should_stop: ShouldStop | None = None
+    ) -> NDArray[np.float32]:
         import torchcrepe
 
         model = self._model("crepe-" + capacity)
@@ -193,7 +198,7 @@ class F0Estimator:
             f0[periodicity < 0.1] = 0  # RVC's voicing threshold on CREPE's confidence
         return _fit(f0[0].float().cpu().numpy(), n)
 
-    def _fcpe(self, x: np.ndarray, n: int) -> np.ndarray:
+    def _fcpe(self, x: NDArray[np.float32], n: int) -> NDArray[np.float32]:
         model = self._model("fcpe")
         audio = torch.from_numpy(x)[None, :, None].to(self.device)
         with torch.inference_mode():
@@ -235,14 +240,13 @@ class F0Estimator:
 
             return spawn_bundled_infer_model(device=str(self.device))
         if name == "rmvpe":
-            if not self.has_rmvpe:
+            path = self.rmvpe_path
+            if not self.has_rmvpe or path is None:  # has_rmvpe implies a path
                 raise MethodUnavailable("rmvpe needs its weight file (rmvpe.pt in the models directory)")
             from .rmvpe import Rmvpe
 
             try:
-                return Rmvpe(self.rmvpe_path, self.device)  # type: ignore[arg-type]
+                return Rmvpe(path, self.device)
             except Exception as exc:  # a corrupt file makes the method unavailable, not the service
-                raise MethodUnavailable(
-                    f"rmvpe weights {self.rmvpe_path.name!r} do not load ({public_reason(exc)})"  # type: ignore[union-attr]
-                ) from exc
+                raise MethodUnavailable(f"rmvpe weights {path.name!r} do not load ({public_reason(exc)})") from exc
         raise MethodUnavailable(f"unknown F0 method {name!r}")

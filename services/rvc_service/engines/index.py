@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+from numpy.typing import NDArray
 
 from .params import ModelLoadError, public_reason
 
@@ -14,8 +17,8 @@ TOP_K = 8
 class RetrievalIndex:
     """A faiss index plus its vectors, reconstructed once at load so a query never touches the file again."""
 
-    def __init__(self, index: object, vectors: np.ndarray, path: Path | None = None) -> None:
-        self.index = index
+    def __init__(self, index: Any, vectors: npt.ArrayLike, path: Path | None = None) -> None:
+        self.index = index  # a faiss.Index (faiss is untyped)
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.path = path
 
@@ -41,7 +44,7 @@ class RetrievalIndex:
     def memory_bytes(self) -> int:
         return 2 * self.vectors.nbytes  # the reconstructed copy plus the index's own storage
 
-    def retrieve(self, feats: np.ndarray) -> np.ndarray:
+    def retrieve(self, feats: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
         """For each row, the inverse-square-distance weighted mean of its k nearest stored vectors."""
         q = np.ascontiguousarray(feats, dtype=np.float32)
         k = min(TOP_K, len(self.vectors))
@@ -50,9 +53,10 @@ class RetrievalIndex:
         ids = np.where(valid, ids, 0)
         w = np.where(valid, 1.0 / np.square(np.maximum(dist, 1e-12)), 0.0)
         w /= np.maximum(w.sum(axis=1, keepdims=True), 1e-30)
-        return np.einsum("nk,nkd->nd", w, self.vectors[ids]).astype(np.float32)
+        retrieved: NDArray[np.float32] = np.einsum("nk,nkd->nd", w, self.vectors[ids]).astype(np.float32)
+        return retrieved
 
-    def blend(self, feats: np.ndarray, rate: float) -> np.ndarray:
+    def blend(self, feats: NDArray[np.float32], rate: float) -> NDArray[np.float32]:
         """rate 0 keeps the features; rate 1 replaces them by the retrieved ones."""
         if rate <= 0:
             return feats

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import nn
 
 from ..cancel import ShouldStop, check_stop
@@ -126,11 +127,13 @@ class OnnxGraph:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.path = path
 
-    def run(self, feeds: dict[str, np.ndarray], should_stop: ShouldStop | None = None) -> np.ndarray:
+    def run(self, feeds: dict[str, NDArray[Any]], should_stop: ShouldStop | None = None) -> NDArray[np.float32]:
+        """The graph's first output; every graph here (prior, decoder, content encoder) outputs float32."""
         check_stop(should_stop)
         with _WATCH.watching(should_stop) as options:
             try:
-                return self.session.run(None, feeds, options)[0]
+                out: NDArray[np.float32] = self.session.run(None, feeds, options)[0]
+                return out
             except Exception:
                 check_stop(should_stop)  # terminated on purpose: report the cancel, not ORT's message
                 raise
@@ -154,7 +157,7 @@ def _weights_digest(modules: Sequence[nn.Module], *extra: str) -> str:
 def _ort_version() -> str:
     import onnxruntime as ort
 
-    return ort.__version__
+    return str(ort.__version__)
 
 
 def export_cached(
@@ -243,12 +246,14 @@ class _Decoder(nn.Module):
         self.dec = net.dec
 
     def forward(self, z: torch.Tensor, har: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        return self.dec(z, har, g)
+        audio: torch.Tensor = self.dec(z, har, g)
+        return audio
 
 
 class _DecoderNoPitch(_Decoder):
     def forward(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return self.dec(z, None, g)
+        audio: torch.Tensor = self.dec(z, None, g)
+        return audio
 
 
 class OnnxSynthesizer:
@@ -262,7 +267,7 @@ class OnnxSynthesizer:
         # Keep only the small torch parts; the exported graphs hold the rest.
         self.emb_g = net.emb_g
         self.m_source = net.dec.m_source
-        self._weight_bytes = sum(t.numel() * t.element_size() for t in net.state_dict().values())
+        self._weight_bytes: int = sum(t.numel() * t.element_size() for t in net.state_dict().values())
         self._calls = threading.local()
         digest = _weights_digest([net], "synthesizer", repr(self.cfg), str(self.use_f0))
         frames, dim = 40, net.enc_p.emb_phone.in_features
@@ -341,11 +346,13 @@ class OnnxSynthesizer:
             self._calls.should_stop = None
 
     def speaker(self, sid: torch.Tensor) -> torch.Tensor:
-        return self.emb_g(sid).unsqueeze(-1)
+        emb: torch.Tensor = self.emb_g(sid)
+        return emb.unsqueeze(-1)
 
     def excitation(self, nsff0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         assert self.m_source is not None
-        return self.m_source(nsff0, self._hop, generator)
+        har: torch.Tensor = self.m_source(nsff0, self._hop, generator)
+        return har
 
     def prior(
         self, phone: torch.Tensor, pitch: torch.Tensor | None, lengths: torch.Tensor, g: torch.Tensor, eps: torch.Tensor
@@ -364,7 +371,8 @@ class OnnxSynthesizer:
         return torch.from_numpy(self._decoder.run(feeds, getattr(self._calls, "should_stop", None)))
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
+def _np(t: torch.Tensor) -> NDArray[Any]:
+    """A tensor as numpy for a graph input (float64 becomes float32; other dtypes stay)."""
     out = t.detach().cpu().contiguous().numpy()
     return out if out.dtype != np.float64 else out.astype(np.float32)
 
@@ -386,7 +394,7 @@ class _ContentGraph(nn.Module):
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         layer = OUTPUT_LAYER[self.version]
         hidden = self.model(audio, output_hidden_states=True).hidden_states
-        feats = hidden[min(layer, len(hidden) - 1)]
+        feats: torch.Tensor = hidden[min(layer, len(hidden) - 1)]
         if self.version == "v1":
             assert self.final_proj is not None
             feats = self.final_proj(feats)

@@ -5,11 +5,13 @@ cnn, fc.0.gru, fc.1); the weights themselves never ship with a package."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import librosa
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import NDArray
 from torch import nn
 
 N_MELS = 128
@@ -31,7 +33,8 @@ class ConvBlockRes(nn.Module):
         self.shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x) + (self.shortcut(x) if self.shortcut is not None else x)
+        y: torch.Tensor = self.conv(x)
+        return y + (self.shortcut(x) if self.shortcut is not None else x)
 
 
 class ResEncoderBlock(nn.Module):
@@ -122,7 +125,8 @@ class DeepUnet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, skips = self.encoder(x)
-        return self.decoder(self.intermediate(x), skips)
+        y: torch.Tensor = self.decoder(self.intermediate(x), skips)
+        return y
 
 
 class BiGRU(nn.Module):
@@ -131,7 +135,8 @@ class BiGRU(nn.Module):
         self.gru = nn.GRU(n_in, hidden, num_layers=layers, batch_first=True, bidirectional=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gru(x)[0]
+        y: torch.Tensor = self.gru(x)[0]
+        return y
 
 
 class E2E(nn.Module):
@@ -151,7 +156,8 @@ class E2E(nn.Module):
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         # mel [b, n_mels, t] -> salience [b, t, 360]
         x = self.cnn(self.unet(mel.transpose(-1, -2).unsqueeze(1)))
-        return self.fc(x.transpose(1, 2).flatten(-2))
+        salience: torch.Tensor = self.fc(x.transpose(1, 2).flatten(-2))
+        return salience
 
 
 class Rmvpe:
@@ -180,17 +186,18 @@ class Rmvpe:
         return torch.log(torch.clamp(self.mel_basis @ spec, min=1e-5))
 
     @torch.inference_mode()
-    def salience(self, audio: np.ndarray) -> np.ndarray:
+    def salience(self, audio: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
         mel = self.mel(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)[None])
         n = mel.shape[-1]
         mel = F.pad(mel, (0, 32 * ((n - 1) // 32 + 1) - n))  # the U-Net halves time 5 times
-        return self.model(mel)[0, :n].float().cpu().numpy()
+        sal: NDArray[np.float32] = self.model(mel)[0, :n].float().cpu().numpy()
+        return sal
 
-    def infer(self, audio: np.ndarray, threshold: float = 0.03) -> np.ndarray:
+    def infer(self, audio: NDArray[np.floating[Any]], threshold: float = 0.03) -> NDArray[np.float32]:
         return decode_salience(self.salience(audio), threshold)
 
 
-def decode_salience(sal: np.ndarray, threshold: float) -> np.ndarray:
+def decode_salience(sal: NDArray[np.float32], threshold: float) -> NDArray[np.float32]:
     """Weighted average of cents over the 9 bins around each frame's peak; 0 Hz where the peak is below threshold."""
     center = np.argmax(sal, axis=1) + 4
     padded = np.pad(sal, ((0, 0), (4, 4)))
@@ -200,4 +207,5 @@ def decode_salience(sal: np.ndarray, threshold: float) -> np.ndarray:
     c = (w * cents[idx]).sum(1) / np.maximum(w.sum(1), 1e-12)
     f0 = 10 * 2 ** (c / 1200)
     f0[padded.max(axis=1) <= threshold] = 0
-    return f0.astype(np.float32)
+    hz: NDArray[np.float32] = f0.astype(np.float32)
+    return hz

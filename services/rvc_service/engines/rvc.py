@@ -13,12 +13,13 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import soxr
 import torch
 import torch.nn.functional as F
+from numpy.typing import NDArray
 from scipy import signal
 
 from ..cancel import ShouldStop, check_stop
@@ -30,6 +31,8 @@ from .params import ConversionParams, InvalidParameters, MethodUnavailable, Mode
 from .synthesizer import DecodeWindow, Synthesizer, build_synthesizer
 
 _HIGHPASS = signal.butter(N=5, Wn=48, btype="high", fs=SR)
+
+_Scalar = TypeVar("_Scalar", bound=np.generic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,18 +49,19 @@ class PipelineConfig:
 # ------------------------------------------------------------------------------------------------ pure pipeline steps
 
 
-def to_16k(audio: np.ndarray, sr: int) -> np.ndarray:
+def to_16k(audio: NDArray[np.floating[Any]], sr: int) -> NDArray[np.float32]:
     x = np.asarray(audio, dtype=np.float32)
     if x.ndim == 2:  # (samples, channels) -> mono
         x = x.mean(axis=1)
     return x if sr == SR else soxr.resample(x, sr, SR).astype(np.float32)
 
 
-def highpass(audio: np.ndarray) -> np.ndarray:
+def highpass(audio: NDArray[np.float32]) -> NDArray[np.float32]:
     """Zero-phase 48 Hz high-pass: removes rumble and DC that would otherwise leak into the content features."""
     if len(audio) <= 3 * 6:  # filtfilt needs a few samples beyond the filter order
         return audio
-    return signal.filtfilt(*_HIGHPASS, audio).astype(np.float32)
+    filtered: NDArray[np.float32] = signal.filtfilt(*_HIGHPASS, audio).astype(np.float32)
+    return filtered
 
 
 def protect_features(feats: torch.Tensor, feats0: torch.Tensor, pitchf: torch.Tensor, protect: float) -> torch.Tensor:
@@ -69,7 +73,7 @@ def protect_features(feats: torch.Tensor, feats0: torch.Tensor, pitchf: torch.Te
     return feats * w + feats0 * (1 - w)
 
 
-def _rms_envelope(x: np.ndarray, sr: int, n_out: int) -> np.ndarray:
+def _rms_envelope(x: NDArray[np.float32], sr: int, n_out: int) -> NDArray[np.float64]:
     # RMS over 1 s frames every 0.5 s (centred, zero-padded), linearly stretched to n_out samples.
     frame, hop = sr // 2 * 2, sr // 2
     xp = np.pad(x.astype(np.float64), (frame // 2, frame // 2))
@@ -79,19 +83,23 @@ def _rms_envelope(x: np.ndarray, sr: int, n_out: int) -> np.ndarray:
     ends = np.minimum(starts + frame, len(xp))
     rms = np.sqrt((c[ends] - c[starts]) / frame)
     t = torch.from_numpy(rms)[None, None]
-    return F.interpolate(t, size=n_out, mode="linear").numpy()[0, 0]
+    envelope: NDArray[np.float64] = F.interpolate(t, size=n_out, mode="linear").numpy()[0, 0]
+    return envelope
 
 
-def mix_rms(source: np.ndarray, source_sr: int, out: np.ndarray, out_sr: int, rate: float) -> np.ndarray:
+def mix_rms(
+    source: NDArray[np.float32], source_sr: int, out: NDArray[np.float32], out_sr: int, rate: float
+) -> NDArray[np.float32]:
     """Blend loudness envelopes: rate 1 keeps the output's own, rate 0 imposes the source's."""
     if rate >= 1 or len(out) == 0:
         return out
     rms_src = _rms_envelope(source, source_sr, len(out))
     rms_out = np.maximum(_rms_envelope(out, out_sr, len(out)), 1e-6)
-    return (out * rms_src ** (1 - rate) * rms_out ** (rate - 1)).astype(np.float32)
+    mixed: NDArray[np.float32] = (out * rms_src ** (1 - rate) * rms_out ** (rate - 1)).astype(np.float32)
+    return mixed
 
 
-def split_points(audio: np.ndarray, cfg: PipelineConfig) -> list[int]:
+def split_points(audio: NDArray[np.float32], cfg: PipelineConfig) -> list[int]:
     """Cut positions (in samples of `audio`, 16 kHz) every x_center seconds, each moved to the quietest 10 ms window
     within x_query seconds, when the input is longer than x_max."""
     t_query, t_center, t_max = (int(v * SR) for v in (cfg.x_query, cfg.x_center, cfg.x_max))
@@ -275,14 +283,14 @@ class RvcModel:
 
     def convert(
         self,
-        audio: np.ndarray,
+        audio: NDArray[np.floating[Any]],
         sr: int,
         params: ConversionParams,
         *,
         out_sr: int | None = None,
         seed: int | None = None,
         should_stop: ShouldStop | None = None,
-    ) -> tuple[np.ndarray, int]:
+    ) -> tuple[NDArray[np.float32], int]:
         """Convert a whole utterance. Returns (float32 mono audio, its rate): the model's rate unless out_sr is given.
         The output covers exactly the input's duration. Raises JobCancelled soon after `should_stop()` turns true."""
         check_stop(should_stop)
@@ -329,7 +337,7 @@ class RvcModel:
 
     def convert_block(
         self,
-        audio: np.ndarray,
+        audio: NDArray[np.floating[Any]],
         sr: int,
         params: ConversionParams,
         *,
@@ -337,7 +345,7 @@ class RvcModel:
         out_sr: int | None = None,
         seed: int | None = None,
         should_stop: ShouldStop | None = None,
-    ) -> np.ndarray:
+    ) -> NDArray[np.float32]:
         """Streaming step: `audio` is left context followed by the new block (`context` samples of it are context, at
         `sr`). Returns only the converted block, exactly len(block) * rate / sr samples at out_sr (default the
         model's rate). The context gives the content encoder and F0 tracker history; pick >= 0.3 s. Pass 16 kHz
@@ -380,8 +388,8 @@ class RvcModel:
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def _pitch(
-        self, audio16k: np.ndarray, params: ConversionParams, should_stop: ShouldStop | None = None
-    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        self, audio16k: NDArray[np.float32], params: ConversionParams, should_stop: ShouldStop | None = None
+    ) -> tuple[NDArray[np.int64] | None, NDArray[np.float32] | None]:
         if not self.uses_f0:
             return None, None
         n = len(audio16k) // HOP
@@ -390,7 +398,7 @@ class RvcModel:
         return coarse_f0(f0.copy()), f0
 
     def features(
-        self, audio16k: np.ndarray, index_rate: float, should_stop: ShouldStop | None = None
+        self, audio16k: NDArray[np.float32], index_rate: float, should_stop: ShouldStop | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Content features at 100 frames/s: (after index blend, before blend), each [1, frames, dim]."""
         x = torch.from_numpy(np.ascontiguousarray(audio16k, dtype=np.float32)).to(self.device)[None]
@@ -406,14 +414,14 @@ class RvcModel:
 
     def _segment(
         self,
-        audio16k: np.ndarray,
-        pitch: np.ndarray | None,
-        pitchf: np.ndarray | None,
+        audio16k: NDArray[np.float32],
+        pitch: NDArray[np.int64] | None,
+        pitchf: NDArray[np.float32] | None,
         params: ConversionParams,
         gen: torch.Generator | None,
         should_stop: ShouldStop | None = None,
         window: DecodeWindow | None = None,
-    ) -> np.ndarray:
+    ) -> NDArray[np.float32]:
         """Content features, protection and synthesis of one piece; only `window`'s frames when given (clipped to the
         frames the features cover)."""
         feats, feats0 = self.features(audio16k, params.index_rate, should_stop)
@@ -432,11 +440,12 @@ class RvcModel:
             window = DecodeWindow(start, min(window.frames, p_len - start))
         check_stop(should_stop)
         y = self.net.infer(feats, lengths, pt, pft, sid, generator=gen, window=window, should_stop=should_stop)
-        return y[0, 0].float().cpu().numpy()
+        audio: NDArray[np.float32] = y[0, 0].float().cpu().numpy()
+        return audio
 
     def _finish(
-        self, y: np.ndarray, x16: np.ndarray, params: ConversionParams, out_sr: int | None
-    ) -> tuple[np.ndarray, int]:
+        self, y: NDArray[np.float32], x16: NDArray[np.float32], params: ConversionParams, out_sr: int | None
+    ) -> tuple[NDArray[np.float32], int]:
         tgt = self.sample_rate
         y = mix_rms(x16, SR, y, tgt, params.rms_mix_rate)
         rate = out_sr or tgt
@@ -466,7 +475,7 @@ def _unreadable_reason(path: Path, exc: Exception) -> str:
     return "not a PyTorch checkpoint"
 
 
-def _fit_len(x: np.ndarray, n: int, fill: Any = 0) -> np.ndarray:
+def _fit_len(x: NDArray[_Scalar], n: int, fill: Any = 0) -> NDArray[_Scalar]:
     if len(x) >= n:
         return x[:n]
     return np.concatenate([x, np.full(n - len(x), fill, dtype=x.dtype)])

@@ -11,7 +11,7 @@ import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +54,8 @@ class SynthConfig:
     sr: int
 
     @classmethod
-    def from_list(cls, cfg: Sequence[object]) -> SynthConfig:
+    def from_list(cls, cfg: Sequence[Any]) -> SynthConfig:
+        """`cfg` is the checkpoint's list as torch.load returns it (untyped: ints, a float, str, nested lists)."""
         if len(cfg) < 18:
             raise ValueError(f"config list has {len(cfg)} entries, expected 18")
         c = list(cfg[:18])
@@ -163,7 +164,8 @@ class RelativeSelfAttention(nn.Module):
         p_band.scatter_add_(3, rel.expand(b, h, t, t), p * valid)
         out = out + p_band @ self.emb_rel_v.unsqueeze(0)
         out = out.transpose(2, 3).reshape(b, c, t)
-        return self.conv_o(out)
+        y: torch.Tensor = self.conv_o(out)
+        return y
 
 
 class FFN(nn.Module):
@@ -179,7 +181,8 @@ class FFN(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.conv_1(self._pad(x * mask)))
-        return self.conv_2(self._pad(x * mask)) * mask
+        y: torch.Tensor = self.conv_2(self._pad(x * mask))
+        return y * mask
 
 
 class AttentionEncoder(nn.Module):
@@ -216,7 +219,9 @@ class TextEncoder(nn.Module):
         )
         self.proj = nn.Conv1d(cfg.hidden_channels, cfg.inter_channels * 2, 1)
 
-    def forward(self, phone: torch.Tensor, pitch: torch.Tensor | None, lengths: torch.Tensor):
+    def forward(
+        self, phone: torch.Tensor, pitch: torch.Tensor | None, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.emb_phone(phone)
         if self.emb_pitch is not None and pitch is not None:
             x = x + self.emb_pitch(pitch)
@@ -270,13 +275,13 @@ class CouplingLayer(nn.Module):
 
     def __init__(self, channels: int, hidden: int, gin_channels: int) -> None:
         super().__init__()
-        self.half = channels // 2
-        self.pre = nn.Conv1d(self.half, hidden, 1)
+        self.half_channels = channels // 2  # not `half`, which would shadow nn.Module.half()
+        self.pre = nn.Conv1d(self.half_channels, hidden, 1)
         self.enc = WN(hidden, 5, 1, 3, gin_channels)
-        self.post = nn.Conv1d(hidden, self.half, 1)
+        self.post = nn.Conv1d(hidden, self.half_channels, 1)
 
     def reverse(self, x: torch.Tensor, mask: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
-        x0, x1 = torch.split(x, [self.half, self.half], 1)
+        x0, x1 = torch.split(x, [self.half_channels, self.half_channels], 1)
         m = self.post(self.enc(self.pre(x0) * mask, mask, g)) * mask
         return torch.cat([x0, (x1 - m) * mask], 1)
 
@@ -296,7 +301,8 @@ class CouplingBlock(nn.Module):
     def reverse(self, x: torch.Tensor, mask: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
         for flow in reversed(self.flows):
             _check_stop()
-            x = torch.flip(x, [1]) if isinstance(flow, Flip) else flow.reverse(x, mask, g)
+            # flows holds CouplingLayer and Flip only (ModuleList items are typed as plain Modules)
+            x = torch.flip(x, [1]) if isinstance(flow, Flip) else cast(CouplingLayer, flow).reverse(x, mask, g)
         return x
 
 
@@ -433,7 +439,8 @@ class Synthesizer(nn.Module):
 
     def excitation(self, nsff0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         assert self.dec.m_source is not None
-        return self.dec.m_source(nsff0, self.hop, generator)
+        har: torch.Tensor = self.dec.m_source(nsff0, self.hop, generator)
+        return har
 
     @torch.inference_mode()
     def infer(
@@ -461,19 +468,23 @@ class Synthesizer(nn.Module):
     # The three stages run_synthesis drives; OnnxSynthesizer provides the same three.
 
     def speaker(self, sid: torch.Tensor) -> torch.Tensor:
-        return self.emb_g(sid).unsqueeze(-1)
+        emb: torch.Tensor = self.emb_g(sid)
+        return emb.unsqueeze(-1)
 
     def prior(
         self, phone: torch.Tensor, pitch: torch.Tensor | None, lengths: torch.Tensor, g: torch.Tensor, eps: torch.Tensor
     ) -> torch.Tensor:
         """Content (+ pitch) -> the flow's output z [b, inter, t]; `eps` is the scaled prior noise."""
-        m, logs, mask = self.enc_p(phone, pitch if self.use_f0 else None, lengths)
+        m, logs, mask = cast(
+            tuple[torch.Tensor, torch.Tensor, torch.Tensor], self.enc_p(phone, pitch if self.use_f0 else None, lengths)
+        )
         z = self.flow.reverse((m + torch.exp(logs) * eps) * mask, mask, g)
         return z * mask
 
     def decode(self, z: torch.Tensor, har: torch.Tensor | None, g: torch.Tensor) -> torch.Tensor:
         _check_stop()
-        return self.dec(z, har, g)
+        audio: torch.Tensor = self.dec(z, har, g)
+        return audio
 
 
 @dataclass(frozen=True, slots=True)

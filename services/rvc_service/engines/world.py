@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import soxr
+from numpy.typing import NDArray
 
 from ..cancel import ShouldStop, check_stop
 from .f0 import track_in_blocks
@@ -32,7 +34,7 @@ F0_FLOOR = 50.0  # Hz: below the lowest speaking voices
 F0_CEIL = 1100.0  # Hz: above a child's shout
 
 
-def warp_envelope(sp: np.ndarray, ratio: float) -> np.ndarray:
+def warp_envelope(sp: NDArray[np.float64], ratio: float) -> NDArray[np.float64]:
     """Envelope frames [t, bins] warped so the content at bin k moves to bin k * ratio (ratio > 1 raises formants)."""
     if ratio == 1.0:
         return sp
@@ -44,7 +46,8 @@ def warp_envelope(sp: np.ndarray, ratio: float) -> np.ndarray:
     # Interpolate in the log domain: envelopes span many decades and linear interpolation would bias peaks.
     log_sp = np.log(np.maximum(sp, 1e-16))
     out = log_sp[:, lo] * (1 - frac) + log_sp[:, hi] * frac
-    return np.exp(out)
+    warped: NDArray[np.float64] = np.exp(out)
+    return warped
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,14 +71,14 @@ class WorldVoice:
 
     def convert(
         self,
-        audio: np.ndarray,
+        audio: NDArray[np.floating[Any]],
         sr: int,
         params: ConversionParams,
         *,
         out_sr: int | None = None,
         seed: int | None = None,
         should_stop: ShouldStop | None = None,
-    ) -> tuple[np.ndarray, int]:
+    ) -> tuple[NDArray[np.float32], int]:
         """Convert a whole utterance; returns (float32 mono, rate), rate = out_sr or 24000. `seed` is accepted for
         API symmetry (WORLD is deterministic). Raises JobCancelled soon after `should_stop()` turns true."""
         check_stop(should_stop)
@@ -96,7 +99,7 @@ class WorldVoice:
 
     def convert_block(
         self,
-        audio: np.ndarray,
+        audio: NDArray[np.floating[Any]],
         sr: int,
         params: ConversionParams,
         *,
@@ -104,14 +107,16 @@ class WorldVoice:
         out_sr: int | None = None,
         seed: int | None = None,
         should_stop: ShouldStop | None = None,
-    ) -> np.ndarray:
+    ) -> NDArray[np.float32]:
         """Streaming step with the same contract as RvcModel.convert_block: returns only the block after `context`."""
         if not 0 <= context <= len(audio):
             raise InvalidParameters([("context", f"must be between 0 and {len(audio)}")])
         y, rate = self.convert(audio, sr, params, out_sr=out_sr, should_stop=should_stop)
         return y[round(context * rate / sr) :][: round((len(audio) - context) * rate / sr)]
 
-    def _process(self, x: np.ndarray, params: ConversionParams, should_stop: ShouldStop | None = None) -> np.ndarray:
+    def _process(
+        self, x: NDArray[np.float32], params: ConversionParams, should_stop: ShouldStop | None = None
+    ) -> NDArray[np.float32]:
         import pyworld
 
         if len(x) < WORK_SR * FRAME_MS / 1000 * 4:  # too short for any analysis frame
@@ -132,8 +137,11 @@ class WorldVoice:
 
 
 def per_frames(
-    step: Callable[[int, int], np.ndarray], n_frames: int, should_stop: ShouldStop | None, size: int = FRAMES_PER_CALL
-) -> np.ndarray:
+    step: Callable[[int, int], NDArray[np.float64]],
+    n_frames: int,
+    should_stop: ShouldStop | None,
+    size: int = FRAMES_PER_CALL,
+) -> NDArray[np.float64]:
     """Run a per-frame WORLD step over frame slices [a, b), checking for a cancel before each slice. Exact: these
     steps compute every frame from the signal around its own time stamp only."""
     parts = []
@@ -143,7 +151,7 @@ def per_frames(
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-def praat_f0(x: np.ndarray, sr: int = WORK_SR, frame_ms: float = FRAME_MS) -> np.ndarray:
+def praat_f0(x: NDArray[np.float64], sr: int = WORK_SR, frame_ms: float = FRAME_MS) -> NDArray[np.float64]:
     """F0 per frame (frame k at k * frame_ms, len(x) // hop + 1 frames, as pyworld's trackers) by Praat's
     autocorrelation method (parselmouth), 0 where unvoiced. Its path search with octave costs keeps low voices in
     their octave: on Piper joe (87-95 Hz by Praat and YIN) DIO reads 169 Hz, and resynthesis baked the octave in."""
@@ -163,7 +171,9 @@ def praat_f0(x: np.ndarray, sr: int = WORK_SR, frame_ms: float = FRAME_MS) -> np
     return np.where(inside, values[nearest], 0.0)
 
 
-def track_f0(xd: np.ndarray, method: str, should_stop: ShouldStop | None) -> tuple[np.ndarray, np.ndarray]:
+def track_f0(
+    xd: NDArray[np.float64], method: str, should_stop: ShouldStop | None
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """F0 at 5 ms frames, tracked in sub-blocks (Harvest costs ~0.1 s per second of audio, too long to run uncut on a
     long clip). Default (and pm): Praat's autocorrelation, the estimator that keeps octaves; harvest and dio on
     request. The neural methods belong to the RVC engines; asked of this voice they fall back to the default."""
@@ -172,8 +182,9 @@ def track_f0(xd: np.ndarray, method: str, should_stop: ShouldStop | None) -> tup
     if method in ("harvest", "dio"):
         tracker = pyworld.harvest if method == "harvest" else pyworld.dio
 
-        def analyse(x: np.ndarray) -> np.ndarray:
-            return tracker(x, WORK_SR, f0_floor=F0_FLOOR, f0_ceil=F0_CEIL, frame_period=FRAME_MS)[0]
+        def analyse(x: NDArray[np.float64]) -> NDArray[np.float64]:
+            f0: NDArray[np.float64] = tracker(x, WORK_SR, f0_floor=F0_FLOOR, f0_ceil=F0_CEIL, frame_period=FRAME_MS)[0]
+            return f0
     else:
         analyse = praat_f0
     f0 = track_in_blocks(
@@ -186,7 +197,9 @@ def track_f0(xd: np.ndarray, method: str, should_stop: ShouldStop | None) -> tup
     return f0, np.arange(len(f0)) * (FRAME_MS / 1000)
 
 
-def synthesize(f0: np.ndarray, sp: np.ndarray, ap: np.ndarray, should_stop: ShouldStop | None) -> np.ndarray:
+def synthesize(
+    f0: NDArray[np.float64], sp: NDArray[np.float64], ap: NDArray[np.float64], should_stop: ShouldStop | None
+) -> NDArray[np.float64]:
     """WORLD synthesis; long inputs in pieces of SYNTH_FRAMES_PER_CALL frames with a cancel check before each.
 
     WORLD places a glottal pulse wherever the running phase of the (interpolated) F0 contour wraps, counting from
@@ -199,7 +212,10 @@ def synthesize(f0: np.ndarray, sp: np.ndarray, ap: np.ndarray, should_stop: Shou
     n = len(f0)
     if n <= SYNTH_FRAMES_PER_CALL * 3 // 2:  # every streaming window: one call, as before
         check_stop(should_stop)
-        return pyworld.synthesize(f0, np.ascontiguousarray(sp), np.ascontiguousarray(ap), WORK_SR, FRAME_MS)
+        whole: NDArray[np.float64] = pyworld.synthesize(
+            f0, np.ascontiguousarray(sp), np.ascontiguousarray(ap), WORK_SR, FRAME_MS
+        )
+        return whole
     hop = round(WORK_SR * FRAME_MS / 1000)
     lowest = WORK_SR // ((sp.shape[1] - 1) * 2) + 1.0  # WORLD treats F0 below fs / fft_size + 1 as unvoiced
     f0 = np.where(f0 < lowest, 0.0, f0)
@@ -242,7 +258,7 @@ _SYNTH_FADE = 240
 _SYNTH_RAMP = (np.arange(_SYNTH_FADE) + 0.5) / _SYNTH_FADE
 
 
-def _world_phase(f0: np.ndarray, hop: int, lead: tuple[float, int] | None = None) -> np.ndarray:
+def _world_phase(f0: NDArray[np.float64], hop: int, lead: tuple[float, int] | None = None) -> NDArray[np.float64]:
     """WORLD's running pulse phase per output sample, computed the way its GetTimeBase does (same float operations,
     so the pulse positions agree to the sample): F0 and voicing linearly interpolated between frames on a time axis
     in seconds (plus one extrapolated frame), voicing thresholded at > 0.5, unvoiced samples counted at 500 Hz."""
@@ -260,7 +276,7 @@ def _world_phase(f0: np.ndarray, hop: int, lead: tuple[float, int] | None = None
     return np.cumsum(2.0 * np.pi * np.where(voiced, f0i, 500.0) / WORK_SR)
 
 
-def _lead_in_f0(first: np.ndarray, hop: int, target: float) -> float:
+def _lead_in_f0(first: NDArray[np.float64], hop: int, target: float) -> float:
     """A constant F0 for the lead-in frames such that the running phase at the first real frame equals `target`
     modulo 2 pi. That phase is linear in the lead-in F0 (for any voiced value), so two evaluations solve it."""
     join = _LEAD_FRAMES * hop
@@ -279,7 +295,7 @@ BUILTIN_VOICES: dict[str, WorldVoice] = {
 }
 
 
-def _fit_len(x: np.ndarray, n: int) -> np.ndarray:
+def _fit_len(x: NDArray[np.float32], n: int) -> NDArray[np.float32]:
     if len(x) >= n:
         return x[:n]
     return np.concatenate([x, np.zeros(n - len(x), dtype=x.dtype)])
