@@ -10,12 +10,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 import numpy as np
 
 from services.common import audio as A
+from services.common.conversion_settings import F0_METHOD_NAMES, fields_set
+from services.common.durations import duration_from_seconds
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.common.request_id import REQUEST_ID_METADATA_KEY, resolve_request_id
 from services.rvc_service import metrics
@@ -24,7 +26,7 @@ from services.rvc_service.engines import ConversionParams, InvalidParameters, Me
 from services.rvc_service.engines.f0 import SR as RVC_INPUT_HZ
 from services.rvc_service.pool import CancelToken, WorkerPool
 from services.rvc_service.registry import InvalidModelName, ModelInfo, ModelLoadError, ModelNotFound, ModelRegistry
-from services.rvc_service.streaming import BlockSettings, ConversionStream, ConvertFn, EngineRates, duration_proto
+from services.rvc_service.streaming import BlockSettings, ConversionStream, ConvertFn, EngineRates
 from voice.v1 import audio_pb2, conversion_pb2, voice_conversion_pb2, voice_conversion_pb2_grpc
 
 T = TypeVar("T")
@@ -34,16 +36,6 @@ MAX_CLIP_BYTES = 64 << 20
 MAX_CLIP_SECONDS = 600.0
 RAW_INPUT_RATES = (8000, 48000)  # Convert input_format.sample_rate_hz range (contract)
 
-F0_METHOD_NAMES: dict[int, str] = {
-    conversion_pb2.F0_METHOD_UNSPECIFIED: "",
-    conversion_pb2.F0_METHOD_PM: "pm",
-    conversion_pb2.F0_METHOD_HARVEST: "harvest",
-    conversion_pb2.F0_METHOD_DIO: "dio",
-    conversion_pb2.F0_METHOD_CREPE: "crepe",
-    conversion_pb2.F0_METHOD_CREPE_TINY: "crepe-tiny",
-    conversion_pb2.F0_METHOD_FCPE: "fcpe",
-    conversion_pb2.F0_METHOD_RMVPE: "rmvpe",
-}
 ENGINES = {"rvc": voice_conversion_pb2.CONVERSION_ENGINE_RVC, "world": voice_conversion_pb2.CONVERSION_ENGINE_WORLD}
 
 # Streams: ~0.5 s of new audio per block keeps latency low. Clips: long blocks amortize the context, and the job
@@ -137,19 +129,7 @@ def params_from_settings(settings: conversion_pb2.ConversionSettings, field: str
     """Proto settings -> engine params (unset fields keep the contract's defaults)."""
     if settings.f0_method not in F0_METHOD_NAMES:
         raise InvalidArgument([(f"{field}.f0_method", f"unknown F0 method {settings.f0_method}")])
-    values: dict[str, Any] = {"f0_method": F0_METHOD_NAMES[settings.f0_method]}
-    for name in (
-        "pitch_shift_semitones",
-        "index_rate",
-        "protect",
-        "rms_mix_rate",
-        "filter_radius",
-        "speaker_id",
-        "formant_shift_semitones",
-    ):
-        if settings.HasField(name):
-            values[name] = getattr(settings, name)
-    return ConversionParams(**values)
+    return ConversionParams(f0_method=F0_METHOD_NAMES[settings.f0_method], **fields_set(settings))
 
 
 class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceServicer):
@@ -397,8 +377,8 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
             request_id=request_id,
             audio=data,
             format=stream.format,
-            audio_duration=duration_proto(seconds),
-            conversion_time=duration_proto(stream.conversion_seconds),
+            audio_duration=duration_from_seconds(seconds),
+            conversion_time=duration_from_seconds(stream.conversion_seconds),
             real_time_factor=stream.conversion_seconds / seconds if seconds else 0.0,
         )
 
@@ -423,7 +403,9 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
             await self._in_thread(lambda: self.registry.load(request.name))
             elapsed = 0.0 if was_loaded else time.perf_counter() - started
             info = await self._in_thread(lambda: self.registry.info(request.name))
-        return voice_conversion_pb2.LoadModelResponse(model=model_info_proto(info), load_time=duration_proto(elapsed))
+        return voice_conversion_pb2.LoadModelResponse(
+            model=model_info_proto(info), load_time=duration_from_seconds(elapsed)
+        )
 
     async def UnloadModel(
         self, request: voice_conversion_pb2.UnloadModelRequest, context: grpc.aio.ServicerContext
@@ -464,4 +446,4 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
         )
 
 
-__all__ = ["ENGINES", "F0_METHOD_NAMES", "VoiceConversionServicer", "describe_device", "params_from_settings"]
+__all__ = ["ENGINES", "VoiceConversionServicer", "describe_device", "params_from_settings"]

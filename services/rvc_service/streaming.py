@@ -29,9 +29,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
-from google.protobuf import duration_pb2
 
 from services.common.audio import AudioEncoder, StreamResampler, make_encoder
+from services.common.chunks import ChunkSequencer, synthesis_summary
 from services.rvc_service.pool import CancelToken, WorkerPool
 from voice.v1 import audio_pb2
 
@@ -241,12 +241,6 @@ def convert_offline(
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-def duration_proto(seconds: float) -> duration_pb2.Duration:
-    value = duration_pb2.Duration()
-    value.FromNanoseconds(round(seconds * 1e9))
-    return value
-
-
 @dataclass(frozen=True)
 class EngineRates:
     input_hz: int  # rate the engine wants its input at
@@ -287,20 +281,19 @@ class ConversionStream:
         self._in_resampler = StreamResampler(input_rate, engine.input_hz)
         self._out_resampler = StreamResampler(engine.output_hz, output_rate)
         self.encoder: AudioEncoder = make_encoder(output_encoding, output_rate)
-        self.format = audio_pb2.AudioFormat(encoding=output_encoding, sample_rate_hz=output_rate, channels=1)
+        self.chunks = ChunkSequencer(request_id, output_encoding, output_rate)
+        self.format = self.chunks.format
         self.started = time.perf_counter()
         self.first_audio_at: float | None = None
         self.conversion_seconds = 0.0
         self.blocks = 0
-        self._sequence = 0
-        self._samples_sent = 0
         self.received_samples = 0  # client samples, at input_rate
         self._closed = False
 
     @property
     def samples_sent(self) -> int:
         """Output samples handed out so far (at ``output_rate``)."""
-        return self._samples_sent
+        return self.chunks.samples_sent
 
     async def _run_window(self, window: Window) -> np.ndarray:
         result = await self.pool.run(
@@ -316,19 +309,8 @@ class ConversionStream:
             self.on_job(result.run_seconds, window.new_samples / self.engine.input_hz)
         return self.stitcher.accept(window, result.value)
 
-    def _chunk(self, samples: np.ndarray, *, block: int, extra: bytes = b"") -> audio_pb2.AudioChunk:
-        data = self.encoder.encode(samples) + extra
-        chunk = audio_pb2.AudioChunk(
-            request_id=self.request_id,
-            sequence_number=self._sequence,
-            audio=data,
-            format=self.format,
-            offset=duration_proto(self._samples_sent / self.output_rate),
-            duration=duration_proto(samples.size / self.output_rate),
-            segment_index=block,
-        )
-        self._sequence += 1
-        self._samples_sent += samples.size
+    def _chunk(self, samples: np.ndarray, *, block: int) -> audio_pb2.AudioChunk:
+        chunk = self.chunks.chunk(self.encoder.encode(samples), samples.size, segment_index=block)
         if self.first_audio_at is None and samples.size:
             self.first_audio_at = time.perf_counter()
         return chunk
@@ -366,27 +348,16 @@ class ConversionStream:
             yield chunk
         trailer = self.encoder.finish()
         self._closed = True
-        total = time.perf_counter() - self.started
-        audio_seconds = self._samples_sent / self.output_rate
-        final = audio_pb2.AudioChunk(
-            request_id=self.request_id,
-            sequence_number=self._sequence,
-            audio=trailer,
-            format=self.format,
-            offset=duration_proto(audio_seconds),
-            duration=duration_proto(0.0),
-            segment_index=max(0, self.blocks - 1),
-            is_final=True,
-            summary=audio_pb2.SynthesisSummary(
+        final = self.chunks.chunk(trailer, 0, segment_index=max(0, self.blocks - 1), is_final=True)
+        final.summary.CopyFrom(
+            synthesis_summary(
+                audio_seconds=self.chunks.seconds_sent,
+                total_seconds=time.perf_counter() - self.started,
+                first_audio_seconds=(self.first_audio_at or time.perf_counter()) - self.started,
                 segment_count=self.blocks,
-                audio_duration=duration_proto(audio_seconds),
-                time_to_first_audio=duration_proto((self.first_audio_at or time.perf_counter()) - self.started),
-                conversion_time=duration_proto(self.conversion_seconds),
-                total_time=duration_proto(total),
-                real_time_factor=total / audio_seconds if audio_seconds else 0.0,
-            ),
+                conversion_seconds=self.conversion_seconds,
+            )
         )
-        self._sequence += 1
         yield final
 
     def close(self) -> None:

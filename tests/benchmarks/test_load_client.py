@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
 
 from benchmarks.gateway_bench import (
     RETRY_DEFAULT_S,
@@ -23,17 +22,12 @@ from benchmarks.gateway_bench import (
     bounded_retry,
     listen,
 )
+from services.common.durations import duration_from_seconds
 from services.common.errors import Internal, ResourceExhausted
 from voice.v1 import audio_pb2, tts_gateway_pb2, tts_gateway_pb2_grpc
 
 RATE = 16000
 PCM16 = audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_PCM16, sample_rate_hz=RATE, channels=1)
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    value = duration_pb2.Duration()
-    value.FromNanoseconds(round(seconds * 1e9))
-    return value
 
 
 class ScriptedGateway(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
@@ -53,7 +47,7 @@ class ScriptedGateway(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         if command == "refuse-plain":
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy")
         # 0.1 s with a duration field, 0.05 s without one (PCM16 bytes / rate), then an empty summary-only final.
-        yield audio_pb2.AudioChunk(audio=b"\0\0" * (RATE // 10), format=PCM16, duration=_duration(0.1))
+        yield audio_pb2.AudioChunk(audio=b"\0\0" * (RATE // 10), format=PCM16, duration=duration_from_seconds(0.1))
         if command == "fail-after":
             await context.abort_with_status(Internal("upstream broke").to_grpc_status())
         yield audio_pb2.AudioChunk(audio=b"\0\0" * (RATE // 20), format=PCM16)

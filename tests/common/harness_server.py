@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
-from google.protobuf import duration_pb2
 
+from services.common.durations import duration_from_seconds
 from services.common.errors import InvalidArgument
 from services.common.request_id import resolve_request_id
 from services.common.server import (
@@ -28,12 +28,6 @@ from voice.v1 import audio_pb2, tts_gateway_pb2, tts_gateway_pb2_grpc
 
 SAMPLE_RATE = 16000
 CHUNK_SECONDS = 0.1
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    value = duration_pb2.Duration()
-    value.FromNanoseconds(round(seconds * 1e9))
-    return value
 
 
 class ToneServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
@@ -64,8 +58,8 @@ class ToneServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
                 sequence_number=i,
                 audio=pcm,
                 format=fmt,
-                offset=_duration(i * CHUNK_SECONDS),
-                duration=_duration(CHUNK_SECONDS),
+                offset=duration_from_seconds(i * CHUNK_SECONDS),
+                duration=duration_from_seconds(CHUNK_SECONDS),
                 is_final=i == count - 1,
             )
             await asyncio.sleep(self.chunk_delay)

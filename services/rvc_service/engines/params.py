@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
-# Names accepted for ConversionParams.f0_method; "" means the service default (rmvpe if installed, else pm).
-F0_METHODS: tuple[str, ...] = ("pm", "harvest", "dio", "crepe", "crepe-tiny", "fcpe", "rmvpe")
+from services.common.conversion_settings import CONVERSION_SETTINGS, SETTINGS_BY_NAME, SettingSpec
+from services.common.conversion_settings import F0_METHODS as F0_METHODS  # re-exported: engines import it from here
+
+# F0_METHODS, the names accepted for ConversionParams.f0_method, comes from the proto enum; "" means the service
+# default (rmvpe if installed, else pm).
 
 
 class EngineError(Exception):
@@ -41,40 +44,46 @@ def public_reason(exc: BaseException | str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _default(name: str) -> Any:
+    return SETTINGS_BY_NAME[name].default
+
+
+def _range_problem(spec: SettingSpec, value: Any, speaker_count: int | None) -> str | None:
+    """Why `value` is out of the field's range (the engines' wording), or None. The model-bound upper end
+    (speakers-1) is checked when the model's speaker count is known."""
+    model_high = speaker_count - 1 if speaker_count and spec.high is None else None
+    if spec.admits(value, model_high=model_high):
+        return None
+    if spec.high is None:
+        top = model_high if model_high is not None else f"({spec.model_bound})"
+        return f"must be between {spec.low:g} and {top}, got {value!r}"
+    kind = "an integer " if spec.type is int else ""
+    return f"must be {kind}between {spec.low:g} and {spec.high:g}, got {value!r}"
+
+
 @dataclass(frozen=True, slots=True)
 class ConversionParams:
-    """Mirror of voice.v1.ConversionSettings (minus the model name) with the contract's defaults."""
+    """Mirror of voice.v1.ConversionSettings (minus the model name); defaults and ranges come from the shared table
+    (services/common/conversion_settings.py)."""
 
-    pitch_shift_semitones: float = 0.0
+    pitch_shift_semitones: float = _default("pitch_shift_semitones")
     f0_method: str = ""
-    index_rate: float = 0.75
-    protect: float = 0.33
-    rms_mix_rate: float = 0.25
-    filter_radius: int = 3
-    speaker_id: int = 0
-    formant_shift_semitones: float = 0.0
+    index_rate: float = _default("index_rate")
+    protect: float = _default("protect")
+    rms_mix_rate: float = _default("rms_mix_rate")
+    filter_radius: int = _default("filter_radius")
+    speaker_id: int = _default("speaker_id")
+    formant_shift_semitones: float = _default("formant_shift_semitones")
 
     def validate(self, speaker_count: int | None = None) -> ConversionParams:
         """Raise InvalidParameters listing every out-of-range field; returns self so calls can chain."""
-        v: list[tuple[str, str]] = []
-
-        def check_range(name: str, value: float, lo: float, hi: float) -> None:
-            if not (isinstance(value, int | float) and math.isfinite(value) and lo <= value <= hi):
-                v.append((name, f"must be between {lo:g} and {hi:g}, got {value!r}"))
-
-        check_range("pitch_shift_semitones", self.pitch_shift_semitones, -24, 24)
-        check_range("index_rate", self.index_rate, 0, 1)
-        check_range("protect", self.protect, 0, 0.5)
-        check_range("rms_mix_rate", self.rms_mix_rate, 0, 1)
-        check_range("formant_shift_semitones", self.formant_shift_semitones, -12, 12)
-        if not isinstance(self.filter_radius, int) or not 0 <= self.filter_radius <= 7:
-            v.append(("filter_radius", f"must be an integer between 0 and 7, got {self.filter_radius!r}"))
+        violations: list[tuple[str, str]] = []
+        for spec in CONVERSION_SETTINGS:
+            problem = _range_problem(spec, getattr(self, spec.name), speaker_count)
+            if problem is not None:
+                violations.append((spec.name, problem))
         if self.f0_method not in ("", *F0_METHODS):
-            v.append(("f0_method", f"must be one of {', '.join(F0_METHODS)} (or empty for the default)"))
-        top = (speaker_count - 1) if speaker_count else None
-        if not isinstance(self.speaker_id, int) or self.speaker_id < 0 or (top is not None and self.speaker_id > top):
-            rng = f"0 and {top}" if top is not None else "0 and (speakers-1)"
-            v.append(("speaker_id", f"must be between {rng}, got {self.speaker_id!r}"))
-        if v:
-            raise InvalidParameters(v)
+            violations.append(("f0_method", f"must be one of {', '.join(F0_METHODS)} (or empty for the default)"))
+        if violations:
+            raise InvalidParameters(violations)
         return self
