@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import math
 import signal
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -39,11 +38,10 @@ import grpc
 import numpy as np
 from google.rpc import error_details_pb2
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from benchmarks.listener import Arrival, ListenerReport, describe, percentile, play, summarize
 from services.common.errors import status_details
-from services.tts_gateway.triton_client import TritonTts, TtsInputs, build_request
+from services.tts_gateway.domain import TtsInputs
+from services.tts_gateway.triton_client import TritonTts, build_request
 from tests.fixtures.gateway import start_gateway
 from tests.fixtures.rvc_service import start_rvc_service
 from tests.fixtures.triton_server import start_triton

@@ -7,6 +7,8 @@ piece k while piece k-1 goes out) and a slow client stalls the stages upstream o
 
 Any stage failing closes every pipe with its error, which the output loop raises; cancelling the pipeline (client
 cancel, deadline) cancels the tasks, and the tasks' `finally` blocks cancel the Triton and conversion calls.
+
+The two upstreams are protocols (upstream_protocols.py): the pipeline knows nothing of gRPC or Triton.
 """
 
 from __future__ import annotations
@@ -20,15 +22,14 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import numpy as np
-from google.protobuf import duration_pb2
 
 from services.common.audio import StreamResampler, make_encoder
-from services.tts_gateway.rvc_client import ConvertSession, RvcClient, chunk_samples
+from services.common.chunks import ChunkSequencer, synthesis_summary
+from services.tts_gateway.domain import SynthesisPlan
 from services.tts_gateway.stats import LatencyWindows
 from services.tts_gateway.text import normalize
-from services.tts_gateway.triton_client import TritonTts, TtsInputs
-from services.tts_gateway.voices import Voice
-from voice.v1 import audio_pb2, conversion_pb2
+from services.tts_gateway.upstream_protocols import ConversionSession, ConversionUpstream, SpeechUpstream
+from voice.v1 import audio_pb2
 
 T = TypeVar("T")
 PIPE_DEPTH = 4  # blocks buffered between two stages; each is at most one sentence of audio
@@ -69,20 +70,21 @@ class Pipe(Generic[T]):
             self._closed = True
             self._cond.notify_all()
 
-    def __aiter__(self) -> AsyncIterator[T]:
-        return self._iterate()
+    # The pipe is its own iterator (one reader per pipe), not an async generator: a reader that stops early leaves
+    # nothing suspended behind for the garbage collector to finalize on the event loop.
+    def __aiter__(self) -> Pipe[T]:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[T]:
-        while True:
-            async with self._cond:
-                await self._cond.wait_for(lambda: bool(self._items) or self._closed)
-                if self._error is not None:
-                    raise self._error
-                if not self._items:
-                    return
-                item = self._items.popleft()
-                self._cond.notify_all()
-            yield item
+    async def __anext__(self) -> T:
+        async with self._cond:
+            await self._cond.wait_for(lambda: bool(self._items) or self._closed)
+            if self._error is not None:
+                raise self._error
+            if not self._items:
+                raise StopAsyncIteration
+            item = self._items.popleft()
+            self._cond.notify_all()
+        return item
 
 
 @dataclass
@@ -96,29 +98,6 @@ class Block:
 
 
 @dataclass
-class SynthesisPlan:
-    """A validated request: everything the pipeline needs, nothing gRPC-specific."""
-
-    request_id: str
-    voice: Voice
-    mode: str
-    tts_inputs: TtsInputs
-    conversion: conversion_pb2.ConversionSettings | None
-    encoding: int
-    output_rate: int
-
-    @property
-    def tts_rate(self) -> int:
-        return self.voice.model.sample_rate_hz
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    value = duration_pb2.Duration()
-    value.FromNanoseconds(round(seconds * 1e9))
-    return value
-
-
-@dataclass
 class Totals:
     segments: int = 0
     texts: list[str] = field(default_factory=list)
@@ -127,22 +106,34 @@ class Totals:
     first_audio_s: float | None = None
 
 
+@dataclass
+class ConversionProgress:
+    """What the conversion writer tells the conversion reader, so converted audio can be attributed to its segment
+    and timed: where each segment ends in the input, and since when conversion has work outstanding."""
+
+    segment_ends: list[tuple[int, float]] = field(default_factory=list)  # (input samples, when flushed)
+    texts: dict[int, str] = field(default_factory=dict)
+    sent: int = 0  # input samples sent
+    busy_since: float | None = None  # first send not yet matched by output
+
+
 class SynthesisPipeline:
-    """Runs one request. Feed text pieces into `pieces` (then close it); iterate `chunks()` for the output."""
+    """Runs one request. Feed text pieces into `pieces` (then close it), `start()`, iterate `chunks()` for the output
+    and `aclose()` at the end. `converter` is needed when the plan has a conversion."""
 
     def __init__(
         self,
         plan: SynthesisPlan,
-        triton: TritonTts,
-        rvc: RvcClient | None,
+        speech: SpeechUpstream,
+        converter: ConversionUpstream | None,
         windows: LatencyWindows,
         *,
         started_at: float | None = None,
         pipe_depth: int = PIPE_DEPTH,
     ) -> None:
         self.plan = plan
-        self.triton = triton
-        self.rvc = rvc
+        self.speech = speech
+        self.converter = converter
         self.windows = windows
         # TTFA counts from the request (or, for streaming input, the first text): the caller may reset it.
         self.started_at = started_at if started_at is not None else time.perf_counter()
@@ -176,7 +167,7 @@ class SynthesisPipeline:
         self._tasks.append(asyncio.create_task(runner(), name=f"{name}:{self.plan.request_id}"))
 
     async def _tts_stage(self) -> None:
-        session = self.triton.open(self.plan.voice.model, self.plan.request_id)
+        session = self.speech.open(self.plan.voice.model, self.plan.request_id)
         rate = self.plan.voice.model.sample_rate_hz
         first_audio_at: float | None = None  # when Triton's first audio for this request arrived
         produced_s = 0.0
@@ -189,14 +180,18 @@ class SynthesisPipeline:
                 ahead = None if first_audio_at is None else max(0.0, produced_s - (sent - first_audio_at))
                 busy_before = session.busy_s
                 first = True
-                async for audio in session.synthesize(piece, self.plan.tts_inputs, playback_ahead_s=ahead):
-                    if first:
-                        self.windows.observe("tts_first_audio", time.perf_counter() - sent)
-                        first = False
-                    if first_audio_at is None:
-                        first_audio_at = time.perf_counter()
-                    produced_s += audio.size / rate
-                    await self._tts_out.put(Block(segment, piece, audio))
+                # aclosing: when a later stage fails while this piece is mid-way, the upstream iteration ends now
+                # (its cleanup runs), not whenever the generator is garbage-collected.
+                parts = session.synthesize(piece, self.plan.tts_inputs, playback_ahead_s=ahead)
+                async with contextlib.aclosing(parts):
+                    async for audio in parts:
+                        if first:
+                            self.windows.observe("tts_first_audio", time.perf_counter() - sent)
+                            first = False
+                        if first_audio_at is None:
+                            first_audio_at = time.perf_counter()
+                        produced_s += audio.size / rate
+                        await self._tts_out.put(Block(segment, piece, audio))
                 self.windows.observe("tts_segment", session.busy_s - busy_before)
                 self.totals.tts_s = session.busy_s
                 self.totals.segments = segment + 1
@@ -209,19 +204,17 @@ class SynthesisPipeline:
             session.cancel()
 
     async def _conversion_stage(self) -> None:
-        assert self.rvc is not None and self.plan.conversion is not None
-        session = self.rvc.open(self.plan.request_id, self.plan.conversion, self.plan.tts_rate, self.plan.output_rate)
-        # Segment ends in input samples, with the time each was flushed, so output can be attributed and timed.
-        bounds: list[tuple[int, str, float]] = []
-        texts: dict[int, str] = {}
-        state = {"sent": 0, "busy_since": None}
+        assert self.converter is not None and self.plan.conversion is not None
+        plan = self.plan
+        session = self.converter.open(plan.request_id, plan.conversion, plan.tts_rate, plan.output_rate)
+        progress = ConversionProgress()
 
         async def read_all() -> None:
             # A failed conversion call must fail the request now, not when the writer next looks at the reader: the
             # writer may be waiting on Triton (which would go on synthesizing for a dead stream) or writing into a
             # call that has already ended.
             try:
-                await self._conversion_reader(session, bounds, texts, state)
+                await self._conversion_reader(session, progress)
             except (asyncio.CancelledError, PipeClosed):
                 raise
             except BaseException as exc:
@@ -233,14 +226,14 @@ class SynthesisPipeline:
             reader = asyncio.create_task(read_all())
             try:
                 async for block in self._tts_out:
-                    texts.setdefault(block.segment, block.text)
+                    progress.texts.setdefault(block.segment, block.text)
                     if block.audio.size:
-                        if state["busy_since"] is None:
-                            state["busy_since"] = time.perf_counter()
+                        if progress.busy_since is None:
+                            progress.busy_since = time.perf_counter()
                         await session.send(block.audio)
-                        state["sent"] += block.audio.size
+                        progress.sent += block.audio.size
                     if block.end:
-                        bounds.append((state["sent"], block.text, time.perf_counter()))
+                        progress.segment_ends.append((progress.sent, time.perf_counter()))
                         await session.flush()
                 await session.finish()
                 await reader
@@ -252,34 +245,37 @@ class SynthesisPipeline:
         finally:
             session.cancel()
 
-    async def _conversion_reader(
-        self, session: ConvertSession, bounds: list[tuple[int, str, float]], texts: dict[int, str], state: dict
-    ) -> None:
+    async def _conversion_reader(self, session: ConversionSession, progress: ConversionProgress) -> None:
         ratio = self.plan.output_rate / self.plan.tts_rate
         slack = int(_CONVERSION_SLACK_S * self.plan.output_rate)
+
+        def output_end(input_samples: int) -> int:
+            """Where converted audio of this much input ends, in output samples, less the SOLA slack."""
+            return round(input_samples * ratio) - slack
+
         received = 0
         timed = 0  # segments whose conversion latency was recorded
         while True:
-            chunk = await session.read()
-            if chunk is None:
+            audio = await session.read()
+            if audio is None:
                 break
-            audio = chunk_samples(chunk)
             if not audio.size:
                 continue
             # The segment this audio belongs to: the first whose end (in output samples) lies beyond its start.
-            segment = sum(1 for end, _, _ in bounds if round(end * ratio) - slack <= received)
+            segment = sum(1 for end, _ in progress.segment_ends if output_end(end) <= received)
             received += audio.size
-            await self._conv_out.put(Block(segment, texts.get(segment, ""), audio))
+            await self._conv_out.put(Block(segment, progress.texts.get(segment, ""), audio))
             now = time.perf_counter()
-            while timed < len(bounds) and received >= round(bounds[timed][0] * ratio) - slack:
-                self.windows.observe("conversion_block", now - bounds[timed][2])
+            ends = progress.segment_ends
+            while timed < len(ends) and received >= output_end(ends[timed][0]):
+                self.windows.observe("conversion_block", now - ends[timed][1])
                 timed += 1
-            if state["busy_since"] is not None and received >= round(state["sent"] * ratio) - slack:
-                self.totals.conversion_s += now - state["busy_since"]
-                state["busy_since"] = None
-        if state["busy_since"] is not None:
-            self.totals.conversion_s += time.perf_counter() - state["busy_since"]
-            state["busy_since"] = None
+            if progress.busy_since is not None and received >= output_end(progress.sent):
+                self.totals.conversion_s += now - progress.busy_since
+                progress.busy_since = None
+        if progress.busy_since is not None:
+            self.totals.conversion_s += time.perf_counter() - progress.busy_since
+            progress.busy_since = None
         await self._conv_out.close()
 
     # ---- output ----------------------------------------------------------------------------------------------
@@ -292,46 +288,24 @@ class SynthesisPipeline:
     async def chunks(self) -> AsyncIterator[audio_pb2.AudioChunk]:
         """Encoded, ordered chunks; the last has is_final and the summary."""
         plan = self.plan
-        source = self._conv_out if plan.conversion is not None else self._tts_out
-        source_rate = plan.output_rate if plan.conversion is not None else plan.tts_rate
-        resampler = StreamResampler(source_rate, plan.output_rate)
+        converted = plan.conversion is not None
+        source = self._conv_out if converted else self._tts_out
+        resampler = StreamResampler(plan.output_rate if converted else plan.tts_rate, plan.output_rate)
         encoder = make_encoder(plan.encoding, plan.output_rate)
-        fmt = audio_pb2.AudioFormat(encoding=plan.encoding, sample_rate_hz=plan.output_rate, channels=1)
-        sequence = 0
-        emitted = 0  # samples covered by chunks already sent
-        pending_bytes = b""
-        last_segment = -1
-        segment = 0
-        text = ""
+        sequencer = ChunkSequencer(plan.request_id, plan.encoding, plan.output_rate)
         max_samples = int(MAX_CHUNK_SECONDS * plan.output_rate)
         min_samples = max(1, int(MIN_CHUNK_SECONDS * plan.output_rate))
+        pending_bytes = b""
+        segment, text = 0, ""
         held = np.zeros(0, dtype=np.float32)  # resampled audio too short for a chunk of its own yet
 
-        def make_chunk(data: bytes, samples: int, final: bool) -> audio_pb2.AudioChunk:
-            nonlocal sequence, emitted, last_segment
-            chunk = audio_pb2.AudioChunk(
-                request_id=plan.request_id,
-                sequence_number=sequence,
-                audio=data,
-                format=fmt,
-                offset=_duration(emitted / plan.output_rate),
-                duration=_duration(samples / plan.output_rate),
-                segment_index=segment,
-                is_final=final,
-            )
-            if segment != last_segment and samples:
-                chunk.segment_text = text
-                last_segment = segment
-            sequence += 1
-            emitted += samples
-            self.audio_seconds = emitted / plan.output_rate
+        def next_chunk(data: bytes, *, final: bool) -> audio_pb2.AudioChunk:
+            samples = encoder.samples_encoded - sequencer.samples_sent
+            chunk = sequencer.chunk(data, samples, segment_index=segment, segment_text=text, is_final=final)
+            self.audio_seconds = sequencer.seconds_sent
+            if samples:
+                self._note_first_audio()
             return chunk
-
-        def note_first_audio() -> None:
-            if self.totals.first_audio_s is None:
-                self.totals.first_audio_s = time.perf_counter() - self.started_at
-                if self.on_first_audio is not None:
-                    self.on_first_audio(self.totals.first_audio_s)
 
         try:
             async for block in source:
@@ -349,35 +323,32 @@ class SynthesisPipeline:
                     pending_bytes += encoder.encode(part)
                     if not pending_bytes:
                         continue  # Opus holds back partial frames; their samples ride on a later chunk
-                    samples = encoder.samples_encoded - emitted
-                    chunk = make_chunk(pending_bytes, samples, False)
+                    chunk = next_chunk(pending_bytes, final=False)
                     pending_bytes = b""
-                    if samples:
-                        note_first_audio()
                     yield chunk
             pending_bytes += encoder.encode(np.concatenate((held, resampler.flush())))
             pending_bytes += encoder.finish()
-            samples = encoder.samples_encoded - emitted
-            final = make_chunk(pending_bytes, samples, True)
-            if samples:
-                note_first_audio()
-            final.summary.CopyFrom(self.summary(emitted))
+            final = next_chunk(pending_bytes, final=True)
+            final.summary.CopyFrom(self.summary(sequencer.samples_sent))
             yield final
         finally:
             encoder.close()
 
+    def _note_first_audio(self) -> None:
+        if self.totals.first_audio_s is None:
+            self.totals.first_audio_s = time.perf_counter() - self.started_at
+            if self.on_first_audio is not None:
+                self.on_first_audio(self.totals.first_audio_s)
+
     def summary(self, samples: int) -> audio_pb2.SynthesisSummary:
-        total = time.perf_counter() - self.started_at
-        audio_s = samples / self.plan.output_rate
-        return audio_pb2.SynthesisSummary(
-            processed_text=normalize(" ".join(self.totals.texts)),  # no space between CJK sentences
+        return synthesis_summary(
+            audio_seconds=samples / self.plan.output_rate,
+            total_seconds=time.perf_counter() - self.started_at,
+            first_audio_seconds=self.totals.first_audio_s or 0.0,
             segment_count=self.totals.segments,
-            audio_duration=_duration(audio_s),
-            time_to_first_audio=_duration(self.totals.first_audio_s or 0.0),
-            tts_time=_duration(self.totals.tts_s),
-            conversion_time=_duration(self.totals.conversion_s),
-            total_time=_duration(total),
-            real_time_factor=total / audio_s if audio_s > 0 else 0.0,
+            processed_text=normalize(" ".join(self.totals.texts)),  # no space between CJK sentences
+            tts_seconds=self.totals.tts_s,
+            conversion_seconds=self.totals.conversion_s,
         )
 
     async def aclose(self) -> None:

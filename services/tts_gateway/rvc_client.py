@@ -20,7 +20,7 @@ from services.common.errors import (
     Unavailable,
     upstream_message,
 )
-from services.tts_gateway.triton_client import UPSTREAM_CHANNEL_OPTIONS
+from services.tts_gateway.channel_options import UPSTREAM_CHANNEL_OPTIONS
 from voice.v1 import audio_pb2, conversion_pb2, voice_conversion_pb2, voice_conversion_pb2_grpc
 
 UPSTREAM_NAME = "voice_conversion"
@@ -160,8 +160,8 @@ class ConvertSession:
         except asyncio_invalid_state_errors:
             pass
 
-    async def read(self) -> audio_pb2.AudioChunk | None:
-        """The next output chunk, or None when the stream ended normally."""
+    async def read(self) -> np.ndarray | None:
+        """The next output audio (float samples at the output rate), or None when the stream ended normally."""
         call = await self._ensure_open()
         try:
             chunk = await call.read()
@@ -175,7 +175,7 @@ class ConvertSession:
                     grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
                 )
             return None
-        return chunk
+        return chunk_samples(chunk)
 
     def cancel(self) -> None:
         if self._call is not None:

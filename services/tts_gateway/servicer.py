@@ -9,8 +9,8 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
-from google.protobuf import duration_pb2
 
+from services.common.durations import duration_from_seconds, seconds_from_duration
 from services.common.errors import (
     FailedPrecondition,
     Internal,
@@ -21,9 +21,11 @@ from services.common.errors import (
     Unavailable,
     clip,
 )
+from services.common.version import VERSION
 from services.tts_gateway import stats
 from services.tts_gateway.admission import RealTimeAdmission
-from services.tts_gateway.pipeline import SynthesisPipeline, SynthesisPlan
+from services.tts_gateway.domain import MODE_CROSS_LINGUAL, MODE_ZERO_SHOT, SynthesisPlan
+from services.tts_gateway.pipeline import SynthesisPipeline
 from services.tts_gateway.rvc_client import RvcClient
 from services.tts_gateway.saved_voices import SavedVoiceStore, name_problem
 from services.tts_gateway.text import (
@@ -33,14 +35,13 @@ from services.tts_gateway.text import (
     control_character_problem,
     split_text,
 )
-from services.tts_gateway.triton_client import MODE_CROSS_LINGUAL, MODE_ZERO_SHOT, TritonTts
+from services.tts_gateway.triton_client import TritonTts
 from services.tts_gateway.upstreams import UpstreamMonitor
 from services.tts_gateway.validation import RequestValidator
 from services.tts_gateway.voices import VoiceCatalog
 from voice.v1 import audio_pb2, tts_gateway_pb2, tts_gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
-VERSION = "0.1.0"
 SUMMARY_METADATA_KEY = "x-summary-bin"
 
 
@@ -142,7 +143,7 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
                     summary = chunk.summary
                     context.set_trailing_metadata(((SUMMARY_METADATA_KEY, summary.SerializeToString()),))
                     stats.REAL_TIME_FACTOR.labels(voice).observe(summary.real_time_factor)
-                    stats.AUDIO_SECONDS.labels(voice).inc(summary.audio_duration.ToNanoseconds() / 1e9)
+                    stats.AUDIO_SECONDS.labels(voice).inc(seconds_from_duration(summary.audio_duration))
                 yield chunk
         except ServiceError as exc:
             code = exc.code
@@ -365,11 +366,9 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
     async def GetStatus(
         self, request: tts_gateway_pb2.TtsGatewayServiceGetStatusRequest, context: grpc.aio.ServicerContext
     ) -> tts_gateway_pb2.TtsGatewayServiceGetStatusResponse:
-        uptime = duration_pb2.Duration()
-        uptime.FromNanoseconds(int((time.monotonic() - self.started) * 1e9))
         return tts_gateway_pb2.TtsGatewayServiceGetStatusResponse(
             version=VERSION,
-            uptime=uptime,
+            uptime=duration_from_seconds(time.monotonic() - self.started),
             upstreams=[state.to_proto() for state in self.monitor.states.values()],
             active_streams=self.active,
             max_concurrent_streams=self.max_streams,

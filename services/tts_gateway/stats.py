@@ -6,9 +6,9 @@ import collections
 import threading
 
 import numpy as np
-from google.protobuf import duration_pb2
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.common.durations import duration_from_seconds
 from services.tts_gateway.admission import RealTimeAdmission
 from voice.v1 import tts_gateway_pb2
 
@@ -65,12 +65,6 @@ def observe_admission(admission: RealTimeAdmission) -> None:
     ADMISSION_LOAD.set(admission.predicted_load())
 
 
-def _duration(seconds: float) -> duration_pb2.Duration:
-    value = duration_pb2.Duration()
-    value.FromNanoseconds(round(seconds * 1e9))
-    return value
-
-
 class LatencyWindows:
     """Last N observations per stage, for percentile reporting in GetStatus (Prometheus keeps the histograms)."""
 
@@ -97,9 +91,9 @@ class LatencyWindows:
                 tts_gateway_pb2.StageLatency(
                     stage=stage,
                     count=int(items[stage].size),
-                    p50=_duration(float(p50)),
-                    p90=_duration(float(p90)),
-                    p99=_duration(float(p99)),
+                    p50=duration_from_seconds(float(p50)),
+                    p90=duration_from_seconds(float(p90)),
+                    p99=duration_from_seconds(float(p99)),
                 )
             )
         return out

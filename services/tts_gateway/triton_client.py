@@ -8,11 +8,11 @@ per piece.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator
 
 import grpc
 import numpy as np
@@ -21,71 +21,10 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from services.common.channels import UpstreamCredentials, open_channel
 from services.common.errors import Internal, ServiceError, Unavailable, upstream_message
+from services.tts_gateway.channel_options import TRITON_CHANNEL_OPTIONS
+from services.tts_gateway.domain import MODE_PRESET, TtsInputs, TtsModelInfo
 
 log = logging.getLogger(__name__)
-
-# Modes as the models' `supported_modes` parameter names them.
-MODE_PRESET = "preset_speaker"
-MODE_ZERO_SHOT = "zero_shot"
-MODE_CROSS_LINGUAL = "cross_lingual"
-MODE_INSTRUCT = "instruct"
-MODE_VOICE_DESIGN = "voice_design"
-
-# Keepalive so a dead peer is noticed on quiet connections; short reconnect backoff so service resumes quickly after
-# an upstream restart. Our own services accept a ping every 5 s (services/common/server.py).
-UPSTREAM_CHANNEL_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 1_000),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-]
-# Triton by default answers pings more often than every 5 min without data with GOAWAY "too_many_pings", so its
-# channel pings only at that pace and only during calls; the 0.5 s probe loop is what detects a dead Triton.
-TRITON_CHANNEL_OPTIONS: list[tuple[str, int]] = [
-    *(o for o in UPSTREAM_CHANNEL_OPTIONS if not o[0].startswith(("grpc.keepalive", "grpc.http2"))),
-    ("grpc.keepalive_time_ms", 300_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.keepalive_permit_without_calls", 0),
-]
-
-
-@dataclass(frozen=True)
-class TtsModelInfo:
-    """What the gateway needs to know about one Triton TTS model, from its config."""
-
-    name: str
-    sample_rate_hz: int
-    decoupled: bool
-    supported_modes: tuple[str, ...]
-    language_code: str
-    speakers: tuple[str, ...]
-    max_text_chars: int
-    inputs: frozenset[str]
-    reference_sample_rate_hz: int = 16000
-    parameters: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class TtsInputs:
-    """Per-request model inputs besides the text."""
-
-    speaker_id: int | None = None
-    length_scale: float | None = None
-    noise_scale: float | None = None
-    noise_w: float | None = None
-    reference_wav: np.ndarray | None = None
-    reference_text: str | None = None
-    instruction: str | None = None
-    # Voice design (Spark-TTS): "female"/"male" and five-step levels ("very_low" .. "very_high").
-    gender: str | None = None
-    pitch_level: str | None = None
-    speed_level: str | None = None
-    seed: int | None = None  # for models that sample; None lets the model pick
 
 
 def parse_model_config(config: dict) -> TtsModelInfo:
@@ -259,12 +198,13 @@ class TtsSession:
 
     async def synthesize(
         self, text: str, inputs: TtsInputs, *, playback_ahead_s: float | None = None
-    ) -> AsyncIterator[np.ndarray]:
+    ) -> AsyncGenerator[np.ndarray, None]:
         """Yield the waveform(s) of one piece as Triton produces them. `playback_ahead_s`: audio the listener still
         has buffered, a scheduling hint for models that declare that input."""
         if self.model.decoupled:
-            async for audio in self._stream_piece(text, inputs, playback_ahead_s):
-                yield audio
+            async with contextlib.aclosing(self._stream_piece(text, inputs, playback_ahead_s)) as parts:
+                async for audio in parts:
+                    yield audio
         else:
             yield await self._infer_piece(text, inputs, playback_ahead_s)
 
@@ -285,7 +225,7 @@ class TtsSession:
 
     async def _stream_piece(
         self, text: str, inputs: TtsInputs, playback_ahead_s: float | None
-    ) -> AsyncIterator[np.ndarray]:
+    ) -> AsyncGenerator[np.ndarray, None]:
         if self._call is None:
             self._call = self.owner.stub.ModelStreamInfer(metadata=self.metadata)
         call = self._call

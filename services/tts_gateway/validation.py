@@ -1,5 +1,9 @@
 """Request validation: field checks (INVALID_ARGUMENT), then voice (NOT_FOUND), then capabilities
-(FAILED_PRECONDITION); the result is a SynthesisPlan. Reference audio is decoded once per content hash."""
+(FAILED_PRECONDITION); the result is a SynthesisPlan. Reference audio is decoded once per content hash.
+
+`RequestValidator.plan` composes one small check per concern. The field checks all run before anything is looked up,
+so one INVALID_ARGUMENT lists every bad field; the checks after the voice is known stop at the first problem.
+"""
 
 from __future__ import annotations
 
@@ -9,38 +13,31 @@ import hashlib
 import math
 import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from services.common.audio import AudioDecodeError, decode_audio, resample, resolve_output_rate, validate_output_format
+from services.common.conversion_settings import CONVERSION_SETTINGS, F0_METHOD_NAMES, fields_set
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.request_id import resolve_request_id
-from services.tts_gateway.pipeline import SynthesisPlan
-from services.tts_gateway.saved_voices import reference_problems
-from services.tts_gateway.text import NOTHING_TO_SPEAK, control_character_problem, is_pronounceable
-from services.tts_gateway.triton_client import (
-    MODE_CROSS_LINGUAL,
+from services.tts_gateway.domain import (
+    CLONING_MODES,
     MODE_INSTRUCT,
     MODE_PRESET,
     MODE_VOICE_DESIGN,
     MODE_ZERO_SHOT,
+    SynthesisPlan,
     TtsInputs,
 )
-from services.tts_gateway.voices import VoiceCatalog
+from services.tts_gateway.saved_voices import reference_problems
+from services.tts_gateway.synthesis_request import SynthesisRequest, WireRequest
+from services.tts_gateway.text import NOTHING_TO_SPEAK, control_character_problem, is_pronounceable
+from services.tts_gateway.voices import Voice, VoiceCatalog
 from voice.v1 import audio_pb2, conversion_pb2, tts_gateway_pb2
 
 MiB = 1024 * 1024
-
-# (field, low, high) for the optional ConversionSettings fields; ranges from conversion.proto.
-CONVERSION_RANGES: tuple[tuple[str, float, float], ...] = (
-    ("pitch_shift_semitones", -24.0, 24.0),
-    ("index_rate", 0.0, 1.0),
-    ("protect", 0.0, 0.5),
-    ("rms_mix_rate", 0.0, 1.0),
-    ("filter_radius", 0, 7),
-    ("speaker_id", 0, 10_000),
-    ("formant_shift_semitones", -12.0, 12.0),
-)
+Violations = list[tuple[str, str]]  # (field path, what to fix), as BadRequest field violations
 
 
 @dataclass(frozen=True)
@@ -52,6 +49,14 @@ class Limits:
     max_reference_s: float = 30.0
     max_reference_text_chars: int = 1000
     max_instruction_chars: int = 500
+
+
+class DecodedReference(NamedTuple):
+    """Reference audio after decoding and checks: its cache key and samples at the rate they were decoded at."""
+
+    key: str
+    samples: np.ndarray
+    sample_rate_hz: int
 
 
 class ReferenceCache:
@@ -92,7 +97,10 @@ class ReferenceCache:
                 self._items.popitem(last=False)
 
 
-def text_violations(text: str, field: str) -> list[tuple[str, str]]:
+# ---- field checks: each returns the violations of one concern ------------------------------------------------------
+
+
+def text_violations(text: str, field: str) -> Violations:
     """Text a TTS model cannot speak: control characters (NUL, ESC, ...) or nothing but symbols and punctuation."""
     problem = control_character_problem(text)
     if problem is not None:
@@ -102,16 +110,56 @@ def text_violations(text: str, field: str) -> list[tuple[str, str]]:
     return []
 
 
-def _mode_of(message: tts_gateway_pb2.SynthesizeRequest | tts_gateway_pb2.StreamingSynthesizeConfig) -> str:
-    which = message.WhichOneof("mode")
-    return {
-        None: MODE_PRESET,
-        "preset_speaker": MODE_PRESET,
-        "zero_shot": MODE_ZERO_SHOT,
-        "cross_lingual": MODE_CROSS_LINGUAL,
-        "instruct": MODE_INSTRUCT,
-        "voice_design": MODE_VOICE_DESIGN,
-    }[which]
+def input_text_violations(text: str, field: str, max_chars: int) -> Violations:
+    """The text of a Synthesize request: present, within the limit, speakable."""
+    text = text.strip()
+    if not text:
+        return [(field, "must contain at least one non-space character")]
+    if len(text) > max_chars:
+        return [(field, f"has {len(text)} characters, over the {max_chars} limit")]
+    return text_violations(text, field)
+
+
+def voice_name_violations(voice: str) -> Violations:
+    return [] if voice else [("voice", "is required (see ListVoices)")]
+
+
+def output_format_violations(fmt: audio_pb2.AudioFormat) -> Violations:
+    violations = validate_output_format(fmt.encoding, fmt.sample_rate_hz)
+    if fmt.channels not in (0, 1):
+        violations.append(("output_format.channels", "output is mono: use 0 or 1"))
+    return violations
+
+
+def speaking_rate_violations(rate: float) -> Violations:
+    if rate != 0 and not (math.isfinite(rate) and 0.5 <= rate <= 2.0):
+        return [("speaking_rate", f"must be 0 (normal) or 0.5..2.0, got {rate}")]
+    return []
+
+
+def conversion_violations(settings: conversion_pb2.ConversionSettings, field: str) -> Violations:
+    """Ranges from the shared table; a model-bound upper end (speaker_id) is the conversion service's to check."""
+    violations = []
+    for spec in CONVERSION_SETTINGS:
+        if not settings.HasField(spec.name):
+            continue
+        value = getattr(settings, spec.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            violations.append((f"{field}.{spec.name}", "must be a finite number"))
+        elif not spec.admits(value):
+            violations.append((f"{field}.{spec.name}", f"must be in {spec.range_text}, got {value}"))
+    if settings.f0_method not in F0_METHOD_NAMES:
+        violations.append((f"{field}.f0_method", f"unknown value {settings.f0_method}"))
+    return violations
+
+
+def conversion_request_violations(request: SynthesisRequest) -> Violations:
+    if request.conversion is None:
+        return []
+    violations = conversion_violations(request.conversion, "conversion")
+    if request.disable_conversion:
+        violations.append(("disable_conversion", "cannot be set together with conversion"))
+    return violations
 
 
 # Spark-TTS's names for the designed voice's attributes (VoiceGender / VoiceLevel enum values -> model inputs).
@@ -126,7 +174,7 @@ LEVEL_NAMES = {
 }
 
 
-def design_violations(design: tts_gateway_pb2.VoiceDesign, inputs: TtsInputs) -> list[tuple[str, str]]:
+def design_violations(design: tts_gateway_pb2.VoiceDesign, inputs: TtsInputs) -> Violations:
     """Check a VoiceDesign and put its attributes into `inputs`."""
     violations = []
     gender = GENDER_NAMES.get(design.gender)
@@ -141,19 +189,25 @@ def design_violations(design: tts_gateway_pb2.VoiceDesign, inputs: TtsInputs) ->
     return violations
 
 
-def conversion_violations(settings: conversion_pb2.ConversionSettings, field: str) -> list[tuple[str, str]]:
-    violations = []
-    for name, low, high in CONVERSION_RANGES:
-        if not settings.HasField(name):
-            continue
-        value = getattr(settings, name)
-        if isinstance(value, float) and not math.isfinite(value):
-            violations.append((f"{field}.{name}", "must be a finite number"))
-        elif not low <= value <= high:
-            violations.append((f"{field}.{name}", f"must be in {low}..{high}, got {value}"))
-    if settings.f0_method not in conversion_pb2.F0Method.values():
-        violations.append((f"{field}.f0_method", f"unknown value {settings.f0_method}"))
-    return violations
+def reference_text_violations(zero_shot: tts_gateway_pb2.ZeroShot, inputs: TtsInputs, max_chars: int) -> Violations:
+    """Check the zero-shot transcript and put it into `inputs`."""
+    text = zero_shot.reference_text.strip()
+    inputs.reference_text = text
+    if not 1 <= len(text) <= max_chars:
+        return [("zero_shot.reference_text", f"must be 1..{max_chars} characters")]
+    return []
+
+
+def instruction_violations(instruct: tts_gateway_pb2.Instruct, inputs: TtsInputs, max_chars: int) -> Violations:
+    """Check the style instruction and put it into `inputs`."""
+    instruction = instruct.instruction.strip()
+    inputs.instruction = instruction
+    if not 1 <= len(instruction) <= max_chars:
+        return [("instruct.instruction", f"must be 1..{max_chars} characters")]
+    return []
+
+
+# ---- checks once the voice is known: each raises at the first problem --------------------------------------------
 
 
 def merge_conversion(
@@ -167,10 +221,61 @@ def merge_conversion(
         merged.model = override.model
     if override.f0_method:
         merged.f0_method = override.f0_method
-    for name, _, _ in CONVERSION_RANGES:
-        if override.HasField(name):
-            setattr(merged, name, getattr(override, name))
+    for name, value in fields_set(override).items():
+        setattr(merged, name, value)
     return merged
+
+
+def resolve_conversion(request: SynthesisRequest, voice: Voice) -> conversion_pb2.ConversionSettings | None:
+    """The conversion to run: none when disabled or when neither the voice nor the request asks for one."""
+    if request.disable_conversion or (request.conversion is None and voice.spec.conversion is None):
+        return None
+    override = request.conversion if request.conversion is not None else conversion_pb2.ConversionSettings()
+    conversion = merge_conversion(voice.spec.conversion, override)
+    if not conversion.model:
+        raise InvalidArgument([("conversion.model", f"is required: voice {voice.name!r} has no default conversion")])
+    return conversion
+
+
+def saved_voice_reference(request: SynthesisRequest, voice: Voice, inputs: TtsInputs) -> tuple[str, DecodedReference]:
+    """A saved voice brings its own reference: its cloning mode and clip, and its transcript into `inputs`."""
+    assert voice.saved is not None
+    if request.mode_field not in (None, "preset_speaker") or request.preset_speaker.speaker:
+        raise InvalidArgument(
+            [("mode", f"voice {voice.name!r} is a saved voice and brings its own reference: leave mode unset")]
+        )
+    inputs.reference_text = voice.saved.reference_text or None
+    reference = DecodedReference(
+        f"saved:{voice.name}:{voice.saved.create_time}", voice.saved.samples, voice.saved.sample_rate_hz
+    )
+    return voice.supported_modes[0], reference
+
+
+def require_mode(catalog: VoiceCatalog, voice: Voice, mode: str) -> None:
+    if mode in voice.supported_modes:
+        return
+    others = catalog.with_mode(mode)
+    where = f"voices that support it: {', '.join(others)}" if others else "no configured voice supports it"
+    raise FailedPrecondition(
+        f"voice {voice.name!r} (model {voice.model.name}) does not support mode {mode}; {where}",
+        violations=[("MODE", f"voice/{voice.name}", f"{mode} not in {list(voice.model.supported_modes)}")],
+    )
+
+
+def speaker_index(request: SynthesisRequest, voice: Voice, mode: str) -> int | None:
+    """The model's speaker id for the requested (or the voice's default) speaker; None for a one-speaker model."""
+    speaker = ""
+    if mode == MODE_PRESET and request.mode_field == "preset_speaker":
+        speaker = request.preset_speaker.speaker
+    elif mode == MODE_INSTRUCT:
+        speaker = request.instruct.speaker
+    speaker = speaker or voice.spec.speaker
+    if not speaker:
+        return None
+    if speaker not in voice.speakers:
+        field = "instruct.speaker" if mode == MODE_INSTRUCT else "preset_speaker.speaker"
+        raise InvalidArgument([(field, f"voice {voice.name!r} has speakers {list(voice.speakers)}")])
+    return voice.model.speakers.index(speaker) if len(voice.model.speakers) > 1 else None
 
 
 class RequestValidator:
@@ -179,14 +284,18 @@ class RequestValidator:
         self.limits = limits
         self.references = references
 
-    def decode_reference(self, audio: audio_pb2.AudioInput, field: str) -> tuple[str, np.ndarray, int]:
-        """Decode and check a reference clip; (cache key, samples, rate). Raises InvalidArgument."""
+    # ---- reference audio ---------------------------------------------------------------------------------------
+
+    def decode_reference(self, audio: audio_pb2.AudioInput, field: str) -> DecodedReference:
+        """Decode and check a reference clip. Raises InvalidArgument."""
         key = ReferenceCache.key(audio)
         cached = self.references.get(key, 0)
         if cached is not None:
-            return key, cached[0], cached[1]
-        if len(audio.audio) > self.limits.max_reference_bytes:
-            raise InvalidArgument([(f"{field}.audio", f"is {len(audio.audio)} bytes, over the 8 MiB limit")])
+            return DecodedReference(key, *cached)
+        limit = self.limits.max_reference_bytes
+        if len(audio.audio) > limit:
+            message = f"is {len(audio.audio)} bytes, over the {limit / MiB:g} MiB limit"
+            raise InvalidArgument([(f"{field}.audio", message)])
         try:
             samples, rate = decode_audio(
                 audio.audio,
@@ -197,140 +306,99 @@ class RequestValidator:
             )
         except AudioDecodeError as exc:
             raise InvalidArgument([(f"{field}.audio", str(exc))]) from None
+        low, high = self.limits.min_reference_s, self.limits.max_reference_s
         seconds = samples.size / rate
-        if seconds < self.limits.min_reference_s:
+        if seconds < low:
             raise InvalidArgument(
-                [
-                    (
-                        f"{field}.audio",
-                        f"is {seconds:.2f} s; reference audio must be {self.limits.min_reference_s:g}-"
-                        f"{self.limits.max_reference_s:g} s",
-                    )
-                ]
+                [(f"{field}.audio", f"is {seconds:.2f} s; reference audio must be {low:g}-{high:g} s")]
             )
-        problems = reference_problems(samples, rate, self.limits.min_reference_s, self.limits.max_reference_s)
+        problems = reference_problems(samples, rate, low, high)
         if problems:  # silence: nothing of a speaker to clone
             raise InvalidArgument([(f"{field}.audio", problem) for problem in problems])
         self.references.put(key, 0, samples, rate)
-        return key, samples, rate
+        return DecodedReference(key, samples, rate)
 
-    async def plan(
-        self,
-        message: tts_gateway_pb2.SynthesizeRequest | tts_gateway_pb2.StreamingSynthesizeConfig,
-        *,
-        text_field: str | None,
-    ) -> SynthesisPlan:
-        violations: list[tuple[str, str]] = []
-        request_id = resolve_request_id(message.request_id)
+    async def _request_reference(self, request: SynthesisRequest) -> tuple[Violations, DecodedReference | None]:
+        """The reference clip of a cloning request, decoded off the event loop."""
+        sub = request.zero_shot if request.mode == MODE_ZERO_SHOT else request.cross_lingual
+        field = f"{request.mode}.reference_audio"
+        if not sub.HasField("reference_audio") or not sub.reference_audio.audio:
+            return [(field, "is required")], None
+        try:
+            return [], await asyncio.to_thread(self.decode_reference, sub.reference_audio, field)
+        except InvalidArgument as exc:
+            return exc.violations, None
+
+    async def _reference_for_model(self, reference: DecodedReference, rate: int) -> np.ndarray:
+        """The reference at the rate the model takes it, resampled once per clip and rate."""
+        cached = self.references.get(reference.key, rate)
+        if cached is not None:
+            return cached[0]
+        processed = await asyncio.to_thread(resample, reference.samples, reference.sample_rate_hz, rate)
+        self.references.put(reference.key, rate, processed, rate)
+        return processed
+
+    # ---- the plan ----------------------------------------------------------------------------------------------
+
+    async def _mode_violations(
+        self, request: SynthesisRequest, inputs: TtsInputs
+    ) -> tuple[Violations, DecodedReference | None]:
+        """The fields of the requested mode; their values go into `inputs`, a reference clip is returned."""
+        mode = request.mode
+        violations: Violations = []
+        reference = None
+        if mode in CLONING_MODES:
+            violations, reference = await self._request_reference(request)
+        if mode == MODE_ZERO_SHOT:
+            violations += reference_text_violations(request.zero_shot, inputs, self.limits.max_reference_text_chars)
+        elif mode == MODE_VOICE_DESIGN:
+            violations += design_violations(request.voice_design, inputs)
+        elif mode == MODE_INSTRUCT:
+            violations += instruction_violations(request.instruct, inputs, self.limits.max_instruction_chars)
+        return violations, reference
+
+    async def _check_fields(
+        self, request: SynthesisRequest, text_field: str | None, inputs: TtsInputs
+    ) -> DecodedReference | None:
+        """Every field check, so one INVALID_ARGUMENT names every bad field; returns the request's reference clip."""
+        violations: Violations = []
         if text_field is not None:
-            text = message.text.strip()  # type: ignore[union-attr]
-            if not text:
-                violations.append((text_field, "must contain at least one non-space character"))
-            elif len(text) > self.limits.max_text_chars:
-                violations.append(
-                    (text_field, f"has {len(text)} characters, over the {self.limits.max_text_chars} limit")
-                )
-            else:
-                violations += text_violations(text, text_field)
-        if not message.voice:
-            violations.append(("voice", "is required (see ListVoices)"))
-        fmt = message.output_format
-        violations += validate_output_format(fmt.encoding, fmt.sample_rate_hz)
-        if fmt.channels not in (0, 1):
-            violations.append(("output_format.channels", "output is mono: use 0 or 1"))
-        rate = message.speaking_rate
-        if rate != 0 and not (math.isfinite(rate) and 0.5 <= rate <= 2.0):
-            violations.append(("speaking_rate", f"must be 0 (normal) or 0.5..2.0, got {rate}"))
-        has_conversion = message.HasField("conversion")
-        if has_conversion:
-            violations += conversion_violations(message.conversion, "conversion")
-            if message.disable_conversion:
-                violations.append(("disable_conversion", "cannot be set together with conversion"))
-        mode = _mode_of(message)
-        inputs = TtsInputs(length_scale=1.0 / rate if rate else None, seed=message.seed or None)
-        reference: tuple[str, np.ndarray, int] | None = None
-        if mode in (MODE_ZERO_SHOT, MODE_CROSS_LINGUAL):
-            sub = message.zero_shot if mode == MODE_ZERO_SHOT else message.cross_lingual
-            field = f"{mode}.reference_audio"
-            if not sub.HasField("reference_audio") or not sub.reference_audio.audio:
-                violations.append((field, "is required"))
-            else:
-                try:
-                    reference = await asyncio.to_thread(self.decode_reference, sub.reference_audio, field)
-                except InvalidArgument as exc:
-                    violations += exc.violations
-            if mode == MODE_ZERO_SHOT:
-                ref_text = message.zero_shot.reference_text.strip()
-                if not 1 <= len(ref_text) <= self.limits.max_reference_text_chars:
-                    violations.append(("zero_shot.reference_text", "must be 1..1000 characters"))
-                inputs.reference_text = ref_text
-        if mode == MODE_VOICE_DESIGN:
-            violations += design_violations(message.voice_design, inputs)
-        if mode == MODE_INSTRUCT:
-            instruction = message.instruct.instruction.strip()
-            if not 1 <= len(instruction) <= self.limits.max_instruction_chars:
-                violations.append(("instruct.instruction", "must be 1..500 characters"))
-            inputs.instruction = instruction
+            violations += input_text_violations(request.text or "", text_field, self.limits.max_text_chars)
+        violations += voice_name_violations(request.voice)
+        violations += output_format_violations(request.output_format)
+        violations += speaking_rate_violations(request.speaking_rate)
+        violations += conversion_request_violations(request)
+        mode_violations, reference = await self._mode_violations(request, inputs)
+        violations += mode_violations
         if violations:
             raise InvalidArgument(violations)
+        return reference
 
-        voice = self.catalog.get(message.voice)
+    async def plan(self, message: WireRequest, *, text_field: str | None) -> SynthesisPlan:
+        """Validate a Synthesize request (its text under `text_field`) or a StreamingSynthesize config (no text:
+        `text_field` None) into the pipeline's plan. Raises InvalidArgument, NotFound or FailedPrecondition."""
+        request = SynthesisRequest.from_wire(message)
+        request_id = resolve_request_id(request.request_id)
+        rate = request.speaking_rate
+        inputs = TtsInputs(length_scale=1.0 / rate if rate else None, seed=request.seed or None)
+        reference = await self._check_fields(request, text_field, inputs)
+
+        voice = self.catalog.get(request.voice)
+        mode = request.mode
         if voice.saved is not None:
-            if message.WhichOneof("mode") not in (None, "preset_speaker") or message.preset_speaker.speaker:
-                raise InvalidArgument(
-                    [("mode", f"voice {voice.name!r} is a saved voice and brings its own reference: leave mode unset")]
-                )
-            mode = voice.supported_modes[0]
-            inputs.reference_text = voice.saved.reference_text or None
-            reference = (
-                f"saved:{voice.name}:{voice.saved.create_time}",
-                voice.saved.samples,
-                voice.saved.sample_rate_hz,
-            )
-        if mode not in voice.supported_modes:
-            others = self.catalog.with_mode(mode)
-            where = f"voices that support it: {', '.join(others)}" if others else "no configured voice supports it"
-            raise FailedPrecondition(
-                f"voice {voice.name!r} (model {voice.model.name}) does not support mode {mode}; {where}",
-                violations=[("MODE", f"voice/{voice.name}", f"{mode} not in {list(voice.model.supported_modes)}")],
-            )
+            mode, reference = saved_voice_reference(request, voice, inputs)
+        require_mode(self.catalog, voice, mode)
         inputs.noise_scale, inputs.noise_w = voice.spec.noise_scale, voice.spec.noise_w
-        speaker = ""
-        if mode == MODE_PRESET and message.WhichOneof("mode") == "preset_speaker":
-            speaker = message.preset_speaker.speaker
-        elif mode == MODE_INSTRUCT:
-            speaker = message.instruct.speaker
-        speaker = speaker or voice.spec.speaker
-        if speaker:
-            if speaker not in voice.speakers:
-                field = "instruct.speaker" if mode == MODE_INSTRUCT else "preset_speaker.speaker"
-                raise InvalidArgument([(field, f"voice {voice.name!r} has speakers {list(voice.speakers)}")])
-            if len(voice.model.speakers) > 1:
-                inputs.speaker_id = voice.model.speakers.index(speaker)
+        inputs.speaker_id = speaker_index(request, voice, mode)
         if reference is not None:
-            key, samples, base_rate = reference
-            target = voice.model.reference_sample_rate_hz
-            cached = self.references.get(key, target)
-            if cached is None:
-                processed = await asyncio.to_thread(resample, samples, base_rate, target)
-                self.references.put(key, target, processed, target)
-            else:
-                processed = cached[0]
-            inputs.reference_wav = processed
-
-        conversion = None
-        if not message.disable_conversion and (has_conversion or voice.spec.conversion is not None):
-            conversion = merge_conversion(voice.spec.conversion, message.conversion)
-            if not conversion.model:
-                raise InvalidArgument(
-                    [("conversion.model", f"is required: voice {voice.name!r} has no default conversion")]
-                )
+            inputs.reference_wav = await self._reference_for_model(reference, voice.model.reference_sample_rate_hz)
+        fmt = request.output_format
         return SynthesisPlan(
             request_id=request_id,
             voice=voice,
             mode=mode,
             tts_inputs=inputs,
-            conversion=conversion,
+            conversion=resolve_conversion(request, voice),
             encoding=fmt.encoding,
             output_rate=resolve_output_rate(fmt.encoding, fmt.sample_rate_hz, voice.model.sample_rate_hz),
         )

@@ -15,7 +15,7 @@ Config file (TOML, or JSON with the same shape):
     model = "world"                    # a model of the voice-conversion service (ListModels)
     pitch_shift_semitones = 4.0        # any ConversionSettings field, by its proto name
     formant_shift_semitones = 2.0
-    f0_method = "harvest"              # F0Method name, with or without the F0_METHOD_ prefix
+    f0_method = "harvest"              # F0Method name: "crepe-tiny", "CREPE_TINY" or "F0_METHOD_CREPE_TINY"
 
 Sample rate, modes, speakers and streaming come from the model's Triton config at start-up, never from this file.
 """
@@ -28,19 +28,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
+from services.common.conversion_settings import f0_method_value
+from services.common.durations import duration_from_seconds
 from services.common.errors import FailedPrecondition, NotFound, clip
-from services.tts_gateway.saved_voices import SavedVoice, SavedVoiceStore
-from services.tts_gateway.triton_client import (
+from services.tts_gateway.domain import (
     MODE_CROSS_LINGUAL,
     MODE_INSTRUCT,
     MODE_PRESET,
     MODE_VOICE_DESIGN,
     MODE_ZERO_SHOT,
-    TritonTts,
     TtsModelInfo,
 )
+from services.tts_gateway.saved_voices import SavedVoice, SavedVoiceStore
+from services.tts_gateway.triton_client import TritonTts
 from voice.v1 import conversion_pb2, tts_gateway_pb2
 
 DEFAULT_VOICES_PATH = Path(__file__).with_name("voices.toml")
@@ -116,15 +118,13 @@ class Voice:
             voice.default_conversion.CopyFrom(self.spec.conversion)
         if self.saved is not None:
             saved = self.saved
-            duration = duration_pb2.Duration()
-            duration.FromNanoseconds(round(saved.duration_s * 1e9))
             created = timestamp_pb2.Timestamp()
             created.FromNanoseconds(round(saved.create_time * 1e9))
             voice.saved.CopyFrom(
                 tts_gateway_pb2.SavedVoice(
                     base_voice=saved.base_voice,
                     reference_text=saved.reference_text,
-                    reference_duration=duration,
+                    reference_duration=duration_from_seconds(saved.duration_s),
                     create_time=created,
                     size_bytes=saved.size_bytes,
                 )
@@ -141,12 +141,10 @@ def _conversion_from_table(voice: str, table: dict[str, Any]) -> conversion_pb2.
         raise VoiceConfigError(f"voice {voice!r}: conversion needs a `model`")
     method = values.get("f0_method")
     if isinstance(method, str):
-        name = method.upper()
-        name = name if name.startswith("F0_METHOD_") else f"F0_METHOD_{name}"
-        try:
-            values["f0_method"] = conversion_pb2.F0Method.Value(name)
-        except ValueError:
-            raise VoiceConfigError(f"voice {voice!r}: unknown f0_method {method!r}") from None
+        value = f0_method_value(method)
+        if value is None:
+            raise VoiceConfigError(f"voice {voice!r}: unknown f0_method {method!r}")
+        values["f0_method"] = value
     try:
         return conversion_pb2.ConversionSettings(**values)
     except (TypeError, ValueError) as exc:

@@ -6,6 +6,7 @@ Voices here are built from a TtsModelInfo written by hand (what Triton's config 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 
 import grpc
@@ -14,8 +15,10 @@ import pytest
 import soundfile as sf
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.tts_gateway.domain import MODES, TtsModelInfo
 from services.tts_gateway.pipeline import Pipe, PipeClosed
-from services.tts_gateway.triton_client import TtsModelInfo, parse_model_config
+from services.tts_gateway.synthesis_request import SynthesisRequest
+from services.tts_gateway.triton_client import parse_model_config
 from services.tts_gateway.validation import Limits, ReferenceCache, RequestValidator, merge_conversion
 from services.tts_gateway.voices import (
     DEFAULT_VOICES_PATH,
@@ -204,3 +207,28 @@ async def test_reference_audio_is_checked_and_cached_by_content() -> None:
                 _request(voice="clone", cross_lingual=tts_gateway_pb2.CrossLingual(reference_audio=bad)),
                 text_field="text",
             )
+
+
+def test_both_wire_forms_read_into_the_same_request() -> None:
+    """StreamingSynthesizeConfig repeats SynthesizeRequest's settings (the wire cannot share them): with the same
+    settings both read into the same SynthesisRequest, text aside, and every field of the config is read."""
+    settings = dict(
+        request_id="req-1",
+        voice="joe",
+        instruct=tts_gateway_pb2.Instruct(instruction="warmly", speaker="joe"),
+        output_format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_WAV, sample_rate_hz=24000),
+        conversion=conversion_pb2.ConversionSettings(model="w", pitch_shift_semitones=2),
+        disable_conversion=True,
+        speaking_rate=1.5,
+        seed=7,
+    )
+    config_fields = {f.name for f in tts_gateway_pb2.StreamingSynthesizeConfig.DESCRIPTOR.fields}
+    mode_fields = {f.name for f in tts_gateway_pb2.StreamingSynthesizeConfig.DESCRIPTOR.oneofs_by_name["mode"].fields}
+    assert config_fields - mode_fields == set(settings) - {"instruct"}  # a new setting must be added here too
+    assert mode_fields == set(MODES)  # a oneof member names its mode
+    from_request = SynthesisRequest.from_wire(tts_gateway_pb2.SynthesizeRequest(text="Hi.", **settings))
+    from_config = SynthesisRequest.from_wire(tts_gateway_pb2.StreamingSynthesizeConfig(**settings))
+    assert from_request.text == "Hi." and from_config.text is None
+    assert dataclasses.replace(from_request, text=None) == from_config
+    assert from_config.mode == "instruct" and from_config.instruct.speaker == "joe"
+    assert SynthesisRequest.from_wire(tts_gateway_pb2.StreamingSynthesizeConfig()).conversion is None

@@ -1,0 +1,76 @@
+"""The gateway's shared vocabulary: synthesis modes, what a TTS model offers, the per-request model inputs and the
+validated plan of one request. Pure data: no gRPC, no Triton, no I/O, so every module (validation, pipeline, voices,
+the upstream clients) can import it without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from voice.v1 import conversion_pb2
+
+if TYPE_CHECKING:  # voices.py builds on this module; the plan only refers to its Voice
+    from services.tts_gateway.voices import Voice
+
+# Modes as the models' `supported_modes` parameter names them (and the `mode` oneof of the requests).
+MODE_PRESET = "preset_speaker"
+MODE_ZERO_SHOT = "zero_shot"
+MODE_CROSS_LINGUAL = "cross_lingual"
+MODE_INSTRUCT = "instruct"
+MODE_VOICE_DESIGN = "voice_design"
+MODES: tuple[str, ...] = (MODE_PRESET, MODE_ZERO_SHOT, MODE_CROSS_LINGUAL, MODE_INSTRUCT, MODE_VOICE_DESIGN)
+CLONING_MODES: tuple[str, ...] = (MODE_ZERO_SHOT, MODE_CROSS_LINGUAL)  # the modes that take reference audio
+
+
+@dataclass(frozen=True)
+class TtsModelInfo:
+    """What the gateway needs to know about one TTS model, from its Triton config."""
+
+    name: str
+    sample_rate_hz: int
+    decoupled: bool
+    supported_modes: tuple[str, ...]
+    language_code: str
+    speakers: tuple[str, ...]
+    max_text_chars: int
+    inputs: frozenset[str]
+    reference_sample_rate_hz: int = 16000
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TtsInputs:
+    """Per-request model inputs besides the text."""
+
+    speaker_id: int | None = None
+    length_scale: float | None = None
+    noise_scale: float | None = None
+    noise_w: float | None = None
+    reference_wav: np.ndarray | None = None
+    reference_text: str | None = None
+    instruction: str | None = None
+    # Voice design (Spark-TTS): "female"/"male" and five-step levels ("very_low" .. "very_high").
+    gender: str | None = None
+    pitch_level: str | None = None
+    speed_level: str | None = None
+    seed: int | None = None  # for models that sample; None lets the model pick
+
+
+@dataclass
+class SynthesisPlan:
+    """A validated request: everything the pipeline needs, nothing gRPC-specific."""
+
+    request_id: str
+    voice: Voice
+    mode: str
+    tts_inputs: TtsInputs
+    conversion: conversion_pb2.ConversionSettings | None
+    encoding: int
+    output_rate: int
+
+    @property
+    def tts_rate(self) -> int:
+        return self.voice.model.sample_rate_hz

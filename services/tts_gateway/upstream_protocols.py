@@ -1,0 +1,71 @@
+"""The two upstreams the synthesis pipeline drives, as protocols: speech (Triton: triton_client.TritonTts) and voice
+conversion (the conversion service: rvc_client.RvcClient). SynthesisPipeline depends on these only, so it can be
+driven by in-process fakes (tests/gateway/test_pipeline_core.py) as well as by the gRPC clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Protocol
+
+import numpy as np
+
+from services.tts_gateway.domain import TtsInputs, TtsModelInfo
+from voice.v1 import conversion_pb2
+
+
+class SpeechSession(Protocol):
+    """Speech for one request: pieces of text go in one at a time, in order; audio comes out as it is produced."""
+
+    busy_s: float  # time spent waiting on the model so far
+
+    def synthesize(
+        self, text: str, inputs: TtsInputs, *, playback_ahead_s: float | None = None
+    ) -> AsyncGenerator[np.ndarray, None]:
+        """Float audio of one piece at the model's rate, in one or more parts. `playback_ahead_s`: audio the
+        listener still has buffered (a scheduling hint). The pipeline closes the generator when it stops early."""
+        ...
+
+    async def close(self) -> None:
+        """Every piece is done: end the session politely."""
+        ...
+
+    def cancel(self) -> None:
+        """Abort whatever is in flight (the request is gone); safe to call at any time, also after close."""
+        ...
+
+
+class SpeechUpstream(Protocol):
+    def open(self, model: TtsModelInfo, request_id: str) -> SpeechSession: ...
+
+
+class ConversionSession(Protocol):
+    """Conversion for one request: float audio in (segment by segment), converted float audio out."""
+
+    async def start(self) -> None:
+        """Open the call before the first audio, so its setup overlaps speech synthesis."""
+        ...
+
+    async def send(self, audio: np.ndarray) -> None: ...
+
+    async def flush(self) -> None:
+        """A segment ended: convert what is buffered now instead of waiting for more input."""
+        ...
+
+    async def finish(self) -> None:
+        """No more input."""
+        ...
+
+    async def read(self) -> np.ndarray | None:
+        """The next converted audio at the output rate (possibly empty); None once the output has ended."""
+        ...
+
+    def cancel(self) -> None:
+        """Abort the call; safe to call at any time, also after the output ended."""
+        ...
+
+
+class ConversionUpstream(Protocol):
+    def open(
+        self, request_id: str, settings: conversion_pb2.ConversionSettings, input_rate: int, output_rate: int
+    ) -> ConversionSession: ...
