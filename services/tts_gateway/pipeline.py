@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from services.common.audio import StreamResampler, make_encoder
 from services.common.chunks import ChunkSequencer, synthesis_summary
@@ -46,11 +47,16 @@ class PipeClosed(Exception):
 
 
 class Pipe(Generic[T]):
-    """A bounded async FIFO that can be closed normally (readers see the end) or with an error (readers get it)."""
+    """A bounded async FIFO that can be closed normally (readers see the end) or with an error (readers get it).
 
-    def __init__(self, maxsize: int) -> None:
+    With `deliver_buffered`, a reader still gets the items put before the error, then the error: the pipe that feeds
+    the client holds audio already produced, which the listener should hear before the stream fails. Pipes that
+    feed work (text to synthesize, audio to convert) fail at once instead, so no new upstream work starts."""
+
+    def __init__(self, maxsize: int, *, deliver_buffered: bool = False) -> None:
         self._items: collections.deque[T] = collections.deque()
         self._maxsize = maxsize
+        self._deliver_buffered = deliver_buffered
         self._cond = asyncio.Condition()
         self._closed = False
         self._error: BaseException | None = None
@@ -78,7 +84,7 @@ class Pipe(Generic[T]):
     async def __anext__(self) -> T:
         async with self._cond:
             await self._cond.wait_for(lambda: bool(self._items) or self._closed)
-            if self._error is not None:
+            if self._error is not None and not (self._deliver_buffered and self._items):
                 raise self._error
             if not self._items:
                 raise StopAsyncIteration
@@ -93,7 +99,7 @@ class Block:
 
     segment: int
     text: str
-    audio: np.ndarray
+    audio: npt.NDArray[np.float32]
     end: bool = False
 
 
@@ -138,8 +144,9 @@ class SynthesisPipeline:
         # TTFA counts from the request (or, for streaming input, the first text): the caller may reset it.
         self.started_at = started_at if started_at is not None else time.perf_counter()
         self.pieces: Pipe[str] = Pipe(1 << 30)  # text is small; its size is capped at validation
-        self._tts_out: Pipe[Block] = Pipe(pipe_depth)
-        self._conv_out: Pipe[Block] = Pipe(pipe_depth)
+        converted = plan.conversion is not None
+        self._tts_out: Pipe[Block] = Pipe(pipe_depth, deliver_buffered=not converted)
+        self._conv_out: Pipe[Block] = Pipe(pipe_depth, deliver_buffered=True)
         self._tasks: list[asyncio.Task[None]] = []
         self._pipes: list[Pipe[Block] | Pipe[str]] = [self.pieces, self._tts_out, self._conv_out]
         self.totals = Totals()
@@ -204,9 +211,9 @@ class SynthesisPipeline:
             session.cancel()
 
     async def _conversion_stage(self) -> None:
-        assert self.converter is not None and self.plan.conversion is not None
-        plan = self.plan
-        session = self.converter.open(plan.request_id, plan.conversion, plan.tts_rate, plan.output_rate)
+        plan, settings = self.plan, self.plan.conversion
+        assert self.converter is not None and settings is not None
+        session = self.converter.open(plan.request_id, settings, plan.tts_rate, plan.output_rate)
         progress = ConversionProgress()
 
         async def read_all() -> None:

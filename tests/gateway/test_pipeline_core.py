@@ -405,6 +405,34 @@ async def test_speech_failing_on_sentence_two_reaches_the_caller_after_sentence_
     assert_nothing_left_running()
 
 
+async def test_audio_buffered_before_a_failure_reaches_the_listener_before_the_error() -> None:
+    """The listener reads nothing until speech has already failed on sentence 2: sentence 1's audio, produced and
+    buffered before the failure, still arrives in full, then the upstream's error."""
+    failure = Internal("triton model fake_tts failed: out of memory (request id core-test)")
+    speech = FakeSpeech(fail_on={1: failure})
+    pipeline = make_pipeline(speech)
+    await feed(pipeline, sentences(3))
+    pipeline.start()
+    await settle(lambda: [(len(s.requested), s.cancelled) for s in speech.sessions])
+    assert speech.session.requested == sentences(2) and speech.session.cancelled  # failed before anyone listened
+
+    received: list[audio_pb2.AudioChunk] = []
+    chunks = pipeline.chunks()
+    with pytest.raises(Internal) as raised:
+        try:
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    received.append(chunk)
+        finally:
+            await pipeline.aclose()
+
+    assert raised.value is failure
+    audio = np.concatenate([samples(c) for c in received])
+    assert audio.size == round(0.3 * RATE) and np.all(audio == level(0))
+    assert {c.segment_index for c in received} == {0} and not any(c.is_final for c in received)
+    assert_nothing_left_running()
+
+
 async def test_conversion_failing_ends_the_request_even_while_speech_is_mid_call() -> None:
     """The conversion call fails after its first output while Triton is still busy with sentence 2: the error
     must reach the caller now, and the speech call be cancelled, not left synthesizing for a dead stream."""
