@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from benchmarks.soak import MemoryLog, Sample, Tracked, descendants, memory_table, pick_baseline
+from tests.waiting import wait_until
 
-# A parent that starts a child that starts a grandchild, like the Triton launcher -> tritonserver -> stubs.
+# A parent that starts a child that starts a grandchild, like the Triton launcher -> tritonserver -> stubs; each
+# sleeps to stay alive while the test looks at it.
 TREE = (
     "import subprocess, sys, time\n"
     'code = \'import subprocess, sys, time; subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]);'
@@ -31,12 +32,11 @@ def tree() -> Iterator[subprocess.Popen[bytes]]:
 
 
 def test_descendants_finds_children_and_grandchildren(tree: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    found: list[int] = []
-    while time.monotonic() < deadline and len(found) < 2:
-        found = descendants(tree.pid)
-        time.sleep(0.1)
-    assert len(found) == 2
+    def child_and_grandchild() -> list[int]:
+        pids = descendants(tree.pid)
+        return pids if len(pids) == 2 else []
+
+    found = wait_until(child_and_grandchild, within=20, interval=0.1, what="the child and the grandchild to start")
     log = MemoryLog([], tree.pid)
     sample = log.sample(0.0)
     assert set(sample.kb) == {tree.pid, *found}

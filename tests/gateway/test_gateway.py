@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.errors import status_details
 from tests.fixtures.gateway import GatewayProcess, start_gateway
+from tests.waiting import async_wait_until, async_wait_until_steady
 from voice.v1 import (
     audio_pb2,
     conversion_pb2,
@@ -234,6 +235,24 @@ def _triton_pieces(metrics_url: str) -> float:
     return sum(float(m) for m in re.findall(r'^tts_pieces_total\{[^}]*model="piper_tts"[^}]*\} (\S+)', text, re.M))
 
 
+async def _no_conversion_streams(address: str, when: str) -> None:
+    async def closed() -> bool:
+        return await _rvc_active_streams(address) == 0
+
+    await async_wait_until(closed, within=5, interval=0.1, what=f"the conversion stream to close {when}")
+
+
+async def _triton_stops(metrics_url: str, pieces_at_start: float, when: str) -> None:
+    """Triton's piece counter settles (quiet for 2 s) with at most the sentence in synthesis finished, and the
+    story (30 sentences) never completed."""
+    at_stop = _triton_pieces(metrics_url)
+    settled = await async_wait_until_steady(
+        lambda: _triton_pieces(metrics_url), quiet=2.0, within=10, what=f"Triton's piece count {when}"
+    )
+    assert settled - at_stop <= 1, f"Triton kept synthesizing {when}: {settled - at_stop:g} more pieces"
+    assert settled - pieces_at_start < 30  # it never got through the whole story
+
+
 async def test_cancel_mid_stream_ends_the_triton_and_conversion_streams(
     stub, gateway, triton_server, rvc_service
 ) -> None:
@@ -244,15 +263,8 @@ async def test_cancel_mid_stream_ends_the_triton_and_conversion_streams(
         assert await call.read() is not grpc.aio.EOF
     assert await _rvc_active_streams(rvc_service.address) >= 1
     call.cancel()
-    deadline = time.monotonic() + 5
-    while await _rvc_active_streams(rvc_service.address) != 0:
-        assert time.monotonic() < deadline, "conversion stream still open after cancel"
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(1.0)  # a sentence already in synthesis may finish
-    before = _triton_pieces(triton_server.metrics_url)
-    await asyncio.sleep(2.0)
-    assert _triton_pieces(triton_server.metrics_url) == before, "Triton kept synthesizing after cancel"
-    assert before - pieces_at_start < 30  # it never got through the whole story
+    await _no_conversion_streams(rvc_service.address, "after cancel")
+    await _triton_stops(triton_server.metrics_url, pieces_at_start, "after cancel")
     status = await stub.GetStatus(tts_gateway_pb2.TtsGatewayServiceGetStatusRequest())
     assert status.active_streams == 0
 
@@ -266,15 +278,8 @@ async def test_deadline_ends_the_triton_and_conversion_streams(stub, triton_serv
             pass
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 3
-    deadline = time.monotonic() + 5
-    while await _rvc_active_streams(rvc_service.address) != 0:
-        assert time.monotonic() < deadline, "conversion stream still open after the deadline"
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(1.0)  # a sentence already in synthesis may finish
-    settled = _triton_pieces(triton_server.metrics_url)
-    await asyncio.sleep(2.0)
-    assert _triton_pieces(triton_server.metrics_url) == settled, "Triton kept synthesizing after the deadline"
-    assert settled - pieces_at_start < 30
+    await _no_conversion_streams(rvc_service.address, "after the deadline")
+    await _triton_stops(triton_server.metrics_url, pieces_at_start, "after the deadline")
     status = await stub.GetStatus(tts_gateway_pb2.TtsGatewayServiceGetStatusRequest())
     assert status.active_streams == 0
 
@@ -397,10 +402,14 @@ async def test_conversion_service_down_gives_unavailable_fast_and_recovers(
         voices = await stub.ListVoices(tts_gateway_pb2.ListVoicesRequest())
         return {v.name: (v.available, v.unavailable_reason) for v in voices.voices}
 
-    deadline = time.monotonic() + 10
-    while (await voice_availability())["joe-world-high"][0]:  # the probe notices within its interval
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
+    async def converted_voice_available() -> bool:
+        return (await voice_availability())["joe-world-high"][0]
+
+    async def converted_voice_down() -> bool:
+        return not await converted_voice_available()
+
+    # The probe notices within its interval.
+    await async_wait_until(converted_voice_down, within=10, interval=0.1, what="joe-world-high to be unavailable")
     started = time.perf_counter()
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await collect(stub, request(text="Convert me.", voice="joe-world-high"))
@@ -420,10 +429,9 @@ async def test_conversion_service_down_gives_unavailable_fast_and_recovers(
         plain, _, _ = await collect(stub, request(text="No conversion needed."))
         assert plain[-1].is_final
         await asyncio.to_thread(rvc.restart)
-    deadline = time.monotonic() + 5
-    while not (await voice_availability())["joe-world-high"][0]:
-        assert time.monotonic() < deadline, "converted voice not back within 5 s of the service"
-        await asyncio.sleep(0.1)
+    await async_wait_until(
+        converted_voice_available, within=5, interval=0.1, what="the converted voice to be back with its service"
+    )
     chunks, _, _ = await collect(stub, request(text="Converted again.", voice="joe-world-high"))
     assert seconds(chunks[-1].summary.conversion_time) > 0
     assert gateway.running

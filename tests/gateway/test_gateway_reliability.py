@@ -3,7 +3,6 @@ upstream work stopping promptly on cancel, and no sliver chunks."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import grpc
@@ -11,6 +10,7 @@ import pytest
 
 from tests.gateway.test_gateway import PARAGRAPH, collect, request, seconds, stub  # noqa: F401  (fixture)
 from tests.prometheus import metric, scrape
+from tests.waiting import async_wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 LEAKS = ("Traceback", 'File "', "/work/", "site-packages", ".py")
@@ -62,15 +62,26 @@ async def test_cancel_stops_the_sentence_in_synthesis_at_once(stub, triton_serve
     cancelled_before = piper_metric(url, "tts_requests_cancelled_total")
     interrupted_before = piper_metric(url, "tts_pieces_interrupted_total")
     pieces_before = piper_metric(url, "tts_pieces_total")
+    accepted_before = piper_metric(url, "nv_inference_request_success")
     call = stub.Synthesize(request(text=text), timeout=60)
-    first = await call.read()  # the lead-in is out: the long sentence is in synthesis now
+    first = await call.read()  # the lead-in is out
     assert first is not grpc.aio.EOF
-    await asyncio.sleep(0.15)
+    # The gateway sends one Triton request per sentence; Triton counts a request of this decoupled model as
+    # successful when the model has taken it over. Once the second is, the long sentence is in synthesis.
+    await async_wait_until(
+        lambda: piper_metric(url, "nv_inference_request_success") >= accepted_before + 2,
+        within=10,
+        interval=0.01,
+        what="Triton to take the long sentence",
+    )
     call.cancel()
     cancelled_at = time.monotonic()
-    while piper_metric(url, "tts_requests_cancelled_total") == cancelled_before:
-        assert time.monotonic() - cancelled_at < 5, "Triton never saw the cancel"
-        await asyncio.sleep(0.01)
+    await async_wait_until(
+        lambda: piper_metric(url, "tts_requests_cancelled_total") > cancelled_before,
+        within=5,
+        interval=0.01,
+        what="Triton to see the cancel",
+    )
     reaction = time.monotonic() - cancelled_at
     print(f"Triton saw the cancel and stopped after {reaction * 1000:.0f} ms")
     # The long sentence was stopped mid-inference, not finished for nobody.

@@ -30,6 +30,7 @@ from tests.fixtures.gateway import start_gateway
 from tests.fixtures.rvc_service import start_rvc_service
 from tests.fixtures.service_process import REPO_ROOT, ServiceProcess
 from tests.fixtures.triton_server import LAUNCHER, TRITON_PYTHON, _http_ok, _stop, free_ports
+from tests.waiting import wait_until
 from voice.v1 import audio_pb2, tts_gateway_pb2, tts_gateway_pb2_grpc
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -274,12 +275,16 @@ def secured_triton(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> It
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env, start_new_session=True
         )
+
+    def log_tail() -> str:
+        return log_path.read_text(errors="replace")[-3000:]
+
+    def ready() -> bool:
+        assert process.poll() is None, f"secured Triton exited:\n{log_tail()}"
+        return _http_ok(f"http://127.0.0.1:{http_port}/v2/health/ready")
+
     try:
-        deadline = time.monotonic() + 240
-        while not _http_ok(f"http://127.0.0.1:{http_port}/v2/health/ready"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"secured Triton did not become ready:\n{log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.25)
+        wait_until(ready, within=240, interval=0.25, what=lambda: f"secured Triton to be ready:\n{log_tail()}")
         yield f"127.0.0.1:{grpc_port}"
     finally:
         _stop(process)

@@ -19,6 +19,7 @@ from services.common import audio as A
 from services.common.errors import status_details
 from tests.fixtures.rvc_service import RvcServiceProcess, start_rvc_service
 from tests.prometheus import metric
+from tests.waiting import async_wait_until
 from voice.v1 import audio_pb2, conversion_pb2, voice_conversion_pb2, voice_conversion_pb2_grpc
 
 pytestmark = pytest.mark.timeout(180)
@@ -73,7 +74,7 @@ async def refused_after(stub) -> tuple[float, grpc.aio.AioRpcError]:
 
     async def messages() -> AsyncIterator[voice_conversion_pb2.ConvertRequest]:
         yield config_message()
-        await asyncio.sleep(30)  # keep the request side open, as a real client streaming audio would
+        await asyncio.sleep(30)  # a client holding its request side open (as one streaming audio would)
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for _ in stub.Convert(messages()):
@@ -123,13 +124,12 @@ async def test_second_stream_is_refused_at_once_and_admitted_after_the_first_end
     while (chunk := await first.read()) != grpc.aio.EOF:
         chunks.append(chunk)
     assert chunks and chunks[-1].is_final
-    deadline = time.monotonic() + 10
-    while True:
+
+    async def no_open_stream() -> bool:
         status = await stub.GetStatus(voice_conversion_pb2.VoiceConversionServiceGetStatusRequest())
-        if status.active_streams == 0:
-            break
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+        return status.active_streams == 0
+
+    await async_wait_until(no_open_stream, within=10, interval=0.02, what="the first stream to be released")
 
     async def whole() -> AsyncIterator[voice_conversion_pb2.ConvertRequest]:
         yield config_message()

@@ -87,7 +87,7 @@ async def cancel_mid_run(
 
     token = CancelToken()
     task = asyncio.create_task(pool.run(job, model=voice.name, token=token))
-    await asyncio.sleep(0.45 * run_s)  # mid-run, well inside the job
+    await asyncio.sleep(0.45 * run_s)  # the cancel point under test: mid-run, well inside the job
     assert not task.done(), "the job ended before the cancel: the input is too short to test anything"
     cancelled_at = time.perf_counter()
     token.cancel("test cancel")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from services.rvc_service.pool import CancelToken, JobCancelled, PoolClosed, PoolFull, WorkerPool
+from tests.waiting import async_wait_until
 
 MODEL = "test-model"
 
@@ -50,14 +51,6 @@ def make_pool():
         pool.close(timeout=10)
 
 
-async def wait_until(predicate, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
-
-
 async def test_jobs_of_one_stream_run_in_order_and_streams_overlap(make_pool) -> None:
     pool = make_pool(3)
     events: list[tuple[str, int, str, float]] = []
@@ -67,7 +60,7 @@ async def test_jobs_of_one_stream_run_in_order_and_streams_overlap(make_pool) ->
         def fn(token: CancelToken) -> int:
             with lock:
                 events.append((key, i, "start", time.perf_counter()))
-            time.sleep(0.01)
+            time.sleep(0.01)  # the job's work
             with lock:
                 events.append((key, i, "end", time.perf_counter()))
             return i
@@ -142,9 +135,9 @@ async def test_full_queue_refuses_at_once_with_retry_hint(make_pool) -> None:
     pool = make_pool(1, capacity=2)
     release = threading.Event()
     blocker = asyncio.create_task(pool.run(lambda t: release.wait(10), model=MODEL))
-    await wait_until(lambda: pool.stats().busy == 1)
+    await async_wait_until(lambda: pool.stats().busy == 1, within=5, interval=0.005)
     queued = [asyncio.create_task(pool.run(lambda t, i=i: i, model=MODEL)) for i in range(2)]
-    await wait_until(lambda: pool.stats().queue_depth == 2)
+    await async_wait_until(lambda: pool.stats().queue_depth == 2, within=5, interval=0.005)
     started = time.perf_counter()
     with pytest.raises(PoolFull) as refused:
         pool.submit(lambda t: None, model=MODEL)
@@ -163,9 +156,9 @@ async def test_cancelled_queued_job_is_dropped(make_pool) -> None:
     release = threading.Event()
     ran: list[str] = []
     blocker = asyncio.create_task(pool.run(lambda t: release.wait(10), model=MODEL))
-    await wait_until(lambda: pool.stats().busy == 1)
+    await async_wait_until(lambda: pool.stats().busy == 1, within=5, interval=0.005)
     victim = asyncio.create_task(pool.run(lambda t: ran.append("victim"), model=MODEL, key="k"))
-    await wait_until(lambda: pool.stats().queue_depth == 1)
+    await async_wait_until(lambda: pool.stats().queue_depth == 1, within=5, interval=0.005)
     victim.cancel()
     with pytest.raises(asyncio.CancelledError):
         await victim
@@ -184,12 +177,12 @@ async def test_cancel_stops_running_job_at_next_segment_and_frees_worker(make_po
     def long_job(token: CancelToken) -> str:
         for i in range(200):  # 200 x 20 ms = 4 s if never cancelled
             token.raise_if_cancelled()
-            time.sleep(0.02)
+            time.sleep(0.02)  # one segment of work
             segments_done.append(i)
         return "finished"
 
     task = asyncio.create_task(pool.run(long_job, model=MODEL))
-    await wait_until(lambda: len(segments_done) >= 3)
+    await async_wait_until(lambda: len(segments_done) >= 3, within=5, interval=0.005)
     task.cancel()
     started = time.perf_counter()
     with pytest.raises(asyncio.CancelledError):
@@ -230,9 +223,9 @@ async def test_close_joins_workers_and_fails_queued_work() -> None:
     assert len(workers()) == 2
     release = threading.Event()
     running = [asyncio.create_task(pool.run(lambda t: release.wait(0.3), model=MODEL)) for _ in range(2)]
-    await wait_until(lambda: pool.stats().busy == 2)
+    await async_wait_until(lambda: pool.stats().busy == 2, within=5, interval=0.005)
     queued = asyncio.create_task(pool.run(lambda t: "late", model=MODEL))
-    await wait_until(lambda: pool.stats().queue_depth == 1)
+    await async_wait_until(lambda: pool.stats().queue_depth == 1, within=5, interval=0.005)
     await pool.aclose(join_timeout=5)
     with pytest.raises(PoolClosed):
         await queued

@@ -6,7 +6,6 @@ import asyncio
 import io
 import signal
 import threading
-import time
 from collections.abc import AsyncIterator, Iterable
 
 import grpc
@@ -21,11 +20,13 @@ from services.common import audio as A
 from services.common.errors import status_details
 from tests.fixtures.rvc_service import RvcServiceProcess, start_rvc_service
 from tests.prometheus import metric, scrape
+from tests.waiting import async_wait_until, wait_until
 from voice.v1 import audio_pb2, conversion_pb2, voice_conversion_pb2, voice_conversion_pb2_grpc
 
 pytestmark = pytest.mark.timeout(120)
 
 SERVICE = "voice.v1.VoiceConversionService"
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 IN_RATE = 16000
 PCM16_IN = audio_pb2.AudioFormat(encoding=A.PCM16, sample_rate_hz=IN_RATE)
 FLOAT_OUT = audio_pb2.AudioFormat(encoding=A.FLOAT32, sample_rate_hz=24000)
@@ -341,13 +342,19 @@ async def test_client_cancel_frees_the_stream(stub) -> None:
     status = await stub.GetStatus(voice_conversion_pb2.VoiceConversionServiceGetStatusRequest())
     assert status.active_streams == 1
     call.cancel()
-    deadline = time.monotonic() + 10
-    while True:
-        status = await stub.GetStatus(voice_conversion_pb2.VoiceConversionServiceGetStatusRequest())
-        if status.active_streams == 0 and status.busy_workers == 0 and status.queue_depth == 0:
-            break
-        assert time.monotonic() < deadline, status
-        await asyncio.sleep(0.05)
+    last: list[voice_conversion_pb2.VoiceConversionServiceGetStatusResponse] = []
+
+    async def idle() -> bool:
+        last[:] = [await stub.GetStatus(voice_conversion_pb2.VoiceConversionServiceGetStatusRequest())]
+        return last[0].active_streams == 0 and last[0].busy_workers == 0 and last[0].queue_depth == 0
+
+    await async_wait_until(idle, within=10, what=lambda: f"the service to be idle again: {last}")
+
+
+def health_status(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
+        return int(reply.status)
 
 
 def test_sigterm_lets_an_open_convert_stream_finish(tmp_path) -> None:
@@ -367,7 +374,8 @@ def test_sigterm_lets_an_open_convert_stream_finish(tmp_path) -> None:
                         assert stream_open.wait(30)
                         service.process.send_signal(signal.SIGTERM)  # mid-stream
                         sent_signal.append(True)
-                        time.sleep(0.3)
+                        # The rest of the audio goes to a server that is draining.
+                        wait_until(lambda: health_status(service.address) == NOT_SERVING, within=10, what="drain")
                     yield message
 
             call = stub.Convert(messages())
