@@ -28,6 +28,7 @@ from services.tts_gateway.voices import (
     load_voice_specs,
     parse_voice_specs,
 )
+from tests.waiting import yield_to_loop
 from voice.v1 import audio_pb2, conversion_pb2, tts_gateway_pb2
 
 PIPER_CONFIG = {
@@ -57,7 +58,7 @@ async def test_pipe_applies_backpressure_and_keeps_order() -> None:
     await pipe.put(1)
     await pipe.put(2)
     blocked = asyncio.create_task(pipe.put(3))
-    await asyncio.sleep(0.05)
+    await yield_to_loop()
     assert not blocked.done()  # full: the producer waits for the consumer
     received = []
     async for item in pipe:
@@ -65,7 +66,8 @@ async def test_pipe_applies_backpressure_and_keeps_order() -> None:
         if item == 3:
             break
         if item == 1:
-            await asyncio.sleep(0.01)
+            await yield_to_loop()
+            assert blocked.done()  # one item taken: the producer's put went through
     await blocked
     assert received == [1, 2, 3]
 
@@ -74,7 +76,8 @@ async def test_pipe_error_reaches_reader_and_unblocks_writer() -> None:
     pipe: Pipe[int] = Pipe(1)
     await pipe.put(1)
     writer = asyncio.create_task(pipe.put(2))
-    await asyncio.sleep(0.01)
+    await yield_to_loop()
+    assert not writer.done()  # waiting for room when the pipe fails
     await pipe.close(RuntimeError("upstream broke"))
     with pytest.raises(PipeClosed):
         await writer
