@@ -62,7 +62,7 @@ class ToneServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
                 duration=duration_from_seconds(CHUNK_SECONDS),
                 is_final=i == count - 1,
             )
-            await asyncio.sleep(self.chunk_delay)
+            await asyncio.sleep(self.chunk_delay)  # a stream that takes time: the behaviour the tests drain and limit
 
     async def StreamingSynthesize(
         self,
