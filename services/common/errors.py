@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 FieldViolations = Sequence[tuple[str, str]]
@@ -170,10 +170,6 @@ class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class Unauthenticated(ServiceError):
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
 class Internal(ServiceError):
     code = grpc.StatusCode.INTERNAL
 
@@ -208,10 +204,8 @@ __all__ = [
     "NotFound",
     "ResourceExhausted",
     "ServiceError",
-    "Unauthenticated",
     "Unavailable",
     "clip",
-    "code_pb2",
     "status_details",
     "upstream_message",
 ]

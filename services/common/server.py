@@ -112,7 +112,6 @@ class ServiceHost:
         self._metrics: MetricsExporter | None = None
         self._stopping = False
         self.port = 0
-        self.started_at = time.monotonic()
 
     def add_service(self, full_name: str, register: RegisterFn) -> None:
         """full_name: e.g. 'voice.v1.TtsGatewayService'; register: the generated add_*Servicer_to_server bound call."""
@@ -134,10 +133,6 @@ class ServiceHost:
     @property
     def metrics_port(self) -> int | None:
         return self._metrics.port if self._metrics else None
-
-    @property
-    def uptime_seconds(self) -> float:
-        return time.monotonic() - self.started_at
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         o = self.options

@@ -83,28 +83,6 @@ class SynthConfig:
             int(sr),
         )
 
-    def to_list(self) -> list[object]:
-        return [
-            self.spec_channels,
-            self.segment_size,
-            self.inter_channels,
-            self.hidden_channels,
-            self.filter_channels,
-            self.n_heads,
-            self.n_layers,
-            self.kernel_size,
-            self.p_dropout,
-            self.resblock,
-            list(self.resblock_kernel_sizes),
-            [list(d) for d in self.resblock_dilation_sizes],
-            list(self.upsample_rates),
-            self.upsample_initial_channel,
-            list(self.upsample_kernel_sizes),
-            self.spk_embed_dim,
-            self.gin_channels,
-            self.sr,
-        ]
-
 
 # ---------------------------------------------------------------------------------------------------- prior encoder
 
