@@ -15,12 +15,13 @@ from __future__ import annotations
 import io
 import struct
 from fractions import Fraction
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import av
 import numpy as np
 import soundfile as sf
 import soxr
+from numpy.typing import NDArray
 
 from voice.v1 import audio_pb2
 
@@ -75,7 +76,7 @@ def duration_seconds(n_samples: int, rate: int) -> float:
     return n_samples / rate
 
 
-def rms(x: np.ndarray) -> float:
+def rms(x: NDArray[np.floating[Any]]) -> float:
     """Root-mean-square level of ``x`` (0.0 for empty input)."""
     if x.size == 0:
         return 0.0
@@ -83,7 +84,7 @@ def rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(xd * xd)))
 
 
-def dominant_frequency(x: np.ndarray, rate: int) -> float:
+def dominant_frequency(x: NDArray[np.floating[Any]], rate: int) -> float:
     """Frequency in Hz of the strongest spectral peak of ``x`` (0.0 for silence).
 
     Hann window + parabolic interpolation on the log magnitude around the peak bin gives sub-bin accuracy, so a
@@ -107,21 +108,22 @@ def dominant_frequency(x: np.ndarray, rate: int) -> float:
     return float((k + offset) * rate / x.size)
 
 
-def float_to_pcm16(x: np.ndarray) -> bytes:
+def float_to_pcm16(x: NDArray[np.floating[Any]]) -> bytes:
     """Float samples in [-1, 1] to 16-bit little-endian PCM; values outside the range are clipped."""
     x = np.asarray(x, dtype=np.float32).reshape(-1)
     # x32767 (not 32768) so +1.0 maps to 32767 without wrapping; round rather than truncate to avoid a DC bias.
-    return np.rint(np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    pcm: NDArray[np.int16] = np.rint(np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2")
+    return pcm.tobytes()
 
 
-def pcm16_to_float(b: bytes) -> np.ndarray:
+def pcm16_to_float(b: bytes) -> NDArray[np.float32]:
     """16-bit little-endian PCM to float32 in [-1, 1) (same scaling as libsndfile: divide by 32768)."""
     if len(b) % 2:
         raise AudioDecodeError(f"PCM16 audio must have an even number of bytes, got {len(b)}")
     return np.frombuffer(b, dtype="<i2").astype(np.float32) / np.float32(32768.0)
 
 
-def _as_mono_float32(samples: np.ndarray) -> np.ndarray:
+def _as_mono_float32(samples: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
     """Coerce encoder input to a contiguous 1-D float32 array; (n, 1) is accepted, real multi-channel is not."""
     a = np.asarray(samples)
     if a.ndim == 2 and 1 in a.shape:
@@ -141,7 +143,7 @@ def _check_length(n_frames: int, rate: int, max_seconds: float | None) -> None:
         raise AudioDecodeError(f"audio is {n_frames / rate:.1f} s, longer than the {max_seconds:g} s limit")
 
 
-def _finish(audio: np.ndarray, rate: int) -> tuple[np.ndarray, int]:
+def _finish(audio: NDArray[np.float32], rate: int) -> tuple[NDArray[np.float32], int]:
     """(frames, channels) float -> mono float32 in [-1, 1]."""
     if audio.shape[0] == 0:
         raise AudioDecodeError("audio contains no samples")
@@ -150,7 +152,7 @@ def _finish(audio: np.ndarray, rate: int) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(np.clip(mono, -1.0, 1.0), dtype=np.float32), rate
 
 
-def _decode_raw(data: bytes, encoding: int, sample_rate_hz: int, channels: int) -> np.ndarray:
+def _decode_raw(data: bytes, encoding: int, sample_rate_hz: int, channels: int) -> NDArray[np.float32]:
     name = encoding_name(encoding)
     if sample_rate_hz <= 0:
         raise AudioDecodeError(f"sample_rate_hz is required for raw {name} audio (e.g. 16000)")
@@ -176,7 +178,7 @@ def _decode_raw(data: bytes, encoding: int, sample_rate_hz: int, channels: int) 
     return flat.reshape(-1, channels)
 
 
-def _decode_container(data: bytes, encoding: int, max_seconds: float | None) -> tuple[np.ndarray, int]:
+def _decode_container(data: bytes, encoding: int, max_seconds: float | None) -> tuple[NDArray[np.float32], int]:
     """WAV and Ogg-Opus via libsndfile (its Ogg-Opus reader applies pre-skip and end trimming, and decodes at the
     rate stored in the Opus header, so no extra resampling is needed)."""
     name = encoding_name(encoding)
@@ -192,7 +194,7 @@ def _decode_container(data: bytes, encoding: int, max_seconds: float | None) -> 
             # 0xFFFFFFFF sizes report the real length here because libsndfile clamps to the file size.
             if f.frames > 0:
                 _check_length(f.frames, f.samplerate, max_seconds)
-            audio = f.read(dtype="float32", always_2d=True)
+            audio: NDArray[np.float32] = f.read(dtype="float32", always_2d=True)
             rate = int(f.samplerate)
     except AudioDecodeError:
         raise
@@ -210,7 +212,7 @@ def decode_audio(
     channels: int = 1,
     *,
     max_seconds: float | None = None,
-) -> tuple[np.ndarray, int]:
+) -> tuple[NDArray[np.float32], int]:
     """Decode a whole input clip to (mono float32 in [-1, 1], sample rate).
 
     ``sample_rate_hz`` and ``channels`` describe raw PCM16 / FLOAT32 input (channels interleaved, 0 means 1); WAV and
@@ -241,7 +243,7 @@ def decode_audio(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def resample(audio: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
+def resample(audio: NDArray[np.floating[Any]], from_hz: int, to_hz: int) -> NDArray[np.float32]:
     """One-shot resample of mono float audio with soxr (HQ); returns the input (as float32) when rates are equal."""
     audio = np.ascontiguousarray(audio, dtype=np.float32)
     if from_hz == to_hz or audio.size == 0:
@@ -264,21 +266,23 @@ class StreamResampler:
         self._stream = None if from_hz == to_hz else soxr.ResampleStream(from_hz, to_hz, 1, dtype="float32")
         self._flushed = False
 
-    def process(self, chunk: np.ndarray) -> np.ndarray:
+    def process(self, chunk: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
         if self._flushed:
             raise RuntimeError("StreamResampler.process() called after flush()")
-        chunk = _as_mono_float32(chunk)
+        mono = _as_mono_float32(chunk)
         if self._stream is None:
-            return chunk
-        return self._stream.resample_chunk(chunk, last=False)
+            return mono
+        out: NDArray[np.float32] = self._stream.resample_chunk(mono, last=False)  # float32: the stream's dtype
+        return out
 
-    def flush(self) -> np.ndarray:
+    def flush(self) -> NDArray[np.float32]:
         if self._flushed:
             return np.zeros(0, dtype=np.float32)
         self._flushed = True
         if self._stream is None:
             return np.zeros(0, dtype=np.float32)
-        return self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        tail: NDArray[np.float32] = self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        return tail
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -343,7 +347,7 @@ class AudioEncoder:
         self.samples_encoded = 0  # input samples accepted so far, for durations and offsets
         self._finished = False
 
-    def encode(self, samples: np.ndarray) -> bytes:
+    def encode(self, samples: NDArray[np.floating[Any]]) -> bytes:
         if self._finished:
             raise RuntimeError(f"{type(self).__name__}.encode() called after finish()")
         x = _as_mono_float32(samples)
@@ -360,7 +364,7 @@ class AudioEncoder:
         """Release resources of an abandoned stream (e.g. a cancelled RPC); nothing more may be encoded."""
         self._finished = True
 
-    def _encode(self, x: np.ndarray) -> bytes:
+    def _encode(self, x: NDArray[np.float32]) -> bytes:
         raise NotImplementedError
 
     def _finish(self) -> bytes:
@@ -370,14 +374,14 @@ class AudioEncoder:
 class Pcm16Encoder(AudioEncoder):
     encoding = PCM16
 
-    def _encode(self, x: np.ndarray) -> bytes:
+    def _encode(self, x: NDArray[np.float32]) -> bytes:
         return float_to_pcm16(x)
 
 
 class Float32Encoder(AudioEncoder):
     encoding = FLOAT32
 
-    def _encode(self, x: np.ndarray) -> bytes:
+    def _encode(self, x: NDArray[np.float32]) -> bytes:
         # Clip so the lossless hop still honours the [-1, 1] contract of the proto.
         return np.clip(x, -1.0, 1.0).astype("<f4").tobytes()
 
@@ -416,7 +420,7 @@ class WavEncoder(AudioEncoder):
         self._header_sent = True
         return wav_header(self.sample_rate_hz)
 
-    def _encode(self, x: np.ndarray) -> bytes:
+    def _encode(self, x: NDArray[np.float32]) -> bytes:
         return self._take_header() + float_to_pcm16(x)
 
     def _finish(self) -> bytes:
@@ -492,7 +496,7 @@ class OggOpusEncoder(AudioEncoder):
         # Write OpusHead/OpusTags now so the first output already starts the stream.
         self._container.start_encoding()
 
-    def _encode(self, x: np.ndarray) -> bytes:
+    def _encode(self, x: NDArray[np.float32]) -> bytes:
         if x.size:
             frame = av.AudioFrame.from_ndarray(x.reshape(1, -1), format="flt", layout="mono")
             frame.sample_rate = self.sample_rate_hz

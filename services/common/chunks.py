@@ -7,6 +7,8 @@ audio before the chunk and `duration` the samples in it (both from sample counts
 
 from __future__ import annotations
 
+from typing import cast
+
 from services.common.durations import duration_from_seconds
 from voice.v1 import audio_pb2
 
@@ -18,7 +20,9 @@ class ChunkSequencer:
     def __init__(self, request_id: str, encoding: int, sample_rate_hz: int) -> None:
         self.request_id = request_id
         self.sample_rate_hz = sample_rate_hz
-        self.format = audio_pb2.AudioFormat(encoding=encoding, sample_rate_hz=sample_rate_hz, channels=1)
+        self.format = audio_pb2.AudioFormat(
+            encoding=cast(audio_pb2.AudioEncoding, encoding), sample_rate_hz=sample_rate_hz, channels=1
+        )
         self.next_sequence = 0
         self.samples_sent = 0
         self._segment_with_text = -1  # the last segment whose text went out

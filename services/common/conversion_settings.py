@@ -93,5 +93,6 @@ def f0_method_value(name: str) -> int | None:
     wanted = f0_method_short_name(name.strip().upper().replace("-", "_"))
     for value in conversion_pb2.F0Method.DESCRIPTOR.values:
         if f0_method_short_name(value.name) == wanted:
-            return value.number
+            number: int = value.number  # the descriptor stubs leave EnumValueDescriptor.number untyped
+            return number
     return None

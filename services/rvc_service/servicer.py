@@ -10,10 +10,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from numpy.typing import NDArray
 
 from services.common import audio as A
 from services.common.conversion_settings import F0_METHOD_NAMES, fields_set
@@ -78,7 +79,7 @@ def engine_rates(model: VoiceModel) -> EngineRates:
 def block_converter(model: VoiceModel, params: ConversionParams, rates: EngineRates) -> ConvertFn:
     """The pool job for one window: the engine's streaming step (context in, block out)."""
 
-    def convert(audio: np.ndarray, context: int, token: CancelToken) -> np.ndarray:
+    def convert(audio: NDArray[np.float32], context: int, token: CancelToken) -> NDArray[np.float32]:
         token.raise_if_cancelled()  # a window whose stream is gone is not worth starting
         # The engine checks the token inside the block too, so a cancelled window stops within one step.
         return model.convert_block(audio, rates.input_hz, params, context=context, should_stop=token)
@@ -129,7 +130,9 @@ def params_from_settings(settings: conversion_pb2.ConversionSettings, field: str
     """Proto settings -> engine params (unset fields keep the contract's defaults)."""
     if settings.f0_method not in F0_METHOD_NAMES:
         raise InvalidArgument([(f"{field}.f0_method", f"unknown F0 method {settings.f0_method}")])
-    return ConversionParams(f0_method=F0_METHOD_NAMES[settings.f0_method], **fields_set(settings))
+    # Each field's type (float or int) is its CONVERSION_SETTINGS row's, which a dict's value type cannot say per key.
+    fields: dict[str, Any] = fields_set(settings)
+    return ConversionParams(f0_method=F0_METHOD_NAMES[settings.f0_method], **fields)
 
 
 class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceServicer):
@@ -160,7 +163,7 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
     # ------------------------------------------------------------------------------------------------ helpers
 
     @staticmethod
-    async def _send_request_id(context: grpc.aio.ServicerContext, client_value: str, field: str) -> str:
+    async def _send_request_id(context: grpc.aio.ServicerContext[Any, Any], client_value: str, field: str) -> str:
         """Resolve the id (field, else x-request-id metadata, else new) and send it as initial metadata."""
         try:
             request_id = resolve_request_id(client_value, field=field)
@@ -212,7 +215,9 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
     # ------------------------------------------------------------------------------------------------ Convert
 
     async def Convert(
-        self, request_iterator: AsyncIterator[voice_conversion_pb2.ConvertRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[voice_conversion_pb2.ConvertRequest],
+        context: grpc.aio.ServicerContext[voice_conversion_pb2.ConvertRequest, audio_pb2.AudioChunk],
     ) -> AsyncIterator[audio_pb2.AudioChunk]:
         iterator = aiter(request_iterator)
         first = await anext(iterator, None)
@@ -307,7 +312,7 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
         return stream, (model_name, f0_label)
 
     @staticmethod
-    def _decode_block(data: bytes, fmt: audio_pb2.AudioFormat) -> np.ndarray:
+    def _decode_block(data: bytes, fmt: audio_pb2.AudioFormat) -> NDArray[np.float32]:
         if len(data) > MAX_AUDIO_MESSAGE_BYTES:
             raise InvalidArgument([("audio", f"at most {MAX_AUDIO_MESSAGE_BYTES} bytes per message, got {len(data)}")])
         if not data:
@@ -321,7 +326,11 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
     # ------------------------------------------------------------------------------------------------ ConvertClip
 
     async def ConvertClip(
-        self, request: voice_conversion_pb2.ConvertClipRequest, context: grpc.aio.ServicerContext
+        self,
+        request: voice_conversion_pb2.ConvertClipRequest,
+        context: grpc.aio.ServicerContext[
+            voice_conversion_pb2.ConvertClipRequest, voice_conversion_pb2.ConvertClipResponse
+        ],
     ) -> voice_conversion_pb2.ConvertClipResponse:
         request_id = await self._send_request_id(context, request.request_id, "request_id")
         violations: list[tuple[str, str]] = []
@@ -385,7 +394,11 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
     # ------------------------------------------------------------------------------------------------ models
 
     async def ListModels(
-        self, request: voice_conversion_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: voice_conversion_pb2.ListModelsRequest,
+        context: grpc.aio.ServicerContext[
+            voice_conversion_pb2.ListModelsRequest, voice_conversion_pb2.ListModelsResponse
+        ],
     ) -> voice_conversion_pb2.ListModelsResponse:
         infos = await self._in_thread(self.registry.list)
         return voice_conversion_pb2.ListModelsResponse(
@@ -393,7 +406,11 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
         )
 
     async def LoadModel(
-        self, request: voice_conversion_pb2.LoadModelRequest, context: grpc.aio.ServicerContext
+        self,
+        request: voice_conversion_pb2.LoadModelRequest,
+        context: grpc.aio.ServicerContext[
+            voice_conversion_pb2.LoadModelRequest, voice_conversion_pb2.LoadModelResponse
+        ],
     ) -> voice_conversion_pb2.LoadModelResponse:
         if not request.name:
             raise InvalidArgument([("name", "is required: a name from ListModels")])
@@ -408,7 +425,11 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
         )
 
     async def UnloadModel(
-        self, request: voice_conversion_pb2.UnloadModelRequest, context: grpc.aio.ServicerContext
+        self,
+        request: voice_conversion_pb2.UnloadModelRequest,
+        context: grpc.aio.ServicerContext[
+            voice_conversion_pb2.UnloadModelRequest, voice_conversion_pb2.UnloadModelResponse
+        ],
     ) -> voice_conversion_pb2.UnloadModelResponse:
         if not request.name:
             raise InvalidArgument([("name", "is required: a name from ListModels")])
@@ -430,7 +451,12 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
         return info
 
     async def GetStatus(
-        self, request: voice_conversion_pb2.VoiceConversionServiceGetStatusRequest, context: grpc.aio.ServicerContext
+        self,
+        request: voice_conversion_pb2.VoiceConversionServiceGetStatusRequest,
+        context: grpc.aio.ServicerContext[
+            voice_conversion_pb2.VoiceConversionServiceGetStatusRequest,
+            voice_conversion_pb2.VoiceConversionServiceGetStatusResponse,
+        ],
     ) -> voice_conversion_pb2.VoiceConversionServiceGetStatusResponse:
         stats = self.pool.stats()
         infos = await self._in_thread(self.registry.list)

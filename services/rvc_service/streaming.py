@@ -27,8 +27,10 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from services.common.audio import AudioEncoder, StreamResampler, make_encoder
 from services.common.chunks import ChunkSequencer, synthesis_summary
@@ -37,7 +39,7 @@ from voice.v1 import audio_pb2
 
 # A window's conversion: (input at the engine's input rate, leading context samples, cancel token) -> the output of
 # audio[context:] only, at the engine's output rate (the shape of RvcModel.convert_block).
-ConvertFn = Callable[[np.ndarray, int, CancelToken], np.ndarray]
+ConvertFn = Callable[[NDArray[np.float32], int, CancelToken], NDArray[np.float32]]
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class Window:
     """One piece of input to convert: ``audio`` = context + new samples (+ look-ahead), zero-padded by ``pad``."""
 
     index: int
-    audio: np.ndarray
+    audio: NDArray[np.float32]
     start: int  # absolute input sample of audio[0]
     emit_from: int  # absolute input sample where this window's committed output begins
     advance_to: int  # absolute input sample up to which output is committed after this window
@@ -85,7 +87,7 @@ class Window:
         return self.emit_from - self.start
 
 
-def best_offset(search: np.ndarray, reference: np.ndarray) -> int:
+def best_offset(search: NDArray[np.floating[Any]], reference: NDArray[np.floating[Any]]) -> int:
     """Offset k in [0, len(search) - len(reference)] where search[k:k+n] best matches reference (normalized
     cross-correlation, so a louder stretch does not win just by energy)."""
     n = reference.size
@@ -121,7 +123,9 @@ class SolaStitcher:
         self._buf = np.zeros(0, dtype=np.float32)
         self._buf_start = 0  # absolute input index of _buf[0]
         self._emitted = 0  # absolute input index up to which output is committed
-        self._tail: np.ndarray | None = None  # previous window's output just past its block: the crossfade partner
+        self._tail: NDArray[np.float32] | None = (
+            None  # previous window's output just past its block: the crossfade partner
+        )
         self._next_index = 0
         self.output_samples = 0
 
@@ -134,7 +138,7 @@ class SolaStitcher:
         """Input samples received but not yet committed to output."""
         return self.received - self._emitted
 
-    def feed(self, samples: np.ndarray) -> None:
+    def feed(self, samples: NDArray[np.floating[Any]]) -> None:
         if samples.size:
             self._buf = np.concatenate((self._buf, np.asarray(samples, dtype=np.float32).reshape(-1)))
 
@@ -175,7 +179,7 @@ class SolaStitcher:
     def _out_pos(self, input_pos: int) -> int:
         return round(input_pos * self._ratio)
 
-    def accept(self, window: Window, converted: np.ndarray) -> np.ndarray:
+    def accept(self, window: Window, converted: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
         """Stitch a converted window onto the stream; returns the output samples now final."""
         if window.emit_from != self._emitted:
             raise RuntimeError("windows must be accepted in the order they were taken")
@@ -211,23 +215,24 @@ class SolaStitcher:
         return out
 
 
-def _fade(n: int) -> np.ndarray:
-    return (np.sin(0.5 * np.pi * (np.arange(n) + 0.5) / max(1, n)) ** 2).astype(np.float32)
+def _fade(n: int) -> NDArray[np.float32]:
+    fade: NDArray[np.float32] = (np.sin(0.5 * np.pi * (np.arange(n) + 0.5) / max(1, n)) ** 2).astype(np.float32)
+    return fade
 
 
 def convert_offline(
-    audio: np.ndarray,
+    audio: NDArray[np.floating[Any]],
     in_rate: int,
     out_rate: int,
-    convert: Callable[[np.ndarray, int], np.ndarray],
+    convert: Callable[[NDArray[np.float32], int], NDArray[np.floating[Any]]],
     settings: BlockSettings | None = None,
     pieces: list[int] | None = None,
-) -> np.ndarray:
+) -> NDArray[np.float32]:
     """Run a stitcher synchronously over ``audio`` fed in ``pieces`` (cycled sizes); ``convert(audio, context)``
     returns the output of audio[context:]. For tests and benchmarks."""
     stitcher = SolaStitcher(in_rate, out_rate, settings)
     sizes = pieces or [audio.size]
-    out: list[np.ndarray] = []
+    out: list[NDArray[np.float32]] = []
     pos, i = 0, 0
     while pos < audio.size:
         n = sizes[i % len(sizes)]
@@ -295,7 +300,7 @@ class ConversionStream:
         """Output samples handed out so far (at ``output_rate``)."""
         return self.chunks.samples_sent
 
-    async def _run_window(self, window: Window) -> np.ndarray:
+    async def _run_window(self, window: Window) -> NDArray[np.float32]:
         result = await self.pool.run(
             lambda token: self.convert(window.audio, window.context, token),
             model=self.model,
@@ -309,7 +314,7 @@ class ConversionStream:
             self.on_job(result.run_seconds, window.new_samples / self.engine.input_hz)
         return self.stitcher.accept(window, result.value)
 
-    def _chunk(self, samples: np.ndarray, *, block: int) -> audio_pb2.AudioChunk:
+    def _chunk(self, samples: NDArray[np.float32], *, block: int) -> audio_pb2.AudioChunk:
         chunk = self.chunks.chunk(self.encoder.encode(samples), samples.size, segment_index=block)
         if self.first_audio_at is None and samples.size:
             self.first_audio_at = time.perf_counter()
@@ -330,7 +335,7 @@ class ConversionStream:
             if out.size:
                 yield self._chunk(out, block=block)
 
-    def push(self, samples: np.ndarray) -> AsyncIterator[audio_pb2.AudioChunk]:
+    def push(self, samples: NDArray[np.floating[Any]]) -> AsyncIterator[audio_pb2.AudioChunk]:
         """Add client audio (at ``input_rate``); yields a chunk per block as soon as it is converted."""
         self.received_samples += samples.size
         self.stitcher.feed(self._in_resampler.process(samples))

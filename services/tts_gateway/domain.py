@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import NDArray
 
 from voice.v1 import conversion_pb2
 
@@ -49,7 +50,7 @@ class TtsInputs:
     length_scale: float | None = None
     noise_scale: float | None = None
     noise_w: float | None = None
-    reference_wav: np.ndarray | None = None
+    reference_wav: NDArray[np.float32] | None = None
     reference_text: str | None = None
     instruction: str | None = None
     # Voice design (Spark-TTS): "female"/"male" and five-step levels ("very_low" .. "very_high").

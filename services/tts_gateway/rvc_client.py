@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TypeAlias, cast
 
 import grpc
 import numpy as np
+from numpy.typing import NDArray
 
 from services.common.channels import UpstreamCredentials, open_channel
 from services.common.errors import (
@@ -26,6 +28,8 @@ from voice.v1 import audio_pb2, conversion_pb2, voice_conversion_pb2, voice_conv
 UPSTREAM_NAME = "voice_conversion"
 MAX_AUDIO_MESSAGE_BYTES = 1024 * 1024  # the conversion service's per-message cap
 _SAMPLES_PER_MESSAGE = MAX_AUDIO_MESSAGE_BYTES // 4
+
+_ConvertCall: TypeAlias = grpc.aio.StreamStreamCall[voice_conversion_pb2.ConvertRequest, audio_pb2.AudioChunk]
 
 
 class RvcClient:
@@ -67,7 +71,7 @@ class RvcClient:
     async def probe(self) -> str:
         """The service's version if it answers GetStatus; raises Unavailable otherwise."""
         try:
-            status = await self.stub.GetStatus(
+            status: voice_conversion_pb2.VoiceConversionServiceGetStatusResponse = await self.stub.GetStatus(
                 voice_conversion_pb2.VoiceConversionServiceGetStatusRequest(), timeout=2, metadata=self.call_metadata
             )
         except grpc.aio.AioRpcError as exc:
@@ -76,7 +80,7 @@ class RvcClient:
 
     async def list_models(self) -> list[voice_conversion_pb2.ModelInfo]:
         try:
-            response = await self.stub.ListModels(
+            response: voice_conversion_pb2.ListModelsResponse = await self.stub.ListModels(
                 voice_conversion_pb2.ListModelsRequest(), timeout=5, metadata=self.call_metadata
             )
         except grpc.aio.AioRpcError as exc:
@@ -115,11 +119,11 @@ class ConvertSession:
                 encoding=audio_pb2.AUDIO_ENCODING_FLOAT32, sample_rate_hz=output_rate, channels=1
             ),
         )
-        self._call: grpc.aio.StreamStreamCall | None = None
+        self._call: _ConvertCall | None = None
         self._metadata = (*owner.call_metadata, ("x-request-id", request_id))
         self.opened_s = 0.0
 
-    async def _ensure_open(self) -> grpc.aio.StreamStreamCall:
+    async def _ensure_open(self) -> _ConvertCall:
         if self._call is None:
             self._call = self.owner.stub.Convert(metadata=self._metadata)
             self.opened_s = time.perf_counter()
@@ -139,7 +143,7 @@ class ConvertSession:
     async def start(self) -> None:
         await self._ensure_open()
 
-    async def send(self, audio: np.ndarray) -> None:
+    async def send(self, audio: NDArray[np.float32]) -> None:
         await self._ensure_open()
         data = np.ascontiguousarray(audio, dtype="<f4")
         for start in range(0, data.size, _SAMPLES_PER_MESSAGE):
@@ -160,7 +164,7 @@ class ConvertSession:
         except asyncio_invalid_state_errors:
             pass
 
-    async def read(self) -> np.ndarray | None:
+    async def read(self) -> NDArray[np.float32] | None:
         """The next output audio (float samples at the output rate), or None when the stream ended normally."""
         call = await self._ensure_open()
         try:
@@ -175,14 +179,15 @@ class ConvertSession:
                     grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
                 )
             return None
-        return chunk_samples(chunk)
+        # grpc-stubs type read() as `object | AudioChunk`, so the EOF test above cannot narrow it.
+        return chunk_samples(cast(audio_pb2.AudioChunk, chunk))
 
     def cancel(self) -> None:
         if self._call is not None:
             self._call.cancel()
 
 
-def chunk_samples(chunk: audio_pb2.AudioChunk) -> np.ndarray:
+def chunk_samples(chunk: audio_pb2.AudioChunk) -> NDArray[np.float32]:
     """Float samples of a FLOAT32 chunk from the conversion service."""
     if not chunk.audio:
         return np.zeros(0, dtype=np.float32)

@@ -34,9 +34,11 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
+from numpy.typing import NDArray
 
 from services.common.errors import (
     ECHO_CHARS,
@@ -110,7 +112,7 @@ class SavedVoice:
     create_time: float  # unix seconds
     duration_s: float
     size_bytes: int  # reference.wav + voice.json on disk
-    samples: np.ndarray = field(repr=False, compare=False)
+    samples: NDArray[np.float32] = field(repr=False, compare=False)
 
 
 def name_problem(name: object) -> str | None:
@@ -137,7 +139,9 @@ def _shown(name: str) -> str:
     return repr(clip(name, ECHO_CHARS))
 
 
-def reference_problems(samples: np.ndarray, sample_rate_hz: int, min_s: float, max_s: float) -> list[str]:
+def reference_problems(
+    samples: NDArray[np.floating[Any]], sample_rate_hz: int, min_s: float, max_s: float
+) -> list[str]:
     """What is wrong with the reference clip (for the "reference_audio" field); empty when it is usable."""
     if samples.ndim != 1:
         return [f"must be mono (one channel of samples); got an array of shape {samples.shape}"]
@@ -175,7 +179,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(descriptor)
 
 
-def _read_only(samples: np.ndarray) -> np.ndarray:
+def _read_only(samples: NDArray[np.float32]) -> NDArray[np.float32]:
     samples.setflags(write=False)
     return samples
 
@@ -246,7 +250,7 @@ class SavedVoiceStore:
         name: str,
         *,
         base_voice: str,
-        samples: np.ndarray,
+        samples: NDArray[Any],
         sample_rate_hz: int,
         reference_text: str = "",
         description: str = "",
@@ -412,7 +416,7 @@ class SavedVoiceStore:
         base_voice: str,
         reference_text: str,
         description: str,
-        samples: np.ndarray,
+        samples: NDArray[np.float32],
         sample_rate_hz: int,
         create_time: float,
     ) -> Path:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import grpc
 
@@ -124,17 +125,20 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         return max(20, min(MAX_PIECE_CHARS, plan.voice.model.max_text_chars))
 
     async def _stream(
-        self, pipeline: SynthesisPipeline, context: grpc.aio.ServicerContext
+        self, pipeline: SynthesisPipeline, context: grpc.aio.ServicerContext[Any, audio_pb2.AudioChunk]
     ) -> AsyncIterator[audio_pb2.AudioChunk]:
         plan = pipeline.plan
         voice = plan.voice.name
         await context.send_initial_metadata((("x-request-id", plan.request_id),))
         # gRPC may end the call (cancel, deadline) while we are parked in a yield: cancel upstream work right away.
-        context.add_done_callback(lambda _: pipeline.cancel())
-        pipeline.on_first_audio = lambda s: (
-            stats.TIME_TO_FIRST_AUDIO.labels(voice).observe(s),
-            self.windows.observe("time_to_first_audio", s),
-        )
+        # grpc-stubs declare the callback type as a plain class, not a Protocol, so no function matches it.
+        context.add_done_callback(lambda _: pipeline.cancel())  # type: ignore[arg-type]
+
+        def on_first_audio(seconds: float) -> None:
+            stats.TIME_TO_FIRST_AUDIO.labels(voice).observe(seconds)
+            self.windows.observe("time_to_first_audio", seconds)
+
+        pipeline.on_first_audio = on_first_audio
         code = grpc.StatusCode.OK
         pipeline.start()
         try:
@@ -166,7 +170,9 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
     # ---- RPCs ------------------------------------------------------------------------------------------------
 
     async def Synthesize(
-        self, request: tts_gateway_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
+        self,
+        request: tts_gateway_pb2.SynthesizeRequest,
+        context: grpc.aio.ServicerContext[tts_gateway_pb2.SynthesizeRequest, audio_pb2.AudioChunk],
     ) -> AsyncIterator[audio_pb2.AudioChunk]:
         with self._slot():
             self._require_voices()
@@ -183,7 +189,7 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
     async def StreamingSynthesize(
         self,
         request_iterator: AsyncIterator[tts_gateway_pb2.StreamingSynthesizeRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[tts_gateway_pb2.StreamingSynthesizeRequest, audio_pb2.AudioChunk],
     ) -> AsyncIterator[audio_pb2.AudioChunk]:
         with self._slot():
             self._require_voices()
@@ -255,7 +261,9 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
             raise exc
 
     async def ListVoices(
-        self, request: tts_gateway_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
+        self,
+        request: tts_gateway_pb2.ListVoicesRequest,
+        context: grpc.aio.ServicerContext[tts_gateway_pb2.ListVoicesRequest, tts_gateway_pb2.ListVoicesResponse],
     ) -> tts_gateway_pb2.ListVoicesResponse:
         self._require_voices()
         voices = self.catalog.listing(request.language_code, saved_only=request.saved_only)
@@ -271,7 +279,9 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         return self.catalog.saved
 
     async def CreateVoice(
-        self, request: tts_gateway_pb2.CreateVoiceRequest, context: grpc.aio.ServicerContext
+        self,
+        request: tts_gateway_pb2.CreateVoiceRequest,
+        context: grpc.aio.ServicerContext[tts_gateway_pb2.CreateVoiceRequest, tts_gateway_pb2.CreateVoiceResponse],
     ) -> tts_gateway_pb2.CreateVoiceResponse:
         store = self._store()
         self._require_voices()
@@ -328,7 +338,9 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         return tts_gateway_pb2.CreateVoiceResponse(voice=voice)
 
     async def GetVoice(
-        self, request: tts_gateway_pb2.GetVoiceRequest, context: grpc.aio.ServicerContext
+        self,
+        request: tts_gateway_pb2.GetVoiceRequest,
+        context: grpc.aio.ServicerContext[tts_gateway_pb2.GetVoiceRequest, tts_gateway_pb2.GetVoiceResponse],
     ) -> tts_gateway_pb2.GetVoiceResponse:
         self._require_voices()
         if not request.name:
@@ -336,7 +348,9 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         return tts_gateway_pb2.GetVoiceResponse(voice=self._annotate(self.catalog.get(request.name).to_proto()))
 
     async def DeleteVoice(
-        self, request: tts_gateway_pb2.DeleteVoiceRequest, context: grpc.aio.ServicerContext
+        self,
+        request: tts_gateway_pb2.DeleteVoiceRequest,
+        context: grpc.aio.ServicerContext[tts_gateway_pb2.DeleteVoiceRequest, tts_gateway_pb2.DeleteVoiceResponse],
     ) -> tts_gateway_pb2.DeleteVoiceResponse:
         store = self._store()
         if not request.name:
@@ -364,7 +378,11 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         return voice
 
     async def GetStatus(
-        self, request: tts_gateway_pb2.TtsGatewayServiceGetStatusRequest, context: grpc.aio.ServicerContext
+        self,
+        request: tts_gateway_pb2.TtsGatewayServiceGetStatusRequest,
+        context: grpc.aio.ServicerContext[
+            tts_gateway_pb2.TtsGatewayServiceGetStatusRequest, tts_gateway_pb2.TtsGatewayServiceGetStatusResponse
+        ],
     ) -> tts_gateway_pb2.TtsGatewayServiceGetStatusResponse:
         return tts_gateway_pb2.TtsGatewayServiceGetStatusResponse(
             version=VERSION,

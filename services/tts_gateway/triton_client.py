@@ -13,10 +13,12 @@ import logging
 import struct
 import time
 from collections.abc import AsyncGenerator
+from typing import Any, TypeAlias, cast
 
 import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToDict
+from numpy.typing import NDArray
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from services.common.channels import UpstreamCredentials, open_channel
@@ -26,8 +28,11 @@ from services.tts_gateway.domain import MODE_PRESET, TtsInputs, TtsModelInfo
 
 log = logging.getLogger(__name__)
 
+_StreamCall: TypeAlias = grpc.aio.StreamStreamCall[service_pb2.ModelInferRequest, service_pb2.ModelStreamInferResponse]
+_UnaryCall: TypeAlias = grpc.aio.UnaryUnaryCall[service_pb2.ModelInferRequest, service_pb2.ModelInferResponse]
 
-def parse_model_config(config: dict) -> TtsModelInfo:
+
+def parse_model_config(config: dict[str, Any]) -> TtsModelInfo:
     """Build TtsModelInfo from the JSON form of a Triton model config; raise ValueError when it lacks the facts."""
     params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
     name = config.get("name", "")
@@ -106,7 +111,7 @@ def build_request(
     return request
 
 
-def _waveform(response: service_pb2.ModelInferResponse) -> np.ndarray:
+def _waveform(response: service_pb2.ModelInferResponse) -> NDArray[np.float32]:
     for index, output in enumerate(response.outputs):
         if output.name == "waveform":
             if index < len(response.raw_output_contents):
@@ -148,7 +153,8 @@ class TritonTts:
             )
         except grpc.aio.AioRpcError as exc:
             raise (self.upstream.refused(exc) or self.unavailable(exc.details() or exc.code().name)) from None
-        return metadata.version
+        version: str = metadata.version
+        return version
 
     async def model_info(self, model: str) -> TtsModelInfo:
         try:
@@ -176,8 +182,8 @@ class TtsSession:
         self.model = model
         self.request_id = request_id
         self.metadata = (*owner.call_metadata, ("x-request-id", request_id))
-        self._call: grpc.aio.StreamStreamCall | None = None
-        self._unary: grpc.aio.UnaryUnaryCall | None = None
+        self._call: _StreamCall | None = None
+        self._unary: _UnaryCall | None = None
         self.busy_s = 0.0
 
     def _map_error(self, exc: grpc.aio.AioRpcError) -> ServiceError:
@@ -198,7 +204,7 @@ class TtsSession:
 
     async def synthesize(
         self, text: str, inputs: TtsInputs, *, playback_ahead_s: float | None = None
-    ) -> AsyncGenerator[np.ndarray, None]:
+    ) -> AsyncGenerator[NDArray[np.float32], None]:
         """Yield the waveform(s) of one piece as Triton produces them. `playback_ahead_s`: audio the listener still
         has buffered, a scheduling hint for models that declare that input."""
         if self.model.decoupled:
@@ -208,7 +214,7 @@ class TtsSession:
         else:
             yield await self._infer_piece(text, inputs, playback_ahead_s)
 
-    async def _infer_piece(self, text: str, inputs: TtsInputs, playback_ahead_s: float | None) -> np.ndarray:
+    async def _infer_piece(self, text: str, inputs: TtsInputs, playback_ahead_s: float | None) -> NDArray[np.float32]:
         request = build_request(
             self.model, text, inputs, self.request_id, final_flag=False, playback_ahead_s=playback_ahead_s
         )
@@ -225,7 +231,7 @@ class TtsSession:
 
     async def _stream_piece(
         self, text: str, inputs: TtsInputs, playback_ahead_s: float | None
-    ) -> AsyncGenerator[np.ndarray, None]:
+    ) -> AsyncGenerator[NDArray[np.float32], None]:
         if self._call is None:
             self._call = self.owner.stub.ModelStreamInfer(metadata=self.metadata)
         call = self._call
@@ -236,10 +242,12 @@ class TtsSession:
             await call.write(request)
             while True:
                 started = time.perf_counter()
-                response = await call.read()
+                received = await call.read()
                 self.busy_s += time.perf_counter() - started
-                if response is grpc.aio.EOF:
+                if received is grpc.aio.EOF:
                     raise self.owner.unavailable("stream ended before the final response")
+                # grpc-stubs type read() as `object | response`, so the EOF test above cannot narrow it.
+                response = cast(service_pb2.ModelStreamInferResponse, received)
                 if response.error_message:
                     raise self._model_error(response.error_message)
                 infer = response.infer_response

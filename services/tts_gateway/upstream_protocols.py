@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator
 from typing import Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from services.tts_gateway.domain import TtsInputs, TtsModelInfo
 from voice.v1 import conversion_pb2
@@ -21,7 +22,7 @@ class SpeechSession(Protocol):
 
     def synthesize(
         self, text: str, inputs: TtsInputs, *, playback_ahead_s: float | None = None
-    ) -> AsyncGenerator[np.ndarray, None]:
+    ) -> AsyncGenerator[NDArray[np.float32], None]:
         """Float audio of one piece at the model's rate, in one or more parts. `playback_ahead_s`: audio the
         listener still has buffered (a scheduling hint). The pipeline closes the generator when it stops early."""
         ...
@@ -46,7 +47,7 @@ class ConversionSession(Protocol):
         """Open the call before the first audio, so its setup overlaps speech synthesis."""
         ...
 
-    async def send(self, audio: np.ndarray) -> None: ...
+    async def send(self, audio: NDArray[np.float32]) -> None: ...
 
     async def flush(self) -> None:
         """A segment ended: convert what is buffered now instead of waiting for more input."""
@@ -56,7 +57,7 @@ class ConversionSession(Protocol):
         """No more input."""
         ...
 
-    async def read(self) -> np.ndarray | None:
+    async def read(self) -> NDArray[np.float32] | None:
         """The next converted audio at the output rate (possibly empty); None once the output has ended."""
         ...
 

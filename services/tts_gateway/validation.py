@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import NDArray
 
 from services.common.audio import AudioDecodeError, decode_audio, resample, resolve_output_rate, validate_output_format
 from services.common.conversion_settings import CONVERSION_SETTINGS, F0_METHOD_NAMES, fields_set
@@ -55,7 +56,7 @@ class DecodedReference(NamedTuple):
     """Reference audio after decoding and checks: its cache key and samples at the rate they were decoded at."""
 
     key: str
-    samples: np.ndarray
+    samples: NDArray[np.float32]
     sample_rate_hz: int
 
 
@@ -66,7 +67,9 @@ class ReferenceCache:
     def __init__(self, capacity: int = 64) -> None:
         self.capacity = capacity
         # (content hash, target rate or 0 for "as decoded") -> (samples, their rate)
-        self._items: collections.OrderedDict[tuple[str, int], tuple[np.ndarray, int]] = collections.OrderedDict()
+        self._items: collections.OrderedDict[tuple[str, int], tuple[NDArray[np.float32], int]] = (
+            collections.OrderedDict()
+        )
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -78,7 +81,7 @@ class ReferenceCache:
         digest.update(f"|{fmt.encoding}|{fmt.sample_rate_hz}|{fmt.channels}".encode())
         return digest.hexdigest()
 
-    def get(self, key: str, rate: int) -> tuple[np.ndarray, int] | None:
+    def get(self, key: str, rate: int) -> tuple[NDArray[np.float32], int] | None:
         with self._lock:
             value = self._items.get((key, rate))
             if value is not None:
@@ -88,7 +91,7 @@ class ReferenceCache:
                 self.misses += 1
             return value
 
-    def put(self, key: str, rate: int, samples: np.ndarray, samples_rate: int) -> None:
+    def put(self, key: str, rate: int, samples: NDArray[np.float32], samples_rate: int) -> None:
         with self._lock:
             samples.setflags(write=False)  # shared between requests
             self._items[(key, rate)] = (samples, samples_rate)
@@ -329,7 +332,7 @@ class RequestValidator:
         except InvalidArgument as exc:
             return exc.violations, None
 
-    async def _reference_for_model(self, reference: DecodedReference, rate: int) -> np.ndarray:
+    async def _reference_for_model(self, reference: DecodedReference, rate: int) -> NDArray[np.float32]:
         """The reference at the rate the model takes it, resampled once per clip and rate."""
         cached = self.references.get(reference.key, rate)
         if cached is not None:

@@ -47,7 +47,7 @@ from voice.v1 import conversion_pb2, tts_gateway_pb2
 
 DEFAULT_VOICES_PATH = Path(__file__).with_name("voices.toml")
 
-MODE_TO_PROTO: dict[str, int] = {
+MODE_TO_PROTO: dict[str, tts_gateway_pb2.SynthesisMode] = {
     MODE_PRESET: tts_gateway_pb2.SYNTHESIS_MODE_PRESET_SPEAKER,
     MODE_ZERO_SHOT: tts_gateway_pb2.SYNTHESIS_MODE_ZERO_SHOT,
     MODE_CROSS_LINGUAL: tts_gateway_pb2.SYNTHESIS_MODE_CROSS_LINGUAL,
