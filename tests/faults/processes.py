@@ -131,7 +131,7 @@ class RestartableTriton:
             if self.process.poll() is not None:
                 if launches >= 5 or time.monotonic() > deadline:
                     raise RuntimeError(f"Triton exited with {self.process.returncode}:\n{self.log_tail()}")
-                time.sleep(1.0)
+                time.sleep(1.0)  # back-off between launches: a retry's pace, not a wait for state
                 self.process = self._launch()
                 launches += 1
             elif time.monotonic() > deadline:
@@ -343,7 +343,7 @@ async def retry_until_ok(
                 raise
             failures += 1
             last = exc.details() or ""
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # a client's retry pace: the recovery time it measures includes it
             continue
         assert first_audio is not None and chunks[-1].is_final
         return first_audio, failures, chunks

@@ -12,6 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.faults.processes import SERVICE, FaultStack, StreamWatch, gauge_value, request, story, synthesize_all
+from tests.waiting import async_wait_until
 from voice.v1 import tts_gateway_pb2, tts_gateway_pb2_grpc
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -42,7 +43,7 @@ async def wait_refusing(address: str, within_s: float) -> tuple[float, int]:
                     raise
                 cancelled += 1
         assert time.monotonic() - started < within_s, f"new calls still accepted {within_s:.0f} s after SIGTERM"
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # the poll interval of this wait (it also counts the probes gRPC cancelled)
 
 
 async def test_sigterm_drains_open_streams_refuses_new_ones_and_exits_zero(
@@ -128,7 +129,8 @@ async def test_calls_arriving_as_the_drain_begins_are_refused_with_unavailable(f
                         return
 
             callers = [asyncio.create_task(caller()) for _ in range(8)]
-            await asyncio.sleep(0.3)
+            # Calls are going back to back (as many answered as there are callers) before the drain begins.
+            await async_wait_until(lambda: codes.get("OK", 0) >= len(callers), within=10, what="the callers' calls")
             gateway.process.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(asyncio.gather(*callers), 10)

@@ -29,6 +29,7 @@ from tests.faults.processes import (
     triton_counter,
     wait_health,
 )
+from tests.waiting import assert_steady, async_wait_until
 from voice.v1 import tts_gateway_pb2, tts_gateway_pb2_grpc
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
@@ -69,10 +70,11 @@ async def availability(stub: tts_gateway_pb2_grpc.TtsGatewayServiceStub) -> dict
 async def wait_availability(
     stub: tts_gateway_pb2_grpc.TtsGatewayServiceStub, voice: str, available: bool, within_s: float
 ) -> float:
+    async def reached() -> bool:
+        return (await availability(stub))[voice][0] == available
+
     started = time.monotonic()
-    while (await availability(stub))[voice][0] != available:
-        assert time.monotonic() - started < within_s, f"{voice} available={not available} {within_s:.0f} s on"
-        await asyncio.sleep(0.05)
+    await async_wait_until(reached, within=within_s, what=f"{voice} to be available={available}")
     return time.monotonic() - started
 
 
@@ -82,16 +84,16 @@ async def active_streams(stub: tts_gateway_pb2_grpc.TtsGatewayServiceStub) -> in
 
 
 async def wait_no_streams(stub: tts_gateway_pb2_grpc.TtsGatewayServiceStub, within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    while (active := await active_streams(stub)) != 0:
-        assert time.monotonic() < deadline, f"{active} stream(s) still open in the gateway {within_s:.0f} s on"
-        await asyncio.sleep(0.05)
+    async def none_open() -> bool:
+        return await active_streams(stub) == 0
+
+    await async_wait_until(none_open, within=within_s, what="the gateway's streams to close")
 
 
 async def settled_pieces(stack: FaultStack) -> tuple[float, float]:
     """Triton's piece counter now and ``SETTLE_S`` later."""
     now = await asyncio.to_thread(triton_counter, stack.triton.metrics_url)
-    await asyncio.sleep(SETTLE_S)
+    await asyncio.sleep(SETTLE_S)  # the observation window: how many pieces Triton still makes in it is the result
     return now, await asyncio.to_thread(triton_counter, stack.triton.metrics_url)
 
 
@@ -183,9 +185,14 @@ async def test_stopped_conversion_service_meets_the_client_deadline_and_cancels_
     try:
         # Stop the service once the gateway's conversion stream is open and audio flows (or, on a loaded machine
         # where first audio is slow, 1 s into the call, so the deadline is still ahead).
-        while not await asyncio.to_thread(gauge_value, stack.rvc.metrics_url, "rvc_active_streams"):
-            assert time.monotonic() - called < deadline_s and not watch.done, "no conversion stream opened"
-            await asyncio.sleep(0.02)
+
+        async def conversion_open() -> bool:
+            assert not watch.done, f"the stream ended before the fault: {watch.error}"
+            return bool(await asyncio.to_thread(gauge_value, stack.rvc.metrics_url, "rvc_active_streams"))
+
+        await async_wait_until(
+            conversion_open, within=called + deadline_s - time.monotonic(), interval=0.02, what="a conversion stream"
+        )
         await watch.until_chunks(1, within_s=called + 1.0 - time.monotonic(), required=False)
         assert not watch.done, f"the stream ended before the fault: {watch.error}"
         os.kill(pid, signal.SIGSTOP)  # alive, connected, answering nothing: a slow upstream
@@ -213,7 +220,12 @@ async def test_stopped_conversion_service_meets_the_client_deadline_and_cancels_
         sigcont(pid)
     resumed_at = time.monotonic()
     # Once the service runs again, the cancelled request must stay dead: nothing of it reaches Triton.
-    await asyncio.sleep(SETTLE_S)
+    await asyncio.to_thread(
+        assert_steady,
+        lambda: triton_counter(stack.triton.metrics_url),
+        period=SETTLE_S,
+        what="Triton's piece count (the dead stream resumed)",
+    )
     assert await asyncio.to_thread(triton_counter, stack.triton.metrics_url) == quiet, "the dead stream resumed"
     retried_at = time.monotonic()
     recovery, _, chunks = await retry_until_ok(stub, request("Converted after the stall.", CONVERTED), bound_s=5)
