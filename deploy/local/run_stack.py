@@ -308,48 +308,45 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: supervisor.stopping.set())
     lines: list[str] = []
     try:
-        if (REPO / "triton" / "launch.py").exists():
-            spark = ["--spark-checkpoint", str(args.spark_checkpoint.resolve())] if args.spark_checkpoint else []
-            print(f"starting Triton (piper_tts{' and spark_tts' if spark else ''} on CPU) ...", flush=True)
-            supervisor.start(Service(
-                "triton",
-                lambda: [str(TRITON_PYTHON), "triton/launch.py", "--address", args.host,
-                         "--http-port", str(args.triton_http_port), "--grpc-port", str(args.triton_grpc_port),
-                         "--metrics-port", str(args.triton_metrics_port), *spark],
-                ready_timeout=180, log_path=args.log_dir / "triton.log",
-            ))  # fmt: skip
-            triton_http = f"{args.host}:{args.triton_http_port}"
-            lines.append(f"Triton        gRPC {args.host}:{args.triton_grpc_port}  HTTP {triton_http}"
-                         f"  metrics http://{args.host}:{args.triton_metrics_port}/metrics")  # fmt: skip
-        if (REPO / "services" / "rvc_service" / "__main__.py").exists():
-            print("starting voice-conversion service ...", flush=True)
-            rvc = Service(
-                "rvc_service",
-                lambda: [str(DEV_PYTHON), "-P", "-m", "services.rvc_service", "--host", args.host,
-                         "--port", str(ports["rvc"]), "--metrics-port", str(ports["rvc_metrics"])],
-                ready_timeout=180, log_path=args.log_dir / "rvc_service.log",
-            )  # fmt: skip
-            supervisor.start(rvc)
-            remember_ports(rvc, "rvc")
-            lines.append(
-                f"RVC service   gRPC {args.host}:{ports['rvc']}  metrics http://{args.host}:{ports['rvc_metrics']}/metrics"
-            )
-        if (REPO / "services" / "tts_gateway" / "__main__.py").exists():
-            print("starting gateway ...", flush=True)
-            gateway = Service(
-                "gateway",
-                lambda: [str(DEV_PYTHON), "-P", "-m", "services.tts_gateway", "--host", args.host,
-                         "--port", str(ports["gateway"]), "--metrics-port", str(ports["gateway_metrics"]),
-                         "--triton-url", f"{args.host}:{args.triton_grpc_port}",
-                         "--rvc-url", f"{args.host}:{ports['rvc']}", "--voices", str(voices_file),
-                         "--saved-voices-dir", str(args.saved_voices_dir)],
-                ready_timeout=120, log_path=args.log_dir / "gateway.log",
-            )  # fmt: skip
-            supervisor.start(gateway)
-            remember_ports(gateway, "gateway")
-            lines.append(
-                f"Gateway       gRPC {args.host}:{ports['gateway']}  metrics http://{args.host}:{ports['gateway_metrics']}/metrics"
-            )
+        spark = ["--spark-checkpoint", str(args.spark_checkpoint.resolve())] if args.spark_checkpoint else []
+        print(f"starting Triton (piper_tts{' and spark_tts' if spark else ''} on CPU) ...", flush=True)
+        supervisor.start(Service(
+            "triton",
+            lambda: [str(TRITON_PYTHON), "triton/launch.py", "--address", args.host,
+                     "--http-port", str(args.triton_http_port), "--grpc-port", str(args.triton_grpc_port),
+                     "--metrics-port", str(args.triton_metrics_port), *spark],
+            ready_timeout=180, log_path=args.log_dir / "triton.log",
+        ))  # fmt: skip
+        triton_http = f"{args.host}:{args.triton_http_port}"
+        lines.append(f"Triton        gRPC {args.host}:{args.triton_grpc_port}  HTTP {triton_http}"
+                     f"  metrics http://{args.host}:{args.triton_metrics_port}/metrics")  # fmt: skip
+        print("starting voice-conversion service ...", flush=True)
+        rvc = Service(
+            "rvc_service",
+            lambda: [str(DEV_PYTHON), "-P", "-m", "services.rvc_service", "--host", args.host,
+                     "--port", str(ports["rvc"]), "--metrics-port", str(ports["rvc_metrics"])],
+            ready_timeout=180, log_path=args.log_dir / "rvc_service.log",
+        )  # fmt: skip
+        supervisor.start(rvc)
+        remember_ports(rvc, "rvc")
+        lines.append(
+            f"RVC service   gRPC {args.host}:{ports['rvc']}  metrics http://{args.host}:{ports['rvc_metrics']}/metrics"
+        )
+        print("starting gateway ...", flush=True)
+        gateway = Service(
+            "gateway",
+            lambda: [str(DEV_PYTHON), "-P", "-m", "services.tts_gateway", "--host", args.host,
+                     "--port", str(ports["gateway"]), "--metrics-port", str(ports["gateway_metrics"]),
+                     "--triton-url", f"{args.host}:{args.triton_grpc_port}",
+                     "--rvc-url", f"{args.host}:{ports['rvc']}", "--voices", str(voices_file),
+                     "--saved-voices-dir", str(args.saved_voices_dir)],
+            ready_timeout=120, log_path=args.log_dir / "gateway.log",
+        )  # fmt: skip
+        supervisor.start(gateway)
+        remember_ports(gateway, "gateway")
+        lines.append(
+            f"Gateway       gRPC {args.host}:{ports['gateway']}  metrics http://{args.host}:{ports['gateway_metrics']}/metrics"
+        )
     except RuntimeError as exc:
         failed = supervisor.services[-1].name if supervisor.services else "stack"
         print(f"{failed} failed to start: {exc}; see {args.log_dir}/{failed}.log", file=sys.stderr, flush=True)

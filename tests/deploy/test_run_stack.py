@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 
 from tests.conftest import REPO_ROOT, free_port
+from tests.waiting import wait_until
 from voice.v1 import (
     audio_pb2,
     tts_gateway_pb2,
@@ -60,14 +61,15 @@ class Stack:
 
     def wait_for(self, pattern: str, timeout: float) -> str:
         """The first output line matching ``pattern`` (a regular expression), waiting up to ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in list(self.lines):
-                if re.search(pattern, line):
-                    return line
-            assert self.process.poll() is None or self._reader.is_alive(), f"run_stack exited:\n{self.output()}"
-            assert time.monotonic() < deadline, f"no line matching {pattern!r} in {timeout:.0f} s:\n{self.output()}"
-            time.sleep(0.1)
+
+        def matching_line() -> str | None:
+            line = next((line for line in list(self.lines) if re.search(pattern, line)), None)
+            assert line or self.process.poll() is None or self._reader.is_alive(), f"run_stack exited:\n{self.output()}"
+            return line
+
+        return wait_until(
+            matching_line, within=timeout, interval=0.1, what=lambda: f"a line matching {pattern!r}:\n{self.output()}"
+        )
 
     def wait_up(self) -> None:
         self.wait_for(r"Stack is up", 240)
@@ -121,10 +123,12 @@ def _alive(pids: list[int]) -> list[int]:
 
 
 def _assert_all_gone(pids: list[int], names: dict[int, str]) -> None:
-    deadline = time.monotonic() + 5  # orphans' zombies are reaped by init a moment later
-    while _alive(pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(pids), [names[pid][:120] for pid in _alive(pids)]
+    wait_until(  # orphans' zombies are reaped by init a moment later
+        lambda: not _alive(pids),
+        within=5,
+        interval=0.1,
+        what=lambda: f"every process of the stack to exit: {[names[pid][:120] for pid in _alive(pids)]}",
+    )
 
 
 def test_run_stack_serves_speech_and_stops_on_ctrl_c(tmp_path: Path) -> None:
@@ -159,6 +163,14 @@ def _rvc_status(port: int, timeout: float = 3.0) -> voice_conversion_pb2.VoiceCo
         return stub.GetStatus(voice_conversion_pb2.VoiceConversionServiceGetStatusRequest(), timeout=timeout)
 
 
+def _rvc_answers(port: int) -> bool:
+    try:
+        _rvc_status(port, timeout=1)
+    except grpc.RpcError:
+        return False
+    return True
+
+
 def test_killed_conversion_service_is_restarted_on_its_port_while_the_gateway_keeps_serving(tmp_path: Path) -> None:
     stack = Stack(tmp_path, "--max-restarts", "3")
     try:
@@ -190,14 +202,12 @@ def test_killed_conversion_service_is_restarted_on_its_port_while_the_gateway_ke
 
         stack.wait_for(r"rvc_service exited unexpectedly with code -9 \(SIGKILL\).*restart #1 in 0\.5 s", 10)
         # Back on the same port (the gateway's upstream URL stays right) within seconds.
-        deadline = killed_at + 30
-        while True:
-            try:
-                _rvc_status(rvc_port, timeout=1)
-                break
-            except grpc.RpcError:
-                assert time.monotonic() < deadline, f"conversion service not back:\n{stack.output()}"
-                time.sleep(0.2)
+        wait_until(
+            lambda: _rvc_answers(rvc_port),
+            within=killed_at + 30 - time.monotonic(),
+            interval=0.2,
+            what=lambda: f"the conversion service to answer again:\n{stack.output()}",
+        )
         back_after = time.monotonic() - killed_at
         stack.wait_for(r"rvc_service is back after restart #1", 10)
         after = _descendants(stack.process.pid)
