@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-
-import pytest
 
 from services.common.ready import free_loopback_ports
 
@@ -23,13 +20,3 @@ def free_port() -> int:
     """A TCP port that was free a moment ago on loopback (for processes that cannot report the port they bound)."""
     (port,) = free_loopback_ports(1)
     return port
-
-
-@pytest.fixture(scope="session")
-def repo_root() -> Path:
-    return REPO_ROOT
-
-
-@pytest.fixture(scope="session")
-def dev_python() -> str:
-    return sys.executable

@@ -383,7 +383,3 @@ class IncrementalSplitter:
     def flush(self) -> list[str]:
         rest, self._buffer, self._context = self._buffer, "", ""
         return self._emit([rest])
-
-    @property
-    def buffered(self) -> str:
-        return self._buffer

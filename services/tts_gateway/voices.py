@@ -12,7 +12,7 @@ Config file (TOML, or JSON with the same shape):
     noise_w = 0.8                      # (0 and 0 make Piper deterministic)
 
     [voice.conversion]                 # optional default conversion; omit for none
-    model = "world"                    # a model of the voice-conversion service (ListModels)
+    model = "world-default"            # a model of the voice-conversion service (ListModels)
     pitch_shift_semitones = 4.0        # any ConversionSettings field, by its proto name
     formant_shift_semitones = 2.0
     f0_method = "harvest"              # F0Method name: "crepe-tiny", "CREPE_TINY" or "F0_METHOD_CREPE_TINY"

@@ -86,6 +86,10 @@ def test_conversion_client_lists_loads_and_converts(stack: Stack, plain_voice: t
         assert "world-bright" in names
         loaded = rvc.load_model("world-bright")
         assert loaded.model.loaded
+        assert rvc.unload_model("world-bright") is False  # built-in voices stay loaded (UnloadModel's contract)
+        with pytest.raises(grpc.RpcError) as unknown:
+            rvc.unload_model("no-such-model")
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
         clip = audio_pb2.AudioInput(audio=source, format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_WAV))
         settings = conversion_settings("world-bright", pitch_shift_semitones=2.0, f0_method="harvest")
         assert settings is not None

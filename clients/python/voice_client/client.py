@@ -550,7 +550,7 @@ class TtsClient(_BaseClient):
     """Client of voice.v1.TtsGatewayService.
 
     >>> with TtsClient("127.0.0.1:50051") as tts:
-    ...     for chunk in tts.synthesize("Hello there.", "piper-joe", encoding="pcm16"):
+    ...     for chunk in tts.synthesize("Hello there.", "joe", encoding="pcm16"):
     ...         player.write(chunk.audio)
     """
 
