@@ -11,10 +11,12 @@ import re
 from collections.abc import Iterable, Sequence
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+from services.common.durations import duration_from_seconds
 
 FieldViolations = Sequence[tuple[str, str]]
 
@@ -144,9 +146,7 @@ class FailedPrecondition(ServiceError):
 
 
 def _retry_info(retry_after_s: float) -> error_details_pb2.RetryInfo:
-    delay = duration_pb2.Duration()
-    delay.FromNanoseconds(int(retry_after_s * 1e9))
-    return error_details_pb2.RetryInfo(retry_delay=delay)
+    return error_details_pb2.RetryInfo(retry_delay=duration_from_seconds(retry_after_s))
 
 
 class ResourceExhausted(ServiceError):
