@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.rvc_service",
     "tests.fixtures.gateway",
     "tests.fixtures.spark",
+    "tests.fixtures.orpheus",
 ]
 
 

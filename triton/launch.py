@@ -44,6 +44,8 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_REPOSITORY = HERE / "model_repo"
 # Spark-TTS's models (spark_tts, audio_tokenizer, vocoder): served only when a checkpoint directory is given.
 SPARK_REPOSITORY = HERE / "spark_repo"
+# Orpheus TTS (orpheus_tts): served only when a checkpoint directory is given.
+ORPHEUS_REPOSITORY = HERE / "orpheus_repo"
 SHM_DIR = Path("/dev/shm")
 # Starts with the python backend's default prefix, so the usual `rm /dev/shm/triton_python_backend_shm_region_*`
 # still matches; "launch<pid namespace>-<pid>-<start time>_" names the launcher that owns the region. The namespace
@@ -107,6 +109,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="override a parameter of spark_tts's config (repeatable), e.g. max_new_tokens=600 or "
         "audio_chunk_duration=0.5 [env TRITON_SPARK_PARAMS, comma-separated]",
+    )
+    parser.add_argument(
+        "--orpheus-checkpoint",
+        default=_env("TRITON_ORPHEUS_CHECKPOINT", ""),
+        help="an Orpheus checkpoint directory (published layout; SNAC 24 kHz in its snac/ unless --orpheus-param "
+        "snac_dir=DIR; triton/orpheus_tiny_checkpoint.py writes a tiny one): also serve orpheus_tts from it "
+        "[env TRITON_ORPHEUS_CHECKPOINT]",
+    )
+    parser.add_argument(
+        "--orpheus-param",
+        action="append",
+        default=[p for p in _env("TRITON_ORPHEUS_PARAMS", "").split(",") if p],
+        metavar="KEY=VALUE",
+        help="override a parameter of orpheus_tts's config (repeatable), e.g. max_new_tokens=600 "
+        "[env TRITON_ORPHEUS_PARAMS, comma-separated]",
     )
     parser.add_argument(
         "--models",
@@ -194,10 +211,12 @@ def staged_repository(
     instance_count: int | None = None,
     spark_checkpoint: Path | None = None,
     spark_params: dict[str, str] | None = None,
+    orpheus_checkpoint: Path | None = None,
+    orpheus_params: dict[str, str] | None = None,
 ) -> Path:
     """Copy the repository with every instance_group count rewritten (Triton has no flag for it) and, given a Spark
     checkpoint, the Spark-TTS models added with their checkpoint_dir parameter pointing at it (and spark_tts's
-    parameters overridden by `spark_params`)."""
+    parameters overridden by `spark_params`); the same for an Orpheus checkpoint and orpheus_tts."""
     staged = Path(tempfile.mkdtemp(prefix="triton-repo-"))
     ignore = shutil.ignore_patterns("__pycache__")
     shutil.copytree(repository, staged, dirs_exist_ok=True, ignore=ignore)
@@ -210,6 +229,13 @@ def staged_repository(
                 for key, value in (spark_params or {}).items():
                     text = set_parameter(text, key, value)
             config.write_text(text, encoding="utf-8")
+    if orpheus_checkpoint is not None:
+        shutil.copytree(ORPHEUS_REPOSITORY, staged, dirs_exist_ok=True, ignore=ignore)
+        config = staged / "orpheus_tts" / "config.pbtxt"
+        text = set_parameter(config.read_text(encoding="utf-8"), "checkpoint_dir", str(orpheus_checkpoint))
+        for key, value in (orpheus_params or {}).items():
+            text = set_parameter(text, key, value)
+        config.write_text(text, encoding="utf-8")
     if instance_count is not None:
         for config in staged.glob("*/config.pbtxt"):
             text = config.read_text(encoding="utf-8")
@@ -384,8 +410,14 @@ def main(argv: list[str] | None = None) -> int:
     spark_params = dict(item.split("=", 1) for item in args.spark_param if "=" in item)
     if len(spark_params) != len(args.spark_param):
         sys.exit("--spark-param takes KEY=VALUE")
-    if args.instance_count is not None or spark is not None:
-        staged = staged_repository(repository, args.instance_count, spark, spark_params)
+    orpheus = Path(args.orpheus_checkpoint).resolve() if args.orpheus_checkpoint else None
+    if orpheus is not None and not (orpheus / "config.json").is_file():
+        sys.exit(f"--orpheus-checkpoint {orpheus} is not an Orpheus checkpoint directory (no config.json)")
+    orpheus_params = dict(item.split("=", 1) for item in args.orpheus_param if "=" in item)
+    if len(orpheus_params) != len(args.orpheus_param):
+        sys.exit("--orpheus-param takes KEY=VALUE")
+    if args.instance_count is not None or spark is not None or orpheus is not None:
+        staged = staged_repository(repository, args.instance_count, spark, spark_params, orpheus, orpheus_params)
         repository = staged
 
     prefix = shm_prefix()
