@@ -54,8 +54,9 @@ $(NODE_STAMP): clients/node/package-lock.json $(PROTOS)
 run: setup
 	$(PY) deploy/local/run_stack.py
 
+# -P: `python -m` would put the working directory (the repository root, with its triton/ folder) on sys.path.
 test: setup
-	$(PY) -m pytest
+	$(PY) -P -m pytest
 
 lint: $(VENV)/.installed $(PROTO_STAMP)
 	$(VENV)/bin/ruff check .
