@@ -36,6 +36,13 @@ name = "spark"
 description = "Spark-TTS: zero-shot and cross-lingual cloning, voice design (Chinese and English)"
 tts_model = "spark_tts"
 """
+# Added when an Orpheus checkpoint is served: one voice per preset speaker (rate and speakers come from Triton).
+ORPHEUS_SPEAKERS = ("tara", "leah", "jess", "leo", "dan", "mia", "zac", "zoe")
+ORPHEUS_VOICES = "".join(
+    f'\n[[voice]]\nname = "orpheus-{speaker}"\ndescription = "Orpheus TTS, {speaker}"\n'
+    f'tts_model = "orpheus_tts"\nspeaker = "{speaker}"\n'
+    for speaker in ORPHEUS_SPEAKERS
+)
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 10.0
 # A child that stayed up this long before exiting is restarted after the shortest delay again.
@@ -268,6 +275,19 @@ def main(argv: list[str] | None = None) -> int:
         "run of the Spark path, not speech",
     )
     parser.add_argument(
+        "--orpheus-checkpoint",
+        type=Path,
+        default=None,
+        help="also serve Orpheus TTS from this checkpoint directory (published layout, SNAC 24 kHz in its snac/) as "
+        "voices 'orpheus-<speaker>'",
+    )
+    parser.add_argument(
+        "--orpheus-tiny",
+        action="store_true",
+        help="serve the tiny random-weight Orpheus checkpoint (written to run/orpheus-tiny on first use): a smoke run "
+        "of the Orpheus path, not speech",
+    )
+    parser.add_argument(
         "--saved-voices-dir", type=Path, default=REPO / "run" / "saved_voices", help="where CreateVoice keeps voices"
     )
     args = parser.parse_args(argv)
@@ -280,11 +300,21 @@ def main(argv: list[str] | None = None) -> int:
                 cwd=REPO,
                 check=True,
             )
+    if args.orpheus_tiny and args.orpheus_checkpoint is None:
+        args.orpheus_checkpoint = REPO / "run" / "orpheus-tiny"
+        if not (args.orpheus_checkpoint / "snac" / "config.json").is_file():
+            print(f"writing the tiny Orpheus checkpoint to {args.orpheus_checkpoint} ...", flush=True)
+            subprocess.run(
+                [str(TRITON_PYTHON), "triton/orpheus_tiny_checkpoint.py", str(args.orpheus_checkpoint)],
+                cwd=REPO,
+                check=True,
+            )
     voices_file = SHIPPED_VOICES
-    if args.spark_checkpoint is not None:
+    if args.spark_checkpoint is not None or args.orpheus_checkpoint is not None:
         args.log_dir.mkdir(parents=True, exist_ok=True)
-        voices_file = args.log_dir.parent / "voices-with-spark.toml"
-        voices_file.write_text(SHIPPED_VOICES.read_text(encoding="utf-8") + SPARK_VOICE, encoding="utf-8")
+        voices_file = args.log_dir.parent / "voices-with-checkpoints.toml"
+        extra = (SPARK_VOICE if args.spark_checkpoint else "") + (ORPHEUS_VOICES if args.orpheus_checkpoint else "")
+        voices_file.write_text(SHIPPED_VOICES.read_text(encoding="utf-8") + extra, encoding="utf-8")
     if min(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port) <= 0:
         parser.error("the Triton ports must be given explicitly (the launcher cannot report a port it did not choose)")
     if args.max_restarts is not None and args.max_restarts < 0:
@@ -308,13 +338,20 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: supervisor.stopping.set())
     lines: list[str] = []
     try:
-        spark = ["--spark-checkpoint", str(args.spark_checkpoint.resolve())] if args.spark_checkpoint else []
-        print(f"starting Triton (piper_tts{' and spark_tts' if spark else ''} on CPU) ...", flush=True)
+        checkpoints: list[str] = []
+        served = ["piper_tts"]
+        if args.spark_checkpoint:
+            checkpoints += ["--spark-checkpoint", str(args.spark_checkpoint.resolve())]
+            served.append("spark_tts")
+        if args.orpheus_checkpoint:
+            checkpoints += ["--orpheus-checkpoint", str(args.orpheus_checkpoint.resolve())]
+            served.append("orpheus_tts")
+        print(f"starting Triton ({', '.join(served)} on CPU) ...", flush=True)
         supervisor.start(Service(
             "triton",
             lambda: [str(TRITON_PYTHON), "triton/launch.py", "--address", args.host,
                      "--http-port", str(args.triton_http_port), "--grpc-port", str(args.triton_grpc_port),
-                     "--metrics-port", str(args.triton_metrics_port), *spark],
+                     "--metrics-port", str(args.triton_metrics_port), *checkpoints],
             ready_timeout=180, log_path=args.log_dir / "triton.log",
         ))  # fmt: skip
         triton_http = f"{args.host}:{args.triton_http_port}"
