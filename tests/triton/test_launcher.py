@@ -35,6 +35,8 @@ def test_help_documents_every_flag_and_env_var() -> None:
         ("--instance-count", "TRITON_INSTANCE_COUNT"),
         ("--log-verbose", "TRITON_LOG_VERBOSE"),
         ("--stop-grace", "TRITON_STOP_GRACE"),
+        ("--orpheus-checkpoint", "TRITON_ORPHEUS_CHECKPOINT"),
+        ("--orpheus-param", "TRITON_ORPHEUS_PARAMS"),
     ):
         assert flag in out and env in out
 
@@ -63,4 +65,21 @@ def test_instance_count_rewrites_only_instance_groups(launch: ModuleType) -> Non
     finally:
         import shutil
 
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def test_orpheus_checkpoint_stages_orpheus_tts_with_its_parameters(launch: ModuleType, tmp_path: Path) -> None:
+    import shutil
+
+    staged = launch.staged_repository(
+        REPO_ROOT / "triton" / "model_repo", None, None, None, tmp_path, {"max_new_tokens": "50", "extra": "x"}
+    )
+    try:
+        config = (staged / "orpheus_tts" / "config.pbtxt").read_text()
+        assert f'key: "checkpoint_dir", value: {{ string_value: "{tmp_path}" }}' in config
+        assert 'key: "max_new_tokens", value: { string_value: "50" }' in config
+        assert 'key: "extra", value: { string_value: "x" }' in config  # an unknown key is added
+        assert (staged / "orpheus_tts" / "1" / "orpheus_codec.py").is_file() and (staged / "piper_tts").is_dir()
+        assert not (staged / "spark_tts").exists()
+    finally:
         shutil.rmtree(staged, ignore_errors=True)
