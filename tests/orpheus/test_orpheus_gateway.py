@@ -1,7 +1,7 @@
 """Orpheus voices through the real gateway and real Triton (tiny checkpoint).
 
 The gateway's audio is compared with a direct Triton stream of the same request (same speaker index and seed: the
-same tokens, hence the same number of frames), an independent client of the model.
+same tokens and the same samples), an independent client of the model.
 """
 
 from __future__ import annotations
@@ -54,5 +54,7 @@ def test_gateway_audio_matches_a_direct_triton_stream(
     finally:
         direct.close()
     assert not expected.error
-    # 24 kHz in and out (no resampling): whole frames, as many as the model made for this speaker and seed.
+    # 24 kHz in and out (no resampling): whole frames, the same samples as the model made for this speaker and seed
+    # (the seed also drives SNAC's noise), within PCM16 rounding.
     assert audio.size == expected.audio.size and audio.size % FRAME == 0 and audio.size > 0
+    assert np.abs(audio / 32768.0 - expected.audio).max() < 2e-4

@@ -137,6 +137,10 @@ class TritonPythonModel:
         if hop != SAMPLES_PER_FRAME or self.snac.n_codebooks != 3:
             raise pb_utils.TritonModelException(f"SNAC at {snac_dir} is not the 24 kHz 3-codebook model Orpheus uses")
         self.decode = snac_decode(self.snac)
+        # SNAC's noise blocks draw from torch's process-wide generator; each window forks and seeds it (one window at
+        # a time), so the same request seed gives the same audio.
+        self._decode_lock = threading.Lock()
+        self._rng_devices = [torch.cuda.current_device()] if self.device.type == "cuda" else []
         self.context_frames = int(params.get("snac_context_frames", "1"))
         self.speakers = [s.strip() for s in params["speakers"].split(",") if s.strip()]
         self.default_speaker = params.get("default_speaker", self.speakers[0])
@@ -248,7 +252,14 @@ class TritonPythonModel:
             respond(pb_utils.InferenceResponse(output_tensors=[tensor]))
             count(self.metrics.frames, audio.size // SAMPLES_PER_FRAME)
 
-        decoder = StreamingDecoder(self.decode, context_frames=self.context_frames)
+        request_seed = [0]
+
+        def decode(codebooks: tuple[list[int], list[int], list[int]]) -> np.ndarray:
+            with self._decode_lock, torch.random.fork_rng(devices=self._rng_devices):
+                torch.manual_seed((request_seed[0] * 1_000_003 + decoder.emitted_frames) % (1 << 63))
+                return self.decode(codebooks)
+
+        decoder = StreamingDecoder(decode, context_frames=self.context_frames)
         generated = 0
         started = time.monotonic()
         try:
@@ -260,6 +271,7 @@ class TritonPythonModel:
                 raise RequestError(f"target_text has {len(text)} characters; at most {self.max_text_chars} per request")
             speaker = self._speaker(request)
             sampling = self._sampling(request)
+            request_seed[0] = sampling.seed
             ids = prompt_ids(self.tokenizer(f"{speaker}: {text}")["input_ids"])
             generator = torch.Generator(device="cpu").manual_seed(sampling.seed)
             seen_ids = set(ids)
