@@ -8,6 +8,7 @@ counters (frames sent, tokens generated, tokens skipped) read from Triton's metr
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -160,6 +161,33 @@ def test_same_seed_same_audio_other_seed_other_audio(orpheus_triton: TritonServe
     # The seed drives the LM's sampling and SNAC's noise blocks: the same tokens, frames, skips and samples.
     assert runs[0][1] == runs[1][1] and np.array_equal(runs[0][0], runs[1][0])
     assert runs[0][0].size != runs[2][0].size or not np.array_equal(runs[0][0], runs[2][0])
+
+
+def test_concurrent_requests_give_their_own_audio(orpheus_triton: TritonServer, stream: OrpheusStream) -> None:
+    """Two requests at once (threads in one model instance) give what each gives alone: no shared sampling or noise
+    state between them."""
+    texts = {21: "First of two at once.", 22: "Second of two, at the same time."}
+
+    def request(seed: int) -> list[triton_grpc.InferInput]:
+        return inputs(texts[seed], seed=("UINT64", seed), max_new_tokens=("INT32", 140))
+
+    alone = {seed: stream.run(request(seed)).audio for seed in texts}
+    results: dict[int, Result] = {}
+    clients = {seed: OrpheusStream(orpheus_triton.grpc_url) for seed in texts}
+    try:
+        threads = [
+            threading.Thread(target=lambda s=seed: results.update({s: clients[s].run(request(s))})) for seed in texts
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        for client in clients.values():
+            client.close()
+    for seed in texts:
+        assert not results[seed].error and alone[seed].size > 0
+        assert np.array_equal(results[seed].audio, alone[seed])
 
 
 @pytest.mark.parametrize(
