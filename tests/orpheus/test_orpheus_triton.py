@@ -155,7 +155,8 @@ def test_same_seed_same_audio_other_seed_other_audio(orpheus_triton: TritonServe
     runs = []
     for seed in (5, 5, 6):
         before = counters(orpheus_triton)
-        result = stream.run(inputs("Determinism.", seed=("UINT64", seed), temperature=("FP32", 1.2)))
+        controls = {"temperature": ("FP32", 1.2), "max_new_tokens": ("INT32", 140)}
+        result = stream.run(inputs("Determinism.", seed=("UINT64", seed), **controls))
         assert not result.error, result.error
         runs.append((result.audio, delta(before, counters(orpheus_triton))))
     # The seed drives the LM's sampling and SNAC's noise blocks: the same tokens, frames, skips and samples.
