@@ -15,26 +15,15 @@ import pytest
 import torch
 
 from tests.orpheus.codec import orpheus_codec as oc
+from tests.orpheus.codec import orpheus_tiny_checkpoint
 
 # snac 1.2.1 defines its activation with torch.jit.script, which torch 2.13 marks deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
-# SNAC 24 kHz as published (hubertsiuzdak/snac_24khz config.json), and the same with narrow layers for speed: the
-# rates, strides and codebooks, hence the samples per frame, are the published ones either way.
-SNAC_24KHZ = {
-    "sampling_rate": 24000,
-    "encoder_dim": 48,
-    "encoder_rates": [2, 4, 8, 8],
-    "decoder_dim": 1024,
-    "decoder_rates": [8, 8, 4, 2],
-    "attn_window_size": None,
-    "codebook_size": 4096,
-    "codebook_dim": 8,
-    "vq_strides": [4, 2, 1],
-    "noise": True,
-    "depthwise": True,
-}
-SNAC_NARROW = {**SNAC_24KHZ, "encoder_dim": 8, "decoder_dim": 128}
+# SNAC 24 kHz as published (hubertsiuzdak/snac_24khz config.json, kept in the tiny-checkpoint tool), and the same with
+# narrow layers for speed: the rates, strides and codebooks, hence the samples per frame, are the published ones.
+SNAC_24KHZ: dict[str, Any] = orpheus_tiny_checkpoint.SNAC_24KHZ
+SNAC_NARROW = {**SNAC_24KHZ, **orpheus_tiny_checkpoint.SNAC_NARROW}
 
 
 def snac_model(config: dict[str, Any], *, noise: bool = True) -> Any:
