@@ -12,6 +12,7 @@ checks the header ``triton-grpc-protocol-<k>`` and answers UNAVAILABLE "This pro
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 from collections.abc import Sequence
@@ -229,12 +230,21 @@ class _StaticMetadata(grpc.AuthMetadataPlugin):
         callback(self._metadata, None)
 
 
+# Targets whose resolver may return several addresses; a plain host:port (one ClusterIP, or a mesh) stays as it is.
+BALANCED_SCHEMES = ("dns:", "ipv4:", "ipv6:")
+ROUND_ROBIN_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
 def open_channel(
     label: str, url: str, options: ChannelOptions, credentials: UpstreamCredentials | None = None
 ) -> UpstreamChannel:
     """A grpc.aio channel to `url` with `options`, secured as `credentials` say."""
     creds = credentials or UpstreamCredentials()
     opts: list[tuple[str, int | str]] = list(options)
+    if url.startswith(BALANCED_SCHEMES):
+        # A name that resolves to several replicas (a headless Service) or a list of addresses: spread calls over
+        # all of them. gRPC's default, pick_first, would send every call down one connection to one replica.
+        opts.append(("grpc.service_config", ROUND_ROBIN_SERVICE_CONFIG))
     if creds.server_name:
         opts.append(("grpc.ssl_target_name_override", creds.server_name))
     log.info("%s channel to %s: %s", label, url, creds.describe())

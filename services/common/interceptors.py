@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 
 from services.common import metrics
+from services.common.access_log import AccessLog
 from services.common.errors import DeadlineExceeded, InvalidArgument, ServiceError
 from services.common.request_id import REQUEST_ID_METADATA_KEY, bind_request_id, current_request_id
 
@@ -179,8 +180,16 @@ async def abort_with_service_error(context: grpc.aio.ServicerContext[Any, Any], 
 class _CallObserver:
     """Tracks one RPC: binds its request id to the log context and records metrics when it ends."""
 
-    def __init__(self, service: str, method: str, rpc_type: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def __init__(
+        self,
+        service: str,
+        method: str,
+        rpc_type: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        access_log: AccessLog,
+    ) -> None:
         self.service, self.method, self.rpc_type = service, method, rpc_type
+        self.access_log = access_log
         self.context = context
         self.code: grpc.StatusCode | int | None = None
         self.started = time.perf_counter()
@@ -216,14 +225,7 @@ class _CallObserver:
         elapsed = time.perf_counter() - self.started
         metrics.RPC_HANDLED.labels(self.service, self.method, self.rpc_type, code.name).inc()
         metrics.RPC_LATENCY.labels(self.service, self.method, self.rpc_type).observe(elapsed)
-        log.info(
-            "rpc finished",
-            extra={
-                "grpc_method": f"{self.service}/{self.method}",
-                "grpc_code": code.name,
-                "duration_ms": round(elapsed * 1000, 1),
-            },
-        )
+        self.access_log.record(self.service, self.method, code, elapsed)
         current_request_id.reset(self.token)
 
 
@@ -234,8 +236,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         auth_token: str | None = None,
         idle_timeout_s: float | None = None,
         max_stream_s: float | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self._auth_token = auth_token.encode() if auth_token else None
+        self.access_log = access_log or AccessLog()
         # Set on SIGTERM: new RPCs (health excepted) get UNAVAILABLE while the listener stays open, so a call that
         # races the shutdown is refused in a way clients retry instead of being cancelled by the closing listener.
         self.draining = False
@@ -302,7 +306,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler.response_streaming:
 
             async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                call = _CallObserver(service, method, rpc_type, context)
+                call = _CallObserver(service, method, rpc_type, context, self.access_log)
                 sent = metrics.STREAM_MESSAGES_SENT.labels(service, method)
                 activity = _Activity()
                 watched: AsyncGenerator[Any, None] | None = None
@@ -335,7 +339,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         else:
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                call = _CallObserver(service, method, rpc_type, context)
+                call = _CallObserver(service, method, rpc_type, context, self.access_log)
                 self._enter(tracked)
                 try:
                     if request_streaming:

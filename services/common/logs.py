@@ -31,7 +31,7 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", "-"),
             "msg": record.getMessage(),
         }
-        for key in ("grpc_method", "grpc_code", "duration_ms"):
+        for key in ("grpc_method", "grpc_code", "duration_ms", "rpc_summary"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
         if record.exc_info:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import platform
 import threading
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
+import grpc
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, Info, start_http_server
+
+from services.common.version import VERSION
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
@@ -30,6 +34,20 @@ STREAM_MESSAGES_SENT = Counter(
     "Stream messages sent by the server.",
     ["grpc_service", "grpc_method"],
 )
+
+# `voice_build_info{service,version,...} 1`: join on it to see which release each scraped pod runs.
+BUILD_INFO = Info("voice_build", "The running release of this service and its runtime.")
+
+
+def publish_build_info(service: str) -> None:
+    BUILD_INFO.info(
+        {
+            "service": service,
+            "version": VERSION,
+            "python_version": platform.python_version(),
+            "grpcio_version": grpc.__version__,
+        }
+    )
 
 
 class MetricsExporter:

@@ -19,13 +19,14 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
+from services.common.access_log import ACCESS_LOG_MODES, AccessLog
 from services.common.config import EnvArgumentParser, parse_bool
 from services.common.interceptors import ServerInterceptor
 from services.common.logs import configure_logging
-from services.common.metrics import MetricsExporter
+from services.common.metrics import MetricsExporter, publish_build_info
 from services.common.ready import ready_line
+from services.common.reflection import enable_reflection
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class ServerOptions:
     max_stream_duration: float = 3600.0
     log_level: str = "INFO"
     log_format: str = "json"
+    access_log: str = "summary"
+    max_connection_age: float = 0.0
+    access_log_interval: float = 60.0
 
 
 def add_server_arguments(parser: EnvArgumentParser, *, port: int, metrics_port: int) -> None:
@@ -85,8 +89,25 @@ def add_server_arguments(parser: EnvArgumentParser, *, port: int, metrics_port: 
         default=3600.0,
         help="seconds a streaming RPC may last in all before it ends with DEADLINE_EXCEEDED (0 off)",
     )
+    parser.add_option(
+        "--max-connection-age",
+        type=float,
+        default=0.0,
+        help="seconds after which a client connection is asked to go away (in-flight streams finish first), so "
+        "clients balancing over a headless Service re-resolve and reach new replicas (0 off)",
+    )
     parser.add_option("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
     parser.add_option("--log-format", default="json", choices=["json", "text"], help="log line format")
+    parser.add_option(
+        "--access-log",
+        default="summary",
+        choices=list(ACCESS_LOG_MODES),
+        help="RPCs that succeed: 'summary' (one line per interval with counts and latency per method), 'all' (a line "
+        "each) or 'errors' (none); failed RPCs always get a line, health/status/reflection probes only at DEBUG",
+    )
+    parser.add_option(
+        "--access-log-interval", type=float, default=60.0, help="seconds between access-log summary lines"
+    )
 
 
 def server_options_from_args(args: object) -> ServerOptions:
@@ -147,6 +168,17 @@ class ServiceHost:
             require_client_auth=client_ca is not None,
         )
 
+    def _connection_age_options(self) -> list[tuple[str, int]]:
+        age_s = self.options.max_connection_age
+        if age_s <= 0:
+            return []
+        # The grace lets the longest allowed stream end normally on the old connection after GOAWAY.
+        grace_s = self.options.max_stream_duration if self.options.max_stream_duration > 0 else 24 * 3600
+        return [
+            ("grpc.max_connection_age_ms", int(age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(grace_s * 1000)),
+        ]
+
     async def start(self) -> None:
         o = self.options
         limit = o.max_message_mb * MiB
@@ -154,6 +186,7 @@ class ServiceHost:
             auth_token=o.auth_token,
             idle_timeout_s=o.stream_idle_timeout,
             max_stream_s=o.max_stream_duration,
+            access_log=AccessLog(o.access_log, o.access_log_interval),
         )
         server = grpc.aio.server(
             interceptors=[self._interceptor],
@@ -164,16 +197,14 @@ class ServiceHost:
                 # Let idle streaming clients keep their connection; answer their keepalive pings.
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+                *self._connection_age_options(),
             ],
             maximum_concurrent_rpcs=o.max_concurrent_rpcs,
         )
         for register in self._registrations:
             register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            server,
-        )
+        enable_reflection([*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server)
         credentials = self._credentials()
         address = f"{o.host}:{o.port}"
         self.port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
@@ -182,6 +213,7 @@ class ServiceHost:
         await server.start()
         self._server = server
         if o.metrics_port >= 0:
+            publish_build_info(self.name)
             self._metrics = MetricsExporter(o.metrics_host, o.metrics_port)
         for service_name in ["", *self._service_names]:
             await self.health.set(service_name, SERVING)
@@ -220,6 +252,8 @@ class ServiceHost:
                 await hook()
             except Exception:  # shutdown continues whatever one hook does
                 log.exception("stop hook failed")
+        if self._interceptor is not None:
+            self._interceptor.access_log.flush()  # the last partial interval
         if self._metrics is not None:
             self._metrics.stop()
             self._metrics = None

@@ -27,6 +27,7 @@ from tests.fixtures.service_process import spawn_service
 from voice.v1 import audio_pb2, tts_gateway_pb2, tts_gateway_pb2_grpc
 
 GATEWAY_SERVICE = "voice.v1.TtsGatewayService"
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 PCM16 = audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_PCM16)
 
 
@@ -114,6 +115,20 @@ async def test_metrics_counter_moves_after_a_call(host: ServiceHost) -> None:
     text = await asyncio.to_thread(scrape, host.metrics_url)
     assert counter_value(text, "grpc_server_handled_total", **labels) == before + 3
     assert "grpc_server_handling_seconds_bucket" in text
+
+
+async def test_build_info_names_the_release_from_pyproject(host: ServiceHost) -> None:
+    import tomllib
+
+    assert host.metrics_url is not None
+    text = await asyncio.to_thread(scrape, host.metrics_url)
+    pyproject = tomllib.loads(PYPROJECT.read_text())
+    (line,) = [line for line in text.splitlines() if line.startswith("voice_build_info{")]
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+    assert labels["version"] == pyproject["project"]["version"]
+    assert labels["service"] == host.name and labels["grpcio_version"] == grpc.__version__
+    assert line.endswith(" 1.0")
+    assert "# TYPE voice_build_info gauge" in text
 
 
 async def test_invalid_argument_carries_bad_request_and_server_keeps_serving(host: ServiceHost) -> None:
@@ -308,3 +323,33 @@ async def test_request_id_from_metadata_when_the_field_is_empty(host: ServiceHos
                 pass
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "x-request-id" in err.value.details()
+
+
+@pytest.mark.parametrize("protocol", ["grpc-v1", "grpc-v1alpha"])
+def test_buf_curl_reflects_with_each_protocol_version(protocol: str) -> None:
+    """buf curl is an independent client; grpc-v1 is what it (and grpcurl >= 1.9) asks for first."""
+    buf = shutil.which("buf") or str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "buf")
+    process, ports = _spawn_harness()
+    try:
+        base = [buf, "curl", "--protocol", "grpc", "--http2-prior-knowledge", "--reflect-protocol", protocol]
+        url = f"http://127.0.0.1:{ports['port']}"
+        listing = subprocess.run(
+            [*base, "--list-services", url], capture_output=True, text=True, timeout=60, check=True
+        )
+        services = listing.stdout.split()
+        assert GATEWAY_SERVICE in services
+        assert {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} <= set(services)
+        methods = subprocess.run(
+            [*base, "--list-methods", url], capture_output=True, text=True, timeout=60, check=True
+        ).stdout.split()
+        assert f"{GATEWAY_SERVICE}/Synthesize" in methods
+        assert "grpc.reflection.v1.ServerReflection/ServerReflectionInfo" in methods
+        # A real call whose request and response types come only from reflection.
+        reply = subprocess.run(
+            [*base, "--data", "{}", f"{url}/{GATEWAY_SERVICE}/ListVoices"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        assert reply.returncode == 0 and reply.stdout.strip().startswith("{")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
