@@ -35,6 +35,7 @@ import sysconfig
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -137,6 +138,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="tritonserver --log-verbose level [env TRITON_LOG_VERBOSE]",
     )
     parser.add_argument(
+        "--trace-url",
+        default=_env("TRITON_TRACE_URL", ""),
+        help="OTLP/HTTP URL Triton exports its OpenTelemetry spans to, when OTEL_TRACES_EXPORTER includes otlp; "
+        "default: the OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT when the protocol is http/protobuf, otherwise port 4318 "
+        "of the OTLP endpoint's host (Triton exports over HTTP only) [env TRITON_TRACE_URL]",
+    )
+    parser.add_argument(
         "--ready-timeout",
         type=float,
         default=float(_env("TRITON_READY_TIMEOUT", "180")),
@@ -158,6 +166,68 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.server_args and args.server_args[0] == "--":
         args.server_args = args.server_args[1:]
     return args
+
+
+OTLP_HTTP_DEFAULT = "http://localhost:4318/v1/traces"
+
+
+def _otlp_http_url(env: dict[str, str] | os._Environ[str], override: str) -> str:
+    """Where Triton sends spans: it has only an OTLP/HTTP exporter, so a gRPC endpoint maps to the collector's HTTP
+    port (4318) on the same host."""
+    if override:
+        return override
+    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
+    traces_endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
+    endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    if protocol == "http/protobuf":
+        if traces_endpoint:
+            return traces_endpoint
+        if endpoint:
+            return endpoint.rstrip("/") + "/v1/traces"
+        return OTLP_HTTP_DEFAULT
+    base = traces_endpoint or endpoint
+    if not base:
+        return OTLP_HTTP_DEFAULT
+    parsed = urllib.parse.urlsplit(base if "://" in base else f"http://{base}")
+    return f"{parsed.scheme}://{parsed.hostname}:4318/v1/traces"
+
+
+def trace_arguments(env: dict[str, str] | os._Environ[str], url_override: str = "") -> list[str]:
+    """tritonserver flags for OpenTelemetry tracing from the standard OTEL_* variables; none while tracing is off.
+
+    Spans of a request join the caller's trace through the W3C traceparent the gateway sends on each stream."""
+    exporters = {name.strip().lower() for name in env.get("OTEL_TRACES_EXPORTER", "").split(",")}
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true" or "otlp" not in exporters:
+        return []
+    # Triton samples every Nth request rather than by ratio: a ratio sampler argument becomes N = 1 / ratio.
+    rate = 1
+    try:
+        ratio = float(env.get("OTEL_TRACES_SAMPLER_ARG", "1"))
+    except ValueError:
+        ratio = 1.0
+    if 0 < ratio < 1:
+        rate = max(1, round(1 / ratio))
+    service = env.get("OTEL_SERVICE_NAME") or "triton"
+    flags = [
+        "--trace-config=mode=opentelemetry",
+        "--trace-config=level=TIMESTAMPS",
+        f"--trace-config=rate={rate}",
+        "--trace-config=count=-1",
+        f"--trace-config=opentelemetry,url={_otlp_http_url(env, url_override)}",
+        f"--trace-config=opentelemetry,resource=service.name={service}",
+    ]
+    for item in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, _, value = item.partition("=")
+        if key.strip() and value.strip() and key.strip() != "service.name":
+            flags.append(f"--trace-config=opentelemetry,resource={key.strip()}={value.strip()}")
+    for variable, setting in (
+        ("OTEL_BSP_SCHEDULE_DELAY", "bsp_schedule_delay"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "bsp_max_queue_size"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "bsp_max_export_batch_size"),
+    ):
+        if env.get(variable, "").strip().isdigit():
+            flags.append(f"--trace-config=opentelemetry,{setting}={env[variable].strip()}")
+    return flags
 
 
 def pytriton_root() -> Path:
@@ -440,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     if models:
         command.append("--model-control-mode=explicit")
         command.extend(f"--load-model={m}" for m in models)
+    command.extend(trace_arguments(os.environ, args.trace_url))
     command.extend(args.server_args)
 
     removed, killed = remove_stale()

@@ -27,6 +27,7 @@ from services.common.logs import configure_logging
 from services.common.metrics import MetricsExporter, publish_build_info
 from services.common.ready import ready_line
 from services.common.reflection import enable_reflection
+from services.common.tracing import server_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,8 @@ class ServiceHost:
             access_log=AccessLog(o.access_log, o.access_log_interval),
         )
         server = grpc.aio.server(
-            interceptors=[self._interceptor],
+            # Tracing first (empty when off), so its span covers everything the shared interceptor does.
+            interceptors=[*server_interceptors(), self._interceptor],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),

@@ -22,6 +22,7 @@ from services.common.server import (
     parse_bool,
     server_options_from_args,
 )
+from services.common.tracing import configure_tracing, shutdown_tracing
 from services.common.version import VERSION
 from services.rvc_service.capacity import CapacityEstimator
 from services.rvc_service.engines.onnx_runtime import OnnxSettings, default_cache_dir
@@ -235,7 +236,9 @@ def build_service(args: argparse.Namespace) -> RvcService:
 async def main(argv: list[str]) -> None:
     args = make_parser().parse_args(argv)
     init_service_logging("rvc_service", server_options_from_args(args))
+    configure_tracing("rvc_service")  # before the host starts: its server adds the tracing interceptor when on
     service = build_service(args)
+    service.host.on_stop(shutdown_tracing)
     await service.host.start()
     freeze_startup_objects()
     tracer = None

@@ -71,6 +71,7 @@ class JobResult(Generic[T]):
     value: T
     run_seconds: float  # time on a worker, queueing excluded
     wait_seconds: float  # time in the queue
+    worker: int = -1  # index of the worker thread that ran it (traces show which one)
 
 
 @dataclass(frozen=True)
@@ -302,7 +303,7 @@ class WorkerPool:
                 self._busy_by_model[job.model] += 1
                 metrics.BUSY_WORKERS.labels(job.model).set(self._busy_by_model[job.model])
                 self._running_tokens.add(job.token)
-            outcome = self._run_job(job, stream)
+            outcome = self._run_job(job, stream, index)
             with self._cond:
                 self._busy -= 1
                 self._busy_by_model[job.model] -= 1
@@ -315,7 +316,7 @@ class WorkerPool:
             else:
                 job.future.set_result(outcome)
 
-    def _run_job(self, job: _Job, stream: Any) -> JobResult[Any] | BaseException:
+    def _run_job(self, job: _Job, stream: Any, worker: int = -1) -> JobResult[Any] | BaseException:
         started = time.perf_counter()
         wait = started - job.enqueued_at
         metrics.QUEUE_WAIT_SECONDS.labels(job.model).observe(wait)
@@ -337,7 +338,7 @@ class WorkerPool:
         if job.audio_seconds:
             metrics.AUDIO_SECONDS.labels(job.model).inc(job.audio_seconds)
             metrics.REAL_TIME_FACTOR.labels(job.model).observe(elapsed / job.audio_seconds)
-        return JobResult(value, elapsed, wait)
+        return JobResult(value, elapsed, wait, worker)
 
     @contextlib.contextmanager
     def _device_context(self, stream: Any) -> Iterator[None]:

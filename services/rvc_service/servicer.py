@@ -308,6 +308,7 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
             output_rate=A.resolve_output_rate(out.encoding, out.sample_rate_hz, model.sample_rate),
             settings=self.stream_blocks,
             on_job=lambda run_s, audio_s: self._observe_job(model_name, f0_label, run_s, audio_s),
+            engine_name=model.engine,
         )
         return stream, (model_name, f0_label)
 
@@ -369,6 +370,7 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
             output_encoding=out.encoding,
             output_rate=out_rate,
             settings=self.clip_blocks,
+            engine_name=model.engine,
         )
         parts: list[bytes] = []
         try:

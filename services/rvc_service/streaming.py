@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from services.common import tracing
 from services.common.audio import AudioEncoder, StreamResampler, make_encoder
 from services.common.chunks import ChunkSequencer, synthesis_summary
 from services.rvc_service.pool import CancelToken, WorkerPool
@@ -270,12 +271,14 @@ class ConversionStream:
         settings: BlockSettings | None = None,
         token: CancelToken | None = None,
         on_job: Callable[[float, float], None] | None = None,
+        engine_name: str = "",
     ) -> None:
         """``on_job(run_seconds, audio_seconds)`` is told about every finished window (the admission estimator)."""
         self.pool = pool
         self.on_job = on_job
         self.convert = convert
         self.model = model
+        self.engine_name = engine_name
         self.key = key
         self.request_id = request_id
         self.input_rate = input_rate
@@ -301,18 +304,33 @@ class ConversionStream:
         return self.chunks.samples_sent
 
     async def _run_window(self, window: Window) -> NDArray[np.float32]:
-        result = await self.pool.run(
-            lambda token: self.convert(window.audio, window.context, token),
-            model=self.model,
-            key=self.key,
-            token=self.token,
-            audio_seconds=window.new_samples / self.engine.input_hz,
-        )
-        self.conversion_seconds += result.run_seconds
-        self.blocks += 1
-        if self.on_job is not None and window.new_samples > 0:
-            self.on_job(result.run_seconds, window.new_samples / self.engine.input_hz)
-        return self.stitcher.accept(window, result.value)
+        with tracing.span("conversion block", self._block_attributes(window)) as block_span:
+            result = await self.pool.run(
+                lambda token: self.convert(window.audio, window.context, token),
+                model=self.model,
+                key=self.key,
+                token=self.token,
+                audio_seconds=window.new_samples / self.engine.input_hz,
+            )
+            block_span.set_attribute("conversion.worker", result.worker)
+            block_span.set_attribute("conversion.queue_wait_ms", result.wait_seconds * 1000)
+            block_span.set_attribute("conversion.run_ms", result.run_seconds * 1000)
+            self.conversion_seconds += result.run_seconds
+            self.blocks += 1
+            if self.on_job is not None and window.new_samples > 0:
+                self.on_job(result.run_seconds, window.new_samples / self.engine.input_hz)
+            return self.stitcher.accept(window, result.value)
+
+    def _block_attributes(self, window: Window) -> dict[str, str | int | bool]:
+        return {
+            "conversion.block.index": window.index,
+            "conversion.block.samples": window.new_samples,  # new input at the engine's rate, context excluded
+            "conversion.block.window_samples": window.audio.size,
+            "conversion.block.final": window.final,
+            "conversion.model": self.model,
+            "conversion.engine": self.engine_name,
+            "conversion.request_id": self.request_id,
+        }
 
     def _chunk(self, samples: NDArray[np.float32], *, block: int) -> audio_pb2.AudioChunk:
         chunk = self.chunks.chunk(self.encoder.encode(samples), samples.size, segment_index=block)

@@ -16,6 +16,7 @@ from services.common.server import (
     init_service_logging,
     server_options_from_args,
 )
+from services.common.tracing import configure_tracing, shutdown_tracing
 from services.tts_gateway.admission import RealTimeAdmission
 from services.tts_gateway.rvc_client import RvcClient
 from services.tts_gateway.saved_voices import SavedVoiceStore
@@ -144,7 +145,9 @@ def build_gateway(args: argparse.Namespace) -> Gateway:
 async def main(argv: list[str]) -> None:
     args = make_parser().parse_args(argv)
     init_service_logging("tts_gateway", server_options_from_args(args))
+    configure_tracing("tts_gateway")  # before the host starts: its server adds the tracing interceptor when on
     gateway = build_gateway(args)
+    gateway.host.on_stop(shutdown_tracing)
     await gateway.host.start()
     # Health starts SERVING; say NOT_SERVING for the gateway until the first probe has seen both upstreams.
     await gateway.host.set_serving(False, SERVICE_NAME)

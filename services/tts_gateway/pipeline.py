@@ -24,6 +24,7 @@ from typing import Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from services.common import tracing
 from services.common.audio import StreamResampler, make_encoder
 from services.common.chunks import ChunkSequencer, synthesis_summary
 from services.tts_gateway.domain import SynthesisPlan
@@ -181,34 +182,48 @@ class SynthesisPipeline:
         try:
             segment = 0
             async for piece in self.pieces:
-                sent = time.perf_counter()
-                # Audio the listener still has if playback began at the first response: the model schedules our
-                # next sentence behind streams whose listeners are closer to running dry.
-                ahead = None if first_audio_at is None else max(0.0, produced_s - (sent - first_audio_at))
-                busy_before = session.busy_s
-                first = True
-                # aclosing: when a later stage fails while this piece is mid-way, the upstream iteration ends now
-                # (its cleanup runs), not whenever the generator is garbage-collected.
-                parts = session.synthesize(piece, self.plan.tts_inputs, playback_ahead_s=ahead)
-                async with contextlib.aclosing(parts):
-                    async for audio in parts:
-                        if first:
-                            self.windows.observe("tts_first_audio", time.perf_counter() - sent)
-                            first = False
-                        if first_audio_at is None:
-                            first_audio_at = time.perf_counter()
-                        produced_s += audio.size / rate
-                        await self._tts_out.put(Block(segment, piece, audio))
-                self.windows.observe("tts_segment", session.busy_s - busy_before)
-                self.totals.tts_s = session.busy_s
-                self.totals.segments = segment + 1
-                self.totals.texts.append(piece)
-                await self._tts_out.put(Block(segment, piece, np.zeros(0, np.float32), end=True))
+                with tracing.span("sentence", self._sentence_attributes(segment, piece)) as sentence_span:
+                    sent = time.perf_counter()
+                    # Audio the listener still has if playback began at the first response: the model schedules our
+                    # next sentence behind streams whose listeners are closer to running dry.
+                    ahead = None if first_audio_at is None else max(0.0, produced_s - (sent - first_audio_at))
+                    busy_before = session.busy_s
+                    first = True
+                    samples = 0
+                    # aclosing: when a later stage fails while this piece is mid-way, the upstream iteration ends
+                    # now (its cleanup runs), not whenever the generator is garbage-collected.
+                    parts = session.synthesize(piece, self.plan.tts_inputs, playback_ahead_s=ahead)
+                    async with contextlib.aclosing(parts):
+                        async for audio in parts:
+                            if first:
+                                self.windows.observe("tts_first_audio", time.perf_counter() - sent)
+                                first = False
+                            if first_audio_at is None:
+                                first_audio_at = time.perf_counter()
+                            produced_s += audio.size / rate
+                            samples += audio.size
+                            await self._tts_out.put(Block(segment, piece, audio))
+                    sentence_span.set_attribute("tts.audio_seconds", samples / rate)
+                    self.windows.observe("tts_segment", session.busy_s - busy_before)
+                    self.totals.tts_s = session.busy_s
+                    self.totals.segments = segment + 1
+                    self.totals.texts.append(piece)
+                    await self._tts_out.put(Block(segment, piece, np.zeros(0, np.float32), end=True))
                 segment += 1
             await session.close()
             await self._tts_out.close()
         finally:
             session.cancel()
+
+    def _sentence_attributes(self, segment: int, piece: str) -> dict[str, str | int]:
+        voice = self.plan.voice
+        return {
+            "tts.sentence.index": segment,
+            "tts.sentence.chars": len(piece),
+            "tts.voice": voice.name,
+            "tts.model": voice.model.name,
+            "tts.request_id": self.plan.request_id,
+        }
 
     async def _conversion_stage(self) -> None:
         plan, settings = self.plan, self.plan.conversion

@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 from numpy.typing import NDArray
 
+from services.common import tracing
 from services.common.channels import UpstreamCredentials, open_channel
 from services.common.errors import (
     DeadlineExceeded,
@@ -26,6 +27,7 @@ from services.tts_gateway.channel_options import UPSTREAM_CHANNEL_OPTIONS
 from voice.v1 import audio_pb2, conversion_pb2, voice_conversion_pb2, voice_conversion_pb2_grpc
 
 UPSTREAM_NAME = "voice_conversion"
+CONVERSION_SERVICE = "voice.v1.VoiceConversionService"
 MAX_AUDIO_MESSAGE_BYTES = 1024 * 1024  # the conversion service's per-message cap
 _SAMPLES_PER_MESSAGE = MAX_AUDIO_MESSAGE_BYTES // 4
 
@@ -122,10 +124,18 @@ class ConvertSession:
         self._call: _ConvertCall | None = None
         self._metadata = (*owner.call_metadata, ("x-request-id", request_id))
         self.opened_s = 0.0
+        self._trace_parent = tracing.current_context()
+        self._span: tracing.ClientSpan | None = None
 
     async def _ensure_open(self) -> _ConvertCall:
         if self._call is None:
-            self._call = self.owner.stub.Convert(metadata=self._metadata)
+            self._span = tracing.ClientSpan(
+                CONVERSION_SERVICE,
+                "Convert",
+                parent=self._trace_parent,
+                attributes={"conversion.model": self._config.settings.model},
+            )
+            self._call = self.owner.stub.Convert(metadata=self._span.metadata(self._metadata))
             self.opened_s = time.perf_counter()
             await self._write(voice_conversion_pb2.ConvertRequest(config=self._config))
         return self._call
@@ -170,11 +180,13 @@ class ConvertSession:
         try:
             chunk = await call.read()
         except grpc.aio.AioRpcError as exc:
+            self._end_span(exc.code(), exc.details() or "")
             raise self.owner.map_error(exc) from None
         if chunk is grpc.aio.EOF:
             code = await call.code()
+            details = await call.details() if code != grpc.StatusCode.OK else ""
+            self._end_span(code, details or "")
             if code != grpc.StatusCode.OK:
-                details = await call.details()
                 raise self.owner.map_error(
                     grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
                 )
@@ -182,9 +194,15 @@ class ConvertSession:
         # grpc-stubs type read() as `object | AudioChunk`, so the EOF test above cannot narrow it.
         return chunk_samples(cast(audio_pb2.AudioChunk, chunk))
 
+    def _end_span(self, code: grpc.StatusCode, details: str = "") -> None:
+        if self._span is not None:
+            span, self._span = self._span, None
+            span.end(code, details)
+
     def cancel(self) -> None:
         if self._call is not None:
             self._call.cancel()
+        self._end_span(grpc.StatusCode.CANCELLED)  # a no-op when the call already ended and its span with it
 
 
 def chunk_samples(chunk: audio_pb2.AudioChunk) -> NDArray[np.float32]:

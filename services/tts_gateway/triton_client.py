@@ -8,6 +8,7 @@ per piece.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import struct
@@ -21,12 +22,15 @@ from google.protobuf.json_format import MessageToDict
 from numpy.typing import NDArray
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from services.common import tracing
 from services.common.channels import UpstreamCredentials, open_channel
 from services.common.errors import Internal, ServiceError, Unavailable, upstream_message
 from services.tts_gateway.channel_options import TRITON_CHANNEL_OPTIONS
 from services.tts_gateway.domain import MODE_PRESET, TtsInputs, TtsModelInfo
 
 log = logging.getLogger(__name__)
+
+TRITON_SERVICE = "inference.GRPCInferenceService"  # KServe v2, as Triton names it
 
 _StreamCall: TypeAlias = grpc.aio.StreamStreamCall[service_pb2.ModelInferRequest, service_pb2.ModelStreamInferResponse]
 _UnaryCall: TypeAlias = grpc.aio.UnaryUnaryCall[service_pb2.ModelInferRequest, service_pb2.ModelInferResponse]
@@ -182,6 +186,10 @@ class TtsSession:
         self.model = model
         self.request_id = request_id
         self.metadata = (*owner.call_metadata, ("x-request-id", request_id))
+        # The request's trace context now (its server span): the stream opens later, inside a sentence's span, but
+        # carries every sentence, so its span hangs off the request.
+        self._trace_parent = tracing.current_context()
+        self._stream_span: tracing.ClientSpan | None = None
         self._call: _StreamCall | None = None
         self._unary: _UnaryCall | None = None
         self.busy_s = 0.0
@@ -219,21 +227,33 @@ class TtsSession:
             self.model, text, inputs, self.request_id, final_flag=False, playback_ahead_s=playback_ahead_s
         )
         started = time.perf_counter()
+        span = tracing.ClientSpan(
+            TRITON_SERVICE, "ModelInfer", parent=None, attributes={"tts.model": self.model.name, "tts.chars": len(text)}
+        )
+        code, details = grpc.StatusCode.OK, ""
         try:
-            self._unary = self.owner.stub.ModelInfer(request, metadata=self.metadata)
+            self._unary = self.owner.stub.ModelInfer(request, metadata=span.metadata(self.metadata))
             response = await self._unary
         except grpc.aio.AioRpcError as exc:
+            code, details = exc.code(), exc.details() or ""
             raise self._map_error(exc) from None
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
         finally:
             self._unary = None
             self.busy_s += time.perf_counter() - started
+            span.end(code, details)
         return _waveform(response)
 
     async def _stream_piece(
         self, text: str, inputs: TtsInputs, playback_ahead_s: float | None
     ) -> AsyncGenerator[NDArray[np.float32], None]:
         if self._call is None:
-            self._call = self.owner.stub.ModelStreamInfer(metadata=self.metadata)
+            self._stream_span = tracing.ClientSpan(
+                TRITON_SERVICE, "ModelStreamInfer", parent=self._trace_parent, attributes={"tts.model": self.model.name}
+            )
+            self._call = self.owner.stub.ModelStreamInfer(metadata=self._stream_span.metadata(self.metadata))
         call = self._call
         request = build_request(
             self.model, text, inputs, self.request_id, final_flag=True, playback_ahead_s=playback_ahead_s
@@ -249,6 +269,7 @@ class TtsSession:
                 # grpc-stubs type read() as `object | response`, so the EOF test above cannot narrow it.
                 response = cast(service_pb2.ModelStreamInferResponse, received)
                 if response.error_message:
+                    self._end_stream_span(grpc.StatusCode.INTERNAL, response.error_message)
                     raise self._model_error(response.error_message)
                 infer = response.infer_response
                 audio = _waveform(infer)
@@ -257,23 +278,32 @@ class TtsSession:
                 if infer.parameters["triton_final_response"].bool_param:
                     return
         except grpc.aio.AioRpcError as exc:
+            self._end_stream_span(exc.code(), exc.details() or "")
             raise self._map_error(exc) from None
+
+    def _end_stream_span(self, code: grpc.StatusCode, details: str = "") -> None:
+        if self._stream_span is not None:
+            span, self._stream_span = self._stream_span, None
+            span.end(code, details)
 
     async def close(self) -> None:
         """End the stream politely (all pieces done)."""
         if self._call is not None:
             call, self._call = self._call, None
+            code, details = grpc.StatusCode.OK, ""
             try:
                 await call.done_writing()
                 while await call.read() is not grpc.aio.EOF:
                     pass
-            except grpc.aio.AioRpcError:
-                pass
+            except grpc.aio.AioRpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+            self._end_stream_span(code, details)
 
     def cancel(self) -> None:
         """Abort whatever is in flight; Triton sees the stream cancelled and stops synthesizing."""
         if self._call is not None:
             self._call.cancel()
             self._call = None
+            self._end_stream_span(grpc.StatusCode.CANCELLED)
         if self._unary is not None:
             self._unary.cancel()
