@@ -12,7 +12,8 @@ transport: `grpc` (the default of the Python SDK) or `http/protobuf`.
 
 What is traced: a SERVER span per RPC (continuing a caller's `traceparent`), CLIENT spans for upstream calls (whose
 context travels in the call's gRPC metadata), and INTERNAL spans the services open with `span()` (a sentence, a
-conversion block). Health and reflection RPCs get no span.
+conversion block). Probes (health, reflection, GetStatus: services/common/access_log.py) get a span only when the
+caller sends a trace context: kubelets and the gateway's probe loop would otherwise start a trace every few seconds.
 """
 
 from __future__ import annotations
@@ -30,15 +31,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode, Tracer
 
+from services.common.access_log import is_probe
+
 log = logging.getLogger(__name__)
 
 Attributes = Mapping[str, str | int | float | bool]
 Metadata = tuple[tuple[str, str | bytes], ...]
 
-# RPCs that run all the time and say nothing about a request's path: no spans.
-UNTRACED_SERVICES = frozenset(
-    {"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"}
-)
 KNOWN_EXPORTERS = ("otlp", "console")
 _OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 
@@ -230,10 +229,10 @@ def _status_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode
 class _ServerCall:
     """The SERVER span of one RPC, current while the handler runs."""
 
-    def __init__(self, tracer: Tracer, details: grpc.HandlerCallDetails, service: str, method: str) -> None:
+    def __init__(self, tracer: Tracer, parent: otel_context.Context, service: str, method: str) -> None:
         self.span = tracer.start_span(
             f"{service}/{method}",
-            context=_extract(details.invocation_metadata),
+            context=parent,
             kind=SpanKind.SERVER,
             attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
         )
@@ -270,7 +269,8 @@ class TracingServerInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or tracer is None:
             return handler
         service, method = _split_method(handler_call_details.method)
-        if service in UNTRACED_SERVICES:
+        parent = _extract(handler_call_details.invocation_metadata)
+        if is_probe(service, method) and not trace.get_current_span(parent).get_span_context().is_valid:
             return handler
         behavior: Callable[..., Any] | None = (
             handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
@@ -280,7 +280,7 @@ class TracingServerInterceptor(grpc.aio.ServerInterceptor):
         if handler.response_streaming:
 
             async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                call = _ServerCall(tracer, handler_call_details, service, method)
+                call = _ServerCall(tracer, parent, service, method)
                 error: BaseException | None = None
                 result = behavior(request, context)
                 try:
@@ -302,7 +302,7 @@ class TracingServerInterceptor(grpc.aio.ServerInterceptor):
         else:
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                call = _ServerCall(tracer, handler_call_details, service, method)
+                call = _ServerCall(tracer, parent, service, method)
                 error: BaseException | None = None
                 try:
                     return await behavior(request, context)

@@ -24,7 +24,14 @@ from tests.fixtures.rvc_service import RvcServiceProcess, start_rvc_service
 from tests.fixtures.triton_server import TritonServer, start_triton
 from tests.tracing.collector import OtlpCollector, ReceivedSpan, running_collector
 from tests.waiting import wait_until
-from voice.v1 import audio_pb2, conversion_pb2, tts_gateway_pb2, tts_gateway_pb2_grpc
+from voice.v1 import (
+    audio_pb2,
+    conversion_pb2,
+    tts_gateway_pb2,
+    tts_gateway_pb2_grpc,
+    voice_conversion_pb2,
+    voice_conversion_pb2_grpc,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEXT = "The tide came in slowly. Gulls argued over the pier. By dusk the harbour was quiet again."
@@ -118,15 +125,19 @@ def _is_request(span: ReceivedSpan, request_id: str) -> bool:
 
 
 def complete_trace(collector: OtlpCollector, request_id: str, sentences: int) -> list[ReceivedSpan] | None:
-    """The request's whole trace once every part arrived: gateway root, sentences, Triton requests, conversion."""
+    """The request's whole trace once every part arrived: gateway root, sentences, Triton requests, conversion, and
+    the parent of every span but the gateway's (whose parent is the caller's, when the caller sent one)."""
     named = [s for s in collector.spans() if _is_request(s, request_id)]
     trace_ids = {s.trace_id for s in named}
     if len(trace_ids) != 1:
         return None
     spans = collector.trace(trace_ids.pop())
     names = [s.name for s in spans]
+    ids = {s.span_id for s in spans}
     ready = (
         names.count(GATEWAY_SYNTHESIZE) == 1
+        # Exporters send in batches of their own: wait until no span's parent is still on its way.
+        and all(s.parent_span_id in ids for s in spans if s.parent_span_id and s.name != GATEWAY_SYNTHESIZE)
         and names.count("sentence") == sentences
         and names.count("InferRequest") == sentences
         and "voice.v1.VoiceConversionService/Convert" in names
@@ -292,3 +303,53 @@ def test_the_sdk_and_exporters_load_only_when_tracing_is_on(enabled: bool) -> No
     assert on == str(enabled)
     assert int(interceptors) == int(enabled)
     assert (int(loaded) > 0) == enabled
+
+
+def test_a_cancelled_call_is_recorded_as_cancelled_on_both_services(stack: TracedStack) -> None:
+    trace_id = uuid.uuid4().hex
+    with grpc.insecure_channel(stack.gateway.address) as channel:
+        stub = tts_gateway_pb2_grpc.TtsGatewayServiceStub(channel)
+        request = tts_gateway_pb2.SynthesizeRequest(
+            text=" ".join([TEXT] * 8),
+            voice=CONVERTED_VOICE,
+            output_format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_PCM16),
+        )
+        call = stub.Synthesize(request, timeout=120, metadata=(("traceparent", f"00-{trace_id}-{'2' * 16}-01"),))
+        next(call)  # audio is flowing: Triton and the conversion service are both mid-request
+        call.cancel()
+
+    def ended() -> list[ReceivedSpan] | None:
+        spans = stack.collector.trace(trace_id)
+        names = {(s.service, s.name, s.kind) for s in spans}
+        wanted = {
+            ("tts_gateway", GATEWAY_SYNTHESIZE, "SERVER"),
+            ("rvc_service", "voice.v1.VoiceConversionService/Convert", "SERVER"),
+        }
+        return spans if wanted <= names else None
+
+    spans = wait_until(ended, within=EXPORT_WAIT_S)
+    root = only(spans, name=GATEWAY_SYNTHESIZE)
+    assert root.status == "ERROR" and "cancelled" in root.events
+    assert root.attributes["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
+    convert_server = only(spans, name="voice.v1.VoiceConversionService/Convert", kind="SERVER")
+    assert convert_server.status == "ERROR" and "cancelled" in convert_server.events
+    # Fewer sentences were synthesized than the text has: the cancel stopped the work, and the spans say so.
+    assert len([s for s in spans if s.name == "sentence"]) < len(split_text(request.text))
+
+
+def test_probes_get_spans_only_when_the_caller_traces_them(stack: TracedStack) -> None:
+    # The gateway's probe loop has polled the conversion service's GetStatus since it started: none of it is traced.
+    assert stack.gateway.running
+    assert not [s for s in stack.collector.spans() if s.name.endswith(("/GetStatus", "/Check", "/Watch"))]
+    trace_id = uuid.uuid4().hex
+    with grpc.insecure_channel(stack.rvc.address) as channel:
+        stub = voice_conversion_pb2_grpc.VoiceConversionServiceStub(channel)
+        stub.GetStatus(
+            voice_conversion_pb2.VoiceConversionServiceGetStatusRequest(),
+            timeout=10,
+            metadata=(("traceparent", f"00-{trace_id}-{'3' * 16}-01"),),
+        )
+    spans = wait_until(lambda: stack.collector.trace(trace_id), within=EXPORT_WAIT_S)
+    assert [(s.service, s.name, s.kind) for s in spans] == [
+        ("rvc_service", "voice.v1.VoiceConversionService/GetStatus", "SERVER")
+    ]
