@@ -65,12 +65,19 @@ async function responseError(response) {
   return error;
 }
 
+// Authorization for an edge started with --auth-token; nothing is sent while the field is empty.
+function authHeaders() {
+  const token = $("token").value.trim();
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
 // ---- voices ----------------------------------------------------------------------------------------------------
 
 async function loadVoices() {
   setState("loading");
+  clearError();
   try {
-    const response = await fetch("/v1/voices", { headers: { Accept: "application/json" } });
+    const response = await fetch("/v1/voices", { headers: { Accept: "application/json", ...authHeaders() } });
     if (!response.ok) throw await responseError(response);
     const body = await response.json();
     fillVoices(body.data || []);
@@ -106,12 +113,15 @@ function fillVoices(voices) {
 
 function fillConversions(models) {
   const select = $("conversion");
+  const chosen = select.value;
+  select.replaceChildren(new Option("voice default", ""));
   for (const model of models) {
     const option = document.createElement("option");
     option.value = model.id;
     option.textContent = model.id;
     select.append(option);
   }
+  if ([...select.options].some((option) => option.value === chosen)) select.value = chosen;
 }
 
 function voiceChanged() {
@@ -230,7 +240,10 @@ class StreamPlayer {
     this.rate = rate;
     this.onSamples = onSamples;
     this.carry = null;
-    this.next = 0;
+    this.next = 0; // where the next buffer starts on the context clock
+    this.chainStart = 0; // start of the current gapless run of buffers
+    this.chainSamples = 0; // samples scheduled in that run
+    this.totalSamples = 0;
     this.firstStart = null;
     this.scheduledSeconds = 0;
     this.underruns = 0;
@@ -270,13 +283,18 @@ class StreamPlayer {
     if (this.firstStart === null || this.next < now) {
       // The first buffer, or playback has caught up with the stream: (re)start the chain a little ahead.
       if (this.firstStart !== null) this.underruns += 1;
-      this.next = now + LEAD_S;
+      this.chainStart = now + LEAD_S;
+      this.chainSamples = 0;
     }
-    if (this.firstStart === null) this.firstStart = this.next;
-    source.start(this.next);
-    this.placed.push([this.next, buffer.duration]);
-    this.next += buffer.duration;
-    this.scheduledSeconds += buffer.duration;
+    // Start times come from a sample count, not a running sum of durations, so rounding never accumulates.
+    const start = this.chainStart + this.chainSamples / this.rate;
+    if (this.firstStart === null) this.firstStart = start;
+    source.start(start);
+    this.placed.push([start, buffer.duration]);
+    this.chainSamples += samples.length;
+    this.totalSamples += samples.length;
+    this.next = this.chainStart + this.chainSamples / this.rate;
+    this.scheduledSeconds = this.totalSamples / this.rate;
     this.sources.add(source);
     source.addEventListener("ended", () => {
       this.sources.delete(source);
@@ -454,6 +472,7 @@ async function speak() {
     const response = await fetch("/synthesize/stream", {
       method: "POST",
       body: formFields(),
+      headers: authHeaders(),
       signal: controller.signal,
     });
     if (!response.ok) throw await responseError(response);
@@ -546,6 +565,11 @@ $("reference-file").addEventListener("change", (event) => {
 $("record").addEventListener("click", startRecording);
 $("record-stop").addEventListener("click", stopRecording);
 window.addEventListener("resize", () => waveform.draw());
+$("token").value = sessionStorage.getItem("voice-edge-token") || "";
+$("token").addEventListener("change", () => {
+  sessionStorage.setItem("voice-edge-token", $("token").value.trim());
+  loadVoices();
+});
 
 // The player is exposed so a test can feed it bytes split at awkward places on an OfflineAudioContext.
 window.voicePage = Object.freeze({ StreamPlayer });
