@@ -30,7 +30,9 @@ COPY services/tts_gateway/requirements.txt services/tts_gateway/requirements.txt
 
 # The pair first, from its index; the rest then resolves against the torch already installed (-c keeps it there).
 FROM build-base AS venv-cpu
-RUN pip install --index-url https://download.pytorch.org/whl/cpu -r requirements/requirements-torch.txt \
+# A mirror of the PyTorch CPU index may stand in for it (--build-arg TORCH_CPU_INDEX=...).
+ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
+RUN pip install --index-url "${TORCH_CPU_INDEX}" -r requirements/requirements-torch.txt \
     && pip install -r requirements/common.txt -r requirements/requirements-base.txt -c requirements/requirements-torch.txt \
     && pip install --no-deps ./proto . \
     && python -c "import torch, torchaudio, sys; sys.exit(torch.version.cuda is not None)" \

@@ -26,8 +26,10 @@ COPY services/rvc_service/torchaudio_cpu.py torchaudio_cpu.py
 # As the Makefile's .venv-triton target: requirements.txt in one pip run, then spark-tts-lib and snac without their
 # dependency lists, then torchaudio's CUDA extension set aside beside the CPU torch. torch/torchaudio come first from
 # the PyTorch CPU index at the versions requirements.txt pins (PyPI's Linux torch wheels are CUDA builds).
+# A mirror of the PyTorch CPU index may stand in for it (--build-arg TORCH_CPU_INDEX=...).
+ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 RUN grep -E '^(torch|torchaudio)==' requirements/requirements.txt > requirements/torch.txt \
-    && pip install --index-url https://download.pytorch.org/whl/cpu -r requirements/torch.txt \
+    && pip install --index-url "${TORCH_CPU_INDEX}" -r requirements/torch.txt \
     && pip install -r requirements/requirements.txt -c requirements/torch.txt \
     && pip install --no-deps -r requirements/requirements-spark.txt \
     && python torchaudio_cpu.py \

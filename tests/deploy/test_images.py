@@ -385,6 +385,12 @@ def test_entrypoint_is_a_declared_console_script_or_the_copied_launcher(name: st
     assert any(paths[-1] == script and paths[0].endswith("launch.py") for paths in copies), copies
 
 
+def with_arg_defaults(stage: Stage, command: str) -> str:
+    """`command` with the stage's ARG defaults substituted (what a build without --build-arg runs)."""
+    defaults = dict(value.partition("=")[::2] for value in stage.values("ARG"))
+    return re.sub(r'"?\$\{?(\w+)\}?"?', lambda m: defaults.get(m.group(1)) or m.group(0), command)
+
+
 def installs_torch(command: str) -> bool:
     """Whether a `pip install` names torch or a requirement file named for it (-c constraint files install nothing)."""
     words = shlex.split(command[command.index("pip install") + len("pip install") :])
@@ -408,7 +414,11 @@ def test_cpu_images_request_nothing_from_cuda(name: str) -> None:
     assert "cuda" not in name
     # torch is installed only by pip commands that name the CPU index (PyPI's Linux torch wheels are CUDA builds).
     commands = [
-        part for s in chain for run in s.values("RUN") for part in re.split(r"&&|;", run) if "pip install" in part
+        with_arg_defaults(stage, part)
+        for stage in chain
+        for run in stage.values("RUN")
+        for part in re.split(r"&&|;", run)
+        if "pip install" in part
     ]
     torch_installs = [c for c in commands if installs_torch(c)]
     assert torch_installs or name == "tts-gateway", f"{name}: no torch install found in {commands}"
@@ -424,8 +434,10 @@ def test_rvc_targets_differ_only_in_the_torch_build() -> None:
     bake = load_bake()
     cpu_stages, cpu_target = bake_stages(bake.targets["rvc-service-cpu"])
     cuda_stages, cuda_target = bake_stages(bake.targets["rvc-service-cuda"])
-    cpu_runs = " ".join(r for s in stage_chain(cpu_stages, cpu_target) for r in s.values("RUN"))
-    cuda_runs = " ".join(r for s in stage_chain(cuda_stages, cuda_target) for r in s.values("RUN"))
+    cpu_runs = " ".join(with_arg_defaults(s, r) for s in stage_chain(cpu_stages, cpu_target) for r in s.values("RUN"))
+    cuda_runs = " ".join(
+        with_arg_defaults(s, r) for s in stage_chain(cuda_stages, cuda_target) for r in s.values("RUN")
+    )
     assert CPU_TORCH_INDEX in cpu_runs
     assert CPU_TORCH_INDEX not in cuda_runs
     assert inherited(cpu_stages, cpu_target, "ENTRYPOINT") == inherited(cuda_stages, cuda_target, "ENTRYPOINT")
