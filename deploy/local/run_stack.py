@@ -1,10 +1,10 @@
 """`make run`: the whole stack on loopback with the embedded default models, supervised, stopped cleanly by Ctrl-C.
 
 Starts Triton (the server bundled in the nvidia-pytriton wheel, with the Piper model), the voice-conversion service
-(with the built-in world voices) and the gateway, each as its own process, waits for each to be ready, prints the
-addresses and a ready-to-paste client command, then supervises them: a service that exits unexpectedly is restarted
-on the same ports with exponential backoff (each restart logged on stderr with its exit code and counted) while the
-others keep serving. SIGINT/SIGTERM stop them all in reverse order.
+(with the built-in world voices), the gateway and the HTTP edge, each as its own process, waits for each to be ready,
+prints the addresses and a ready-to-paste client command, then supervises them: a service that exits unexpectedly is
+restarted on the same ports with exponential backoff (each restart logged on stderr with its exit code and counted)
+while the others keep serving. SIGINT/SIGTERM stop them all in reverse order.
 """
 
 from __future__ import annotations
@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway-metrics-port", type=int, default=9101)
     parser.add_argument("--rvc-port", type=int, default=50052, help="0 picks a free port (kept across restarts)")
     parser.add_argument("--rvc-metrics-port", type=int, default=9102)
+    parser.add_argument("--edge-port", type=int, default=8080, help="HTTP edge (web page, OpenAI-compatible API)")
+    parser.add_argument("--edge-metrics-port", type=int, default=9103)
     parser.add_argument("--triton-http-port", type=int, default=8000)
     parser.add_argument("--triton-grpc-port", type=int, default=8001)
     parser.add_argument("--triton-metrics-port", type=int, default=8002)
@@ -326,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         "rvc_metrics": args.rvc_metrics_port,
         "gateway": args.gateway_port,
         "gateway_metrics": args.gateway_metrics_port,
+        "edge": args.edge_port,
+        "edge_metrics": args.edge_metrics_port,
     }
 
     def remember_ports(service: Service, key: str) -> None:
@@ -384,6 +388,19 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"Gateway       gRPC {args.host}:{ports['gateway']}  metrics http://{args.host}:{ports['gateway_metrics']}/metrics"
         )
+        print("starting HTTP edge ...", flush=True)
+        edge = Service(
+            "http_edge",
+            lambda: [str(DEV_PYTHON), "-P", "-m", "services.http_edge", "--host", args.host,
+                     "--port", str(ports["edge"]), "--metrics-port", str(ports["edge_metrics"]),
+                     "--gateway-url", f"{args.host}:{ports['gateway']}", "--rvc-url", f"{args.host}:{ports['rvc']}"],
+            ready_timeout=60, log_path=args.log_dir / "http_edge.log",
+        )  # fmt: skip
+        supervisor.start(edge)
+        remember_ports(edge, "edge")
+        lines.append(
+            f"HTTP edge     http://{args.host}:{ports['edge']}/  metrics http://{args.host}:{ports['edge_metrics']}/metrics"
+        )
     except RuntimeError as exc:
         failed = supervisor.services[-1].name if supervisor.services else "stack"
         print(f"{failed} failed to start: {exc}; see {args.log_dir}/{failed}.log", file=sys.stderr, flush=True)
@@ -397,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\nTry:")
     print(f'  .venv/bin/voice-cli --target {args.host}:{ports["gateway"]} say '
           '"Hello from the speech stack. This is the second sentence." --voice joe -o hello.wav')  # fmt: skip
+    print(f"  open http://{args.host}:{ports['edge']}/ in a browser (the web page), or the OpenAI-style API:")
+    print(f"  curl -o hello.mp3 http://{args.host}:{ports['edge']}/v1/audio/speech -H 'Content-Type: application/json' "
+          '-d \'{"model": "tts-1", "voice": "joe", "input": "Hello from the edge."}\'')  # fmt: skip
     print(f"  .venv/bin/grpcurl -plaintext {args.host}:{ports['gateway']} list   # reflection is on\n", flush=True)
     return supervisor.run()
 
