@@ -141,6 +141,7 @@ def grpc_methods() -> dict[str, set[str]]:
     """Every method of the services the stack serves, from the compiled descriptors the services use."""
     from grpc_health.v1 import health_pb2
     from tritonclient.grpc import service_pb2
+
     from voice.v1 import tts_gateway_pb2, voice_conversion_pb2
 
     out: dict[str, set[str]] = {}
