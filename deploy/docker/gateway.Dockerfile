@@ -53,7 +53,8 @@ VOLUME ["/var/lib/voice/saved-voices"]
 EXPOSE 50051 9101
 USER 65532:65532
 WORKDIR /tmp
-# The standard gRPC health protocol on the serving port (SERVING once both upstreams answer).
+# The standard gRPC health protocol on the serving port, for the gateway's service: SERVING once both upstreams
+# answer and the voices are loaded (the server-wide "" status only says the process is up).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "/usr/local/lib/voice/healthcheck.py", "grpc", "GATEWAY_PORT", "50051"]
+    CMD ["python", "/usr/local/lib/voice/healthcheck.py", "grpc", "GATEWAY_PORT", "50051", "voice.v1.TtsGatewayService"]
 ENTRYPOINT ["voice-tts-gateway"]

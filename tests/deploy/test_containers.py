@@ -46,6 +46,7 @@ GATEWAY_IMAGE = os.environ.get("VOICE_IMAGE_TTS_GATEWAY", f"{REGISTRY}/tts-gatew
 TRITON_IMAGE = os.environ.get("VOICE_IMAGE_TRITON", f"{REGISTRY}/triton:{VERSION}")
 HARDENING = ("--read-only", "--tmpfs", "/tmp:rw,mode=1777", "--cap-drop", "ALL", "--security-opt", "no-new-privileges")
 PIPER_RATE = 22050
+GATEWAY_SERVICE = tts_gateway_pb2.DESCRIPTOR.services_by_name["TtsGatewayService"].full_name
 
 
 def find_engine() -> list[str] | None:
@@ -113,10 +114,11 @@ def containers() -> Iterator[list[Container]]:
         engine("rm", "--force", container.name, timeout=120)
 
 
-def serving(address: str) -> bool:
+def serving(address: str, service: str = "") -> bool:
     try:
         with grpc.insecure_channel(address) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            request = health_pb2.HealthCheckRequest(service=service)
+            reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=2)
     except grpc.RpcError:
         return False
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
@@ -139,13 +141,25 @@ def synthesize(address: str, text: str) -> bytes:
         return b"".join(chunk.audio for chunk in stub.Synthesize(request, timeout=120))
 
 
-def test_gateway_image_serves_speech_read_only_and_stops_cleanly(
-    triton_server: Any, rvc_service: Any, containers: list[Container]
-) -> None:
+@pytest.fixture(scope="session")
+def gateway_image() -> str:
     need_image(GATEWAY_IMAGE)
+    return GATEWAY_IMAGE
+
+
+@pytest.fixture(scope="session")
+def triton_image() -> str:
+    need_image(TRITON_IMAGE)
+    return TRITON_IMAGE
+
+
+# The image fixtures come first, so a missing image skips before the upstream fixtures start their servers.
+def test_gateway_image_serves_speech_read_only_and_stops_cleanly(
+    gateway_image: str, triton_server: Any, rvc_service: Any, containers: list[Container]
+) -> None:
     port, metrics_port = free_port(), free_port()
     gateway = run_container(
-        GATEWAY_IMAGE,
+        gateway_image,
         {
             "GATEWAY_HOST": "127.0.0.1",
             "GATEWAY_PORT": str(port),
@@ -159,13 +173,17 @@ def test_gateway_image_serves_speech_read_only_and_stops_cleanly(
     )
     containers.append(gateway)
     address = f"127.0.0.1:{port}"
-    wait_until(lambda: serving(address), within=120, what=lambda: f"gateway container SERVING\n{gateway.logs()}")
+    wait_until(
+        lambda: serving(address, GATEWAY_SERVICE),
+        within=120,
+        what=lambda: f"gateway container SERVING\n{gateway.logs()}",
+    )
 
     pcm = synthesize(address, "The gateway runs in its container.")
     assert len(pcm) // 2 > PIPER_RATE // 2, "under half a second of audio"
 
     # The image's own health check, run inside the container, agrees.
-    check = gateway.exec("python", "/usr/local/lib/voice/healthcheck.py", "grpc", "GATEWAY_PORT", "50051")
+    check = gateway.exec("python", "/usr/local/lib/voice/healthcheck.py", "grpc", "GATEWAY_PORT", "1", GATEWAY_SERVICE)
     assert check.returncode == 0, check.stderr
     # It runs as 65532 and cannot write outside /tmp.
     who = gateway.exec("python", "-c", "import os; print(os.getuid(), os.getgid())")
@@ -182,11 +200,12 @@ def test_gateway_image_serves_speech_read_only_and_stops_cleanly(
     assert time.monotonic() - started < 40
 
 
-def test_triton_image_serves_piper_read_only(rvc_service: Any, containers: list[Container], tmp_path: Any) -> None:
-    need_image(TRITON_IMAGE)
+def test_triton_image_serves_piper_read_only(
+    triton_image: str, rvc_service: Any, containers: list[Container], tmp_path: Any
+) -> None:
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     triton = run_container(
-        TRITON_IMAGE,
+        triton_image,
         {
             "TRITON_ADDRESS": "127.0.0.1",
             "TRITON_HTTP_PORT": str(http_port),
