@@ -10,7 +10,8 @@ PROTOS := $(wildcard proto/voice/v1/*.proto)
 # buf breaking compares the contract with main (on main itself: with the last commit).
 BREAKING_BASE ?= $(shell git merge-base HEAD main 2>/dev/null || echo HEAD)
 DEV_REQS := requirements-dev.txt requirements-parity.txt services/common/requirements.txt services/tts_gateway/requirements.txt \
-            services/rvc_service/requirements.txt services/rvc_service/requirements-base.txt
+            services/rvc_service/requirements.txt services/rvc_service/requirements-base.txt \
+            services/http_edge/requirements.txt
 # The repository's own distributions: the services, the client, the test helpers, the benchmarks (each pyproject.toml).
 OWN_PACKAGES := pyproject.toml clients/python/pyproject.toml tests/pyproject.toml benchmarks/pyproject.toml
 

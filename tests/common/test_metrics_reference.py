@@ -12,7 +12,7 @@ from services.common.metrics import publish_build_info
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 # Importing these registers every metric each service defines (the metric objects are module-level).
-SERVICE_MODULES = ("services.tts_gateway.app", "services.rvc_service.__main__")
+SERVICE_MODULES = ("services.tts_gateway.app", "services.rvc_service.__main__", "services.http_edge.app")
 STANDARD_PREFIXES = ("process_", "python_")  # prometheus-client's own collectors
 
 

@@ -32,7 +32,7 @@ from voice.v1 import (
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 PORT_NAMES = (
     "gateway-port", "gateway-metrics-port", "rvc-port", "rvc-metrics-port",
-    "triton-http-port", "triton-grpc-port", "triton-metrics-port",
+    "triton-http-port", "triton-grpc-port", "triton-metrics-port", "edge-port", "edge-metrics-port",
 )  # fmt: skip
 
 
