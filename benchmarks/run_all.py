@@ -19,8 +19,9 @@ ORDER = [
     "rvc_pool_bench.py",
     "gateway_bench.py",
     "spark_bench.py",
+    "edge_latency.py",
 ]
-HAS_QUICK = {"gateway_bench.py", "spark_bench.py"}
+HAS_QUICK = {"gateway_bench.py", "spark_bench.py", "edge_latency.py"}
 
 
 def main() -> int:
