@@ -230,6 +230,20 @@ class _StaticMetadata(grpc.AuthMetadataPlugin):
         callback(self._metadata, None)
 
 
+# Keepalive so a dead peer is noticed on quiet connections; short reconnect backoff so service resumes quickly after
+# an upstream restart. The project's services accept a ping every 5 s (services/common/server.py).
+UPSTREAM_CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
 # Targets whose resolver may return several addresses; a plain host:port (one ClusterIP, or a mesh) stays as it is.
 BALANCED_SCHEMES = ("dns:", "ipv4:", "ipv6:")
 ROUND_ROBIN_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
@@ -269,6 +283,7 @@ def open_channel(
 __all__ = [
     "BEARER_HEADER",
     "REFUSED_CODES",
+    "UPSTREAM_CHANNEL_OPTIONS",
     "UpstreamChannel",
     "UpstreamCredentials",
     "add_upstream_credential_options",

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.channels import UpstreamChannel, credentials_from_args, open_channel
+from services.common.channels import UPSTREAM_CHANNEL_OPTIONS, UpstreamChannel, credentials_from_args, open_channel
 from services.common.request_id import REQUEST_ID_METADATA_KEY
 from voice.v1 import tts_gateway_pb2, tts_gateway_pb2_grpc, voice_conversion_pb2, voice_conversion_pb2_grpc
 
@@ -19,18 +19,6 @@ log = logging.getLogger(__name__)
 GATEWAY_SERVICE = tts_gateway_pb2.DESCRIPTOR.services_by_name["TtsGatewayService"].full_name
 CONVERSION_SERVICE = voice_conversion_pb2.DESCRIPTOR.services_by_name["VoiceConversionService"].full_name
 
-# Keepalive notices a dead gateway on a quiet connection; short reconnect backoff resumes quickly after a restart.
-CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 1_000),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-]
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -47,8 +35,10 @@ class Upstreams:
     @classmethod
     def open(cls, args: argparse.Namespace) -> Upstreams:
         return cls(
-            open_channel("gateway", args.gateway_url, CHANNEL_OPTIONS, credentials_from_args(args, "gateway")),
-            open_channel("voice_conversion", args.rvc_url, CHANNEL_OPTIONS, credentials_from_args(args, "rvc")),
+            open_channel("gateway", args.gateway_url, UPSTREAM_CHANNEL_OPTIONS, credentials_from_args(args, "gateway")),
+            open_channel(
+                "voice_conversion", args.rvc_url, UPSTREAM_CHANNEL_OPTIONS, credentials_from_args(args, "rvc")
+            ),
             args.upstream_token or None,
             args.upstream_timeout,
         )

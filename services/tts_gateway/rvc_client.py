@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from services.common import tracing
-from services.common.channels import UpstreamCredentials, open_channel
+from services.common.channels import UPSTREAM_CHANNEL_OPTIONS, UpstreamCredentials, open_channel
 from services.common.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -23,7 +23,6 @@ from services.common.errors import (
     Unavailable,
     upstream_message,
 )
-from services.tts_gateway.channel_options import UPSTREAM_CHANNEL_OPTIONS
 from voice.v1 import audio_pb2, conversion_pb2, voice_conversion_pb2, voice_conversion_pb2_grpc
 
 UPSTREAM_NAME = "voice_conversion"

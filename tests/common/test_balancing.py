@@ -12,8 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.common.channels import open_channel
-from services.tts_gateway.channel_options import UPSTREAM_CHANNEL_OPTIONS
+from services.common.channels import UPSTREAM_CHANNEL_OPTIONS, open_channel
 from tests.common.test_bootstrap import counter_value
 from tests.fixtures.service_process import ServiceProcess, spawn_service
 from voice.v1 import audio_pb2, tts_gateway_pb2, tts_gateway_pb2_grpc
