@@ -447,8 +447,8 @@ def finalize_wav_header(data: bytes) -> bytes:
     raise ValueError("WAV has no data chunk")
 
 
-class _ByteSink(io.RawIOBase):
-    """Write-only, non-seekable file object that collects what FFmpeg writes until drained."""
+class ByteSink(io.RawIOBase):
+    """Write-only, non-seekable file object that collects what FFmpeg writes until drained (streamed muxing)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -457,9 +457,13 @@ class _ByteSink(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        self._buf += b
-        return len(b)
+    def seekable(self) -> bool:
+        return False  # so FFmpeg writes a streamable file and never seeks back to patch a header
+
+    def write(self, b: Any) -> int:
+        view = memoryview(b)
+        self._buf += view
+        return view.nbytes
 
     def drain(self) -> bytes:
         out = bytes(self._buf)
@@ -484,7 +488,7 @@ class OggOpusEncoder(AudioEncoder):
                 f"OGG_OPUS output supports sample rates {_opus_rates_text()} Hz, got {sample_rate_hz}"
             )
         super().__init__(sample_rate_hz)
-        self._sink = _ByteSink()
+        self._sink = ByteSink()
         self._container = av.open(
             self._sink, mode="w", format="ogg", options={"page_duration": "20000", "flush_packets": "1"}
         )

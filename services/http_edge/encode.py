@@ -9,13 +9,13 @@ itself is the gateway's.
 from __future__ import annotations
 
 import contextlib
-import io
 from dataclasses import dataclass
 from typing import Any
 
 import av
 import numpy as np
 
+from services.common.audio import ByteSink
 from voice.v1 import audio_pb2
 
 
@@ -42,36 +42,12 @@ def supported_formats() -> str:
     return ", ".join(FORMATS)
 
 
-class _Sink(io.RawIOBase):
-    """A write-only, non-seekable byte sink the muxer writes into; `take()` drains what it holds."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._buffer = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False  # FFmpeg then writes a streamable file and never seeks back to patch headers
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data)
-        self._buffer += view
-        return view.nbytes
-
-    def take(self) -> bytes:
-        out = bytes(self._buffer)
-        self._buffer.clear()
-        return out
-
-
 class StreamEncoder:
     """Mono PCM16 in, encoded container bytes out, chunk by chunk. Not thread-safe; one per response."""
 
     def __init__(self, fmt: OutputFormat, sample_rate: int) -> None:
         assert fmt.container and fmt.codec
-        self._sink = _Sink()
+        self._sink = ByteSink()
         self._container: Any = av.open(self._sink, mode="w", format=fmt.container)
         self._stream: Any = self._container.add_stream(fmt.codec, rate=sample_rate, layout="mono")
         self._rate = sample_rate
@@ -90,13 +66,13 @@ class StreamEncoder:
             self._pts += samples.shape[1]
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
-        return self._sink.take()
+        return self._sink.drain()
 
     def finish(self) -> bytes:
         for packet in self._stream.encode(None):
             self._container.mux(packet)
         self._container.close()
-        return self._sink.take()
+        return self._sink.drain()
 
     def close(self) -> None:
         """Release the encoder without flushing (the response was abandoned)."""
