@@ -1,5 +1,5 @@
 // Image builds for the whole stack. From the repository root (the context every target uses):
-//   docker buildx bake -f deploy/docker/docker-bake.hcl cpu            # tts-gateway, rvc-service, triton (CPU)
+//   docker buildx bake -f deploy/docker/docker-bake.hcl cpu            # tts-gateway, rvc-service, triton (CPU), http-edge
 //   docker buildx bake -f deploy/docker/docker-bake.hcl cuda           # rvc-service and triton, CUDA variants
 //   REGISTRY=registry.example.com/voice VERSION=0.2.0 REVISION=$(git rev-parse HEAD) \
 //     docker buildx bake -f deploy/docker/docker-bake.hcl --push cpu cuda
@@ -36,7 +36,7 @@ group "default" {
 }
 
 group "cpu" {
-  targets = ["tts-gateway", "rvc-service-cpu", "triton-cpu"]
+  targets = ["tts-gateway", "rvc-service-cpu", "triton-cpu", "http-edge"]
 }
 
 group "cuda" {
@@ -91,4 +91,10 @@ target "triton-cuda" {
   args = {
     TRITON_IMAGE = TRITON_IMAGE
   }
+}
+
+target "http-edge" {
+  inherits   = ["_common"]
+  dockerfile = "deploy/docker/http_edge.Dockerfile"
+  tags       = ["${REGISTRY}/http-edge:${VERSION}"]
 }

@@ -37,6 +37,8 @@ DOCKER_DIR = REPO_ROOT / "deploy" / "docker"
 BAKE_FILE = DOCKER_DIR / "docker-bake.hcl"
 COMPOSE_FILE = REPO_ROOT / "deploy" / "compose.yaml"
 COMPOSE_GPU_FILE = REPO_ROOT / "deploy" / "compose.gpu.yaml"
+# Images whose service does no inference, so nothing in them installs torch.
+TORCH_FREE_IMAGES = {"tts-gateway", "http-edge"}
 BIN = Path(sys.executable).parent
 # Tracked files are about 1.7 MB; the images need a fraction of that. A bound well above today's size (under 1 MB)
 # and far below what an unfiltered context holds after `make setup` (GBs).
@@ -421,7 +423,7 @@ def test_cpu_images_request_nothing_from_cuda(name: str) -> None:
         if "pip install" in part
     ]
     torch_installs = [c for c in commands if installs_torch(c)]
-    assert torch_installs or name == "tts-gateway", f"{name}: no torch install found in {commands}"
+    assert torch_installs or name in TORCH_FREE_IMAGES, f"{name}: no torch install found in {commands}"
     for command in torch_installs:
         assert f"--index-url {CPU_TORCH_INDEX}" in command, f"{name}: torch from another index: {command.strip()}"
     # Requirement files that pin torch are installed only after torch came from the CPU index, with it as constraint.
@@ -488,6 +490,7 @@ def test_bake_tags_are_the_shared_image_names_at_the_project_version() -> None:
         "rvc-service-cuda": [f"{prefix}/rvc-service:{version}-cuda"],
         "triton-cpu": [f"{prefix}/triton:{version}"],
         "triton-cuda": [f"{prefix}/triton:{version}-cuda"],
+        "http-edge": [f"{prefix}/http-edge:{version}"],
     }
     # The bake variable and the Dockerfiles' own default agree, so a plain `docker build` gets the same base.
     for name, target in bake.targets.items():
@@ -530,7 +533,7 @@ def default_interpolation(text: str) -> str:
 def test_compose_default_stack_is_cpu_only_hardened_and_uses_the_bake_images() -> None:
     compose = load_compose(COMPOSE_FILE)
     services = compose["services"]
-    assert set(services) == {"gateway", "rvc", "triton", "prometheus"}
+    assert set(services) == {"gateway", "rvc", "triton", "edge", "prometheus"}
     bake = load_bake()
     built = {
         "gateway": bake.targets["tts-gateway"],

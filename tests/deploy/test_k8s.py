@@ -33,7 +33,9 @@ GPU_OVERLAYS = {"gpu-shared", "gpu-dedicated"}
 KUBERNETES_VERSION = "1.32"
 KUBECTL = shutil.which("kubectl")
 CRD_GROUPS = ("monitoring.coreos.com/", "networking.istio.io/", "gateway.networking.k8s.io/")
-WORKLOAD_IMAGES = {"tts-gateway": "gateway", "rvc-service": "rvc", "triton": "triton"}
+WORKLOAD_IMAGES = {"tts-gateway": "gateway", "rvc-service": "rvc", "triton": "triton", "http-edge": "edge"}
+# Who may call each upstream's gRPC port: the gateway; the edge too for the conversion service (/rvc).
+UPSTREAM_CALLERS = {"triton": {"tts-gateway"}, "rvc-service": {"tts-gateway", "http-edge"}}
 # RPCs safe to repeat: reads and probes. Everything else must never be retried by a mesh.
 IDEMPOTENT = {
     "voice.v1.TtsGatewayService": {"ListVoices", "GetStatus", "GetVoice"},
@@ -262,6 +264,7 @@ def test_gpu_requests_follow_the_overlay(renders: dict[str, list[Manifest]], ove
     containers = {w["metadata"]["name"]: t["spec"]["containers"][0] for w, t in pod_specs(docs)}
     assert set(containers) == set(WORKLOAD_IMAGES)
     assert gpu_resources(containers["tts-gateway"]) == {}
+    assert gpu_resources(containers["http-edge"]) == {}
     upstreams = ("triton", "rvc-service")
     if overlay.startswith("gpu-shared"):
         expected: dict[str, Any] = {"nvidia.com/gpu.shared": 1}
@@ -319,7 +322,7 @@ def prestop_seconds(container: Manifest) -> float:
 def drain_seconds(container: Manifest) -> float | None:
     """How long the process may drain after SIGTERM, from the setting the container actually passes."""
     env = env_of(container)
-    for name in ("GATEWAY_GRACE_SECONDS", "RVC_GRACE_SECONDS", "TRITON_STOP_GRACE"):
+    for name in ("GATEWAY_GRACE_SECONDS", "RVC_GRACE_SECONDS", "EDGE_GRACE_SECONDS", "TRITON_STOP_GRACE"):
         if name in env:
             return float(env[name])
     for arg in container.get("args", []):
@@ -432,8 +435,10 @@ def test_services_and_probes_point_at_real_ports(renders: dict[str, list[Manifes
                 assert action is not None and action["port"] in ports, (workload["metadata"]["name"], kind)
                 if "grpc" in probe and probe["grpc"].get("service"):
                     assert probe["grpc"]["service"] in methods, probe
-                if "httpGet" in probe:
-                    assert probe["httpGet"]["path"].startswith("/v2/health/")
+                if "httpGet" in probe:  # Triton's health routes, or the edge's (503 while the gateway is down)
+                    assert probe["httpGet"]["path"].startswith("/v2/health/") or (
+                        workload["metadata"]["name"] == "http-edge" and probe["httpGet"]["path"] == "/health"
+                    )
         # Readiness of our gRPC services asks for the service itself (it follows the upstreams).
         readiness = template["spec"]["containers"][0]["readinessProbe"]
         if "grpc" in readiness:
@@ -497,7 +502,10 @@ def test_network_policies_allow_only_the_intended_paths(renders: dict[str, list[
             assert peers, f"{upstream} gRPC is open to everyone"
             for peer in peers:
                 assert "namespaceSelector" not in peer
-                assert matches(peer["podSelector"]["matchLabels"], labels["tts-gateway"])
+                callers = [
+                    c for c in UPSTREAM_CALLERS[upstream] if matches(peer["podSelector"]["matchLabels"], labels[c])
+                ]
+                assert callers, f"{upstream} gRPC is open to {peer}"
                 assert not matches(peer["podSelector"]["matchLabels"], labels[upstream])
         egress = policy_rules_for(docs, labels["tts-gateway"], "egress")
         assert any(
