@@ -13,7 +13,8 @@ DEV_REQS := requirements-dev.txt requirements-parity.txt services/common/require
             services/rvc_service/requirements.txt services/rvc_service/requirements-base.txt \
             services/http_edge/requirements.txt
 # The repository's own distributions: the services, the client, the test helpers, the benchmarks (each pyproject.toml).
-OWN_PACKAGES := pyproject.toml clients/python/pyproject.toml tests/pyproject.toml benchmarks/pyproject.toml
+OWN_PACKAGES := pyproject.toml clients/python/pyproject.toml tests/pyproject.toml benchmarks/pyproject.toml \
+                triton/kit/pyproject.toml
 
 .PHONY: setup run test lint format bench soak clean
 
@@ -38,11 +39,15 @@ $(PROTO_STAMP): $(PROTOS) proto/gen_python.py proto/setup.py proto/pyproject.tom
 	rm -rf proto/build proto/voice_proto.egg-info
 	touch $@
 
-# The Triton server environment (server binary from the nvidia-pytriton wheel, Piper, Spark-TTS on torch, numpy<2).
-$(TRITON_VENV)/.installed: triton/requirements.txt triton/requirements-spark.txt
+# The Triton server environment (server binary from the nvidia-pytriton wheel, every backend's packages on torch,
+# numpy<2), plus the models' shared code (triton/kit: voice_triton, editable so a change needs no reinstall) and,
+# for the launcher's flags, the services' package without its dependencies (services.common.config is stdlib only).
+$(TRITON_VENV)/.installed: triton/requirements.txt triton/requirements-server.txt triton/requirements-models.txt \
+                           triton/requirements-spark.txt triton/kit/pyproject.toml pyproject.toml
 	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip install -q --disable-pip-version-check -r triton/requirements.txt
 	$(TRITON_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -r triton/requirements-spark.txt
+	$(TRITON_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e triton/kit -e .
 	$(TRITON_VENV)/bin/python services/rvc_service/torchaudio_cpu.py
 	touch $@
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Spark-TTS through the gateway vs a direct Triton stream, on CPU with the tiny random checkpoint.
 
-Starts Triton with spark_tts (and its audio_tokenizer and vocoder) on a freshly written tiny checkpoint
-(triton/spark_tiny_checkpoint.py) and a gateway with the voice "spark", then measures:
+Starts Triton with spark_tts (and its spark_audio_tokenizer and spark_vocoder) on a freshly written tiny checkpoint
+(voice_triton.tiny.spark) and a gateway with the voice "spark", then measures:
 
 1. the first request with a reference clip Triton has not seen (its reference-token cache misses, so the
-   audio_tokenizer runs), once per path;
+   spark_audio_tokenizer runs), once per path;
 2. --requests pairs of sequential requests, one direct (ModelStreamInfer to spark_tts) and one through the gateway
    (Synthesize, zero-shot, PCM16), taking turns which goes first so background load hits both alike. Same text, seed
    and reference on both paths, so both do the same model work (the audio lengths are printed to show it); the
@@ -103,7 +103,7 @@ def make_reference(nudge_at: int | None = None) -> Reference:
     """The benchmark's reference clip; `nudge_at` moves one sample by one PCM16 step.
 
     A nudged clip hashes differently, so Triton's reference cache misses, but it gives the plain clip's tokens (checked
-    for these two positions against audio_tokenizer), so the work that follows is the same."""
+    for these two positions against spark_audio_tokenizer), so the work that follows is the same."""
     pcm = np.frombuffer(float_to_pcm16(speech_like(REFERENCE_SECONDS, seed=1)), dtype="<i2").copy()
     if nudge_at is not None:
         pcm[nudge_at] += 1 if pcm[nudge_at] < 32767 else -1
@@ -381,7 +381,7 @@ def level_figures(clients: int, samples: Sequence[StreamSample], wall_s: float |
 
 def print_first(first: dict[str, Any]) -> None:
     direct, gateway, cache = first["direct"], first["gateway"], first["cache"]
-    print("\n1) first request with a reference Triton has not seen (cache miss: the audio_tokenizer runs)")
+    print("\n1) first request with a reference Triton has not seen (cache miss: spark_audio_tokenizer runs)")
     print(
         f"   Triton's reference cache: direct {cache['direct']['misses']} miss(es) {cache['direct']['hits']} hit(s), "
         f"gateway {cache['gateway']['misses']} miss(es) {cache['gateway']['hits']} hit(s); audio per stream: "
@@ -558,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = make_tiny_checkpoint(work / "Spark-TTS-tiny")
     print(f"tiny checkpoint written in {time.perf_counter() - started:.1f} s ({work})", flush=True)
     with start_triton(
-        work / "triton.log", models=SPARK_MODELS, spark_checkpoint=checkpoint, spark_params=SPARK_PARAMS
+        work / "triton.log", models=SPARK_MODELS, checkpoints={"spark": checkpoint}, params=SPARK_PARAMS
     ) as triton:
         # Nothing listens here: "spark" needs no conversion, so no conversion service is started.
         unused_rvc = f"127.0.0.1:{free_ports(1)[0]}"

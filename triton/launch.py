@@ -1,15 +1,23 @@
 #!/usr/bin/env python3
-"""Start the Triton Inference Server bundled in the nvidia-pytriton wheel with this project's model repository.
+"""Start Triton with this project's model repository: Piper, plus every backend whose checkpoint is present.
 
 Run it as a script with the Triton environment's interpreter (it is not a package: `triton` would clash with OpenAI's
 triton on GPU hosts):
 
-    .venv-triton/bin/python triton/launch.py [--grpc-port 8001] [--instance-count 2] ...
+    .venv-triton/bin/python triton/launch.py [--checkpoint spark=DIR] [--models-dir models] [--grpc-port 8001] ...
 
-It finds the tritonserver binary of the interpreter running it, installs the python-backend stub built for that
-interpreter's Python version, sets PATH and LD_LIBRARY_PATH so the stub runs this environment's python with its own
-libpython, starts the server, waits until it is ready (then prints the addresses), forwards SIGTERM/SIGINT and exits
-with the server's exit code. Every flag has an environment-variable equivalent (shown in --help).
+Which backends exist, which models each has and what a checkpoint of it must hold come from the backend registry
+(`voice_triton.registry`). The launcher picks the backends to serve (Piper always; another when `--checkpoint
+BACKEND=DIR` names its checkpoint or `--models-dir` holds it under its registered folder name), reports by name each
+one it cannot serve and what is missing, stages the chosen models into a temporary repository with their configs
+changed through Triton's config protobuf (checkpoint_dir, `--param MODEL:KEY=VALUE`, `--instance-count`), and starts
+the server in explicit model-control mode. A backend whose weights then fail to load is unloaded whole and reported;
+the others serve. Once the server is ready it prints `triton ready: ... backends=...`, forwards SIGTERM/SIGINT and
+exits with the server's exit code. Every flag has an environment-variable equivalent (shown in --help).
+
+The server is the one bundled in the nvidia-pytriton wheel (the stub built for this interpreter is copied into place;
+PATH and LD_LIBRARY_PATH are set so the stub runs this environment's python with its own libpython), or the
+installation named by `--server-root` (NVIDIA's image: /opt/tritonserver).
 
 No debris: the server runs in its own session with a parent-death signal (if the launcher dies, the server gets
 SIGTERM); when the server exits for any reason, including kill -9, whatever is left of its process group (the
@@ -38,15 +46,16 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from services.common.config import EnvArgumentParser
+from voice_triton import registry
+from voice_triton.model_config import apply_overrides, format_config, read_config
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_REPOSITORY = HERE / "model_repo"
-# Spark-TTS's models (spark_tts, audio_tokenizer, vocoder): served only when a checkpoint directory is given.
-SPARK_REPOSITORY = HERE / "spark_repo"
-# Orpheus TTS (orpheus_tts): served only when a checkpoint directory is given.
-ORPHEUS_REPOSITORY = HERE / "orpheus_repo"
 SHM_DIR = Path("/dev/shm")
 # Starts with the python backend's default prefix, so the usual `rm /dev/shm/triton_python_backend_shm_region_*`
 # still matches; "launch<pid namespace>-<pid>-<start time>_" names the launcher that owns the region. The namespace
@@ -58,114 +67,189 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def _env(name: str, default: str | None) -> str | None:
-    return os.environ.get(name, default)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Start the Triton server bundled in nvidia-pytriton with the TTS model repository.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = EnvArgumentParser(
+        description="Start Triton with the model repository: Piper plus every backend whose checkpoint is present.",
+        env_prefix="TRITON",
     )
-    parser.add_argument(
-        "--model-repository",
-        default=_env("TRITON_MODEL_REPOSITORY", str(DEFAULT_REPOSITORY)),
-        help="model repository folder [env TRITON_MODEL_REPOSITORY]",
+    parser.add_option("--model-repository", default=str(DEFAULT_REPOSITORY), help="model repository folder")
+    parser.add_option(
+        "--models-dir",
+        default="",
+        help="folder of checkpoints, one per backend under its registered name (" + ", ".join(
+            f"{b.name}: {b.models_dir_name}" for b in registry.BACKENDS if not b.embedded
+        ) + "); a backend whose folder is there is served",
+    )  # fmt: skip
+    parser.add_list_option(
+        "--checkpoint",
+        metavar="BACKEND=DIR",
+        env="TRITON_CHECKPOINTS",
+        help="serve BACKEND (" + ", ".join(b.name for b in registry.BACKENDS if not b.embedded) + ") from the "
+        "checkpoint directory DIR (published layout; `python -m voice_triton.tiny.<backend> DIR` writes a tiny one)",
     )
-    parser.add_argument(
-        "--address",
-        default=_env("TRITON_ADDRESS", "0.0.0.0"),
-        help="address the HTTP, gRPC and metrics endpoints bind to [env TRITON_ADDRESS]",
+    parser.add_list_option(
+        "--param",
+        metavar="MODEL:KEY=VALUE",
+        env="TRITON_PARAMS",
+        help="set a string parameter of a model's config, e.g. MODEL:max_new_tokens=600",
     )
-    parser.add_argument(
-        "--http-port", type=int, default=int(_env("TRITON_HTTP_PORT", "8000")), help="HTTP port [env TRITON_HTTP_PORT]"
-    )
-    parser.add_argument(
-        "--grpc-port", type=int, default=int(_env("TRITON_GRPC_PORT", "8001")), help="gRPC port [env TRITON_GRPC_PORT]"
-    )
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(_env("TRITON_METRICS_PORT", "8002")),
-        help="Prometheus metrics port [env TRITON_METRICS_PORT]",
-    )
-    count = _env("TRITON_INSTANCE_COUNT", None)
-    parser.add_argument(
+    for backend in registry.BACKENDS:
+        if backend.embedded:
+            continue
+        # The spellings of earlier releases, kept working: one checkpoint flag and one parameter flag per backend.
+        parser.add_option(
+            f"--{backend.name}-checkpoint", default="", help=f"the same as --checkpoint {backend.name}=DIR"
+        )
+        parser.add_list_option(
+            f"--{backend.name}-param",
+            metavar="KEY=VALUE",
+            env=f"TRITON_{backend.name.upper()}_PARAMS",
+            help=f"the same as --param {backend.entry_model}:KEY=VALUE",
+        )
+    parser.add_option("--address", default="0.0.0.0", help="address the HTTP, gRPC and metrics endpoints bind to")
+    parser.add_option("--http-port", type=int, default=8000, help="HTTP port")
+    parser.add_option("--grpc-port", type=int, default=8001, help="gRPC port")
+    parser.add_option("--metrics-port", type=int, default=8002, help="Prometheus metrics port")
+    parser.add_option(
         "--instance-count",
         type=int,
-        default=int(count) if count else None,
+        default=None,
         help="override instance_group count of every model (each instance is one stub process); "
-        "default: what each config.pbtxt says [env TRITON_INSTANCE_COUNT]",
+        "default: what each config.pbtxt says",
     )
-    parser.add_argument(
-        "--spark-checkpoint",
-        default=_env("TRITON_SPARK_CHECKPOINT", ""),
-        help="a Spark-TTS-0.5B checkpoint directory (published layout; triton/spark_tiny_checkpoint.py writes a tiny "
-        "one): also serve spark_tts, audio_tokenizer and vocoder from it [env TRITON_SPARK_CHECKPOINT]",
-    )
-    parser.add_argument(
-        "--spark-param",
-        action="append",
-        default=[p for p in _env("TRITON_SPARK_PARAMS", "").split(",") if p],
-        metavar="KEY=VALUE",
-        help="override a parameter of spark_tts's config (repeatable), e.g. max_new_tokens=600 or "
-        "audio_chunk_duration=0.5 [env TRITON_SPARK_PARAMS, comma-separated]",
-    )
-    parser.add_argument(
-        "--orpheus-checkpoint",
-        default=_env("TRITON_ORPHEUS_CHECKPOINT", ""),
-        help="an Orpheus checkpoint directory (published layout; SNAC 24 kHz in its snac/ unless --orpheus-param "
-        "snac_dir=DIR; triton/orpheus_tiny_checkpoint.py writes a tiny one): also serve orpheus_tts from it "
-        "[env TRITON_ORPHEUS_CHECKPOINT]",
-    )
-    parser.add_argument(
-        "--orpheus-param",
-        action="append",
-        default=[p for p in _env("TRITON_ORPHEUS_PARAMS", "").split(",") if p],
-        metavar="KEY=VALUE",
-        help="override a parameter of orpheus_tts's config (repeatable), e.g. max_new_tokens=600 "
-        "[env TRITON_ORPHEUS_PARAMS, comma-separated]",
-    )
-    parser.add_argument(
+    parser.add_option(
         "--models",
-        default=_env("TRITON_MODELS", ""),
-        help="comma-separated models to load (explicit model control); empty loads all [env TRITON_MODELS]",
+        default="",
+        help="comma-separated models to load; empty: Piper's plus those of every backend with a checkpoint",
     )
-    parser.add_argument(
-        "--log-verbose",
-        type=int,
-        default=int(_env("TRITON_LOG_VERBOSE", "0")),
-        help="tritonserver --log-verbose level [env TRITON_LOG_VERBOSE]",
+    parser.add_option(
+        "--server-root",
+        default="",
+        help="a Triton installation (bin/tritonserver, backends/), e.g. /opt/tritonserver in NVIDIA's image; "
+        "empty: the server bundled in the nvidia-pytriton wheel",
     )
-    parser.add_argument(
+    parser.add_option("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
+    parser.add_option(
         "--trace-url",
-        default=_env("TRITON_TRACE_URL", ""),
+        default="",
         help="OTLP/HTTP URL Triton exports its OpenTelemetry spans to, when OTEL_TRACES_EXPORTER includes otlp; "
         "default: the OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT when the protocol is http/protobuf, otherwise port 4318 "
-        "of the OTLP endpoint's host (Triton exports over HTTP only) [env TRITON_TRACE_URL]",
+        "of the OTLP endpoint's host (Triton exports over HTTP only)",
     )
-    parser.add_argument(
-        "--ready-timeout",
-        type=float,
-        default=float(_env("TRITON_READY_TIMEOUT", "180")),
-        help="seconds to wait for readiness before giving up [env TRITON_READY_TIMEOUT]",
-    )
-    parser.add_argument(
+    parser.add_option("--ready-timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    parser.add_option(
         "--stop-grace",
         type=float,
-        default=float(_env("TRITON_STOP_GRACE", "20")),
+        default=20.0,
         help="seconds the server may drain after SIGTERM/SIGINT before it and its stubs are killed; keep it below "
-        "the stop timeout of whatever runs the launcher [env TRITON_STOP_GRACE]",
+        "the stop timeout of whatever runs the launcher",
     )
-    parser.add_argument(
-        "server_args",
-        nargs=argparse.REMAINDER,
-        help="extra tritonserver arguments after `--`, passed unchanged",
-    )
+    parser.add_argument("server_args", nargs=argparse.REMAINDER, help="extra tritonserver arguments after `--`")
     args = parser.parse_args(argv)
     if args.server_args and args.server_args[0] == "--":
         args.server_args = args.server_args[1:]
     return args
+
+
+class LaunchError(ValueError):
+    """A flag or checkpoint the launcher cannot act on; the message says what to change."""
+
+
+def _pairs(items: list[str], flag: str, form: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise LaunchError(f"{flag} takes {form}, got {item!r}")
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def checkpoint_choices(args: argparse.Namespace) -> dict[str, Path]:
+    """Backend name -> checkpoint directory: --checkpoint and its aliases first, then what --models-dir holds."""
+    chosen: dict[str, Path] = {}
+    given = _pairs(args.checkpoint, "--checkpoint", "BACKEND=DIR")
+    given += [(b.name, getattr(args, f"{b.name}_checkpoint")) for b in registry.BACKENDS if not b.embedded]
+    for name, directory in given:
+        if not directory:
+            continue
+        backend = registry.get(name)  # UnknownBackend names the known ones
+        if backend.embedded:
+            raise LaunchError(f"backend {name} needs no checkpoint (its weights ship in a package)")
+        chosen[name] = Path(directory).expanduser().resolve()
+    if args.models_dir:
+        root = Path(args.models_dir).expanduser().resolve()
+        for backend in registry.BACKENDS:
+            if not backend.embedded and backend.name not in chosen and (root / backend.models_dir_name).is_dir():
+                chosen[backend.name] = root / backend.models_dir_name
+    return chosen
+
+
+def parameter_overrides(args: argparse.Namespace, models: set[str]) -> dict[str, dict[str, str]]:
+    """Model -> {key: value} from --param MODEL:KEY=VALUE and the per-backend aliases."""
+    overrides: dict[str, dict[str, str]] = {}
+    for target, value in _pairs(args.param, "--param", "MODEL:KEY=VALUE"):
+        model, sep, key = target.partition(":")
+        if not sep or not key:
+            raise LaunchError(f"--param takes MODEL:KEY=VALUE, got {target}={value}")
+        if model not in models:
+            raise LaunchError(f"--param {target}: no model {model!r} in the repository ({', '.join(sorted(models))})")
+        overrides.setdefault(model, {})[key] = value
+    for backend in registry.BACKENDS:
+        if backend.embedded:
+            continue
+        for key, value in _pairs(getattr(args, f"{backend.name}_param"), f"--{backend.name}-param", "KEY=VALUE"):
+            overrides.setdefault(backend.entry_model, {})[key] = value
+    return overrides
+
+
+@dataclass
+class Plan:
+    """What the server loads, with which configuration changes, and why the other backends are not served."""
+
+    models: list[str]
+    overrides: dict[str, dict[str, str]]
+    backends: list[str]
+    skipped: dict[str, str]
+
+
+def plan_launch(args: argparse.Namespace, repository: Path) -> Plan:
+    present = {path.parent.name for path in repository.glob("*/config.pbtxt")}
+    checkpoints = checkpoint_choices(args)
+    overrides = parameter_overrides(args, present)
+    skipped: dict[str, str] = {}
+    serving: list[registry.Backend] = []
+    for backend in registry.BACKENDS:
+        absent = [model for model in backend.models if model not in present]
+        if absent:
+            skipped[backend.name] = f"its models are not in {repository}: {', '.join(absent)}"
+            continue
+        if backend.embedded:
+            serving.append(backend)
+            continue
+        checkpoint = checkpoints.get(backend.name)
+        if checkpoint is None:
+            skipped[backend.name] = f"no checkpoint (--checkpoint {backend.name}=DIR or --models-dir)"
+            continue
+        missing = backend.missing(checkpoint)
+        if missing:
+            skipped[backend.name] = (
+                f"{checkpoint} is not a complete {backend.title} checkpoint; missing: {', '.join(missing)}"
+            )
+            continue
+        serving.append(backend)
+        for model in backend.models:
+            overrides.setdefault(model, {})["checkpoint_dir"] = str(checkpoint)
+    models = [model for backend in serving for model in backend.models]
+    wanted = [m.strip() for m in args.models.split(",") if m.strip()]
+    if wanted:
+        for model in wanted:
+            if model not in models:
+                owner = registry.owner(model) if any(model in b.models for b in registry.BACKENDS) else None
+                why = skipped.get(owner.name, "") if owner else f"it is not in {repository}"
+                raise LaunchError(f"--models names {model}, which cannot be served: {why or 'unknown model'}")
+        models = [model for model in models if model in wanted]
+    return Plan(models, overrides, [b.name for b in serving], skipped)
 
 
 OTLP_HTTP_DEFAULT = "http://localhost:4318/v1/traces"
@@ -230,12 +314,33 @@ def trace_arguments(env: dict[str, str] | os._Environ[str], url_override: str = 
     return flags
 
 
-def pytriton_root() -> Path:
-    # find_spec, not import: importing pytriton pulls in its whole client stack just to learn a path.
-    spec = importlib.util.find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit(f"nvidia-pytriton is not installed for {sys.executable}: run `make .venv-triton/.installed`")
-    return Path(next(iter(spec.submodule_search_locations)))
+@dataclass
+class ServerInstall:
+    binary: Path
+    backends: Path
+    # Folder of the wheel's bundled libraries (nvidia_pytriton.libs); None for an installation such as NGC's.
+    bundled_libs: Path | None
+
+
+def server_install(server_root: str) -> ServerInstall:
+    """The tritonserver to run: an installation named by --server-root, else the one in the nvidia-pytriton wheel
+    (with the python-backend stub for this interpreter copied into place)."""
+    if server_root:
+        root = Path(server_root)
+        install = ServerInstall(root / "bin" / "tritonserver", root / "backends", None)
+    else:
+        # find_spec, not import: importing pytriton pulls in its whole client stack just to learn a path.
+        spec = importlib.util.find_spec("pytriton")
+        if spec is None or not spec.submodule_search_locations:
+            sys.exit(f"nvidia-pytriton is not installed for {sys.executable}: run `make .venv-triton/.installed`")
+        package = Path(next(iter(spec.submodule_search_locations)))
+        server_dir = package / "tritonserver"
+        install = ServerInstall(server_dir / "bin" / "tritonserver", server_dir / "backends", package.parent)
+        if install.binary.is_file():
+            prepare_stub(server_dir)
+    if not install.binary.is_file():
+        sys.exit(f"tritonserver binary missing at {install.binary}")
+    return install
 
 
 def prepare_stub(server_dir: Path) -> None:
@@ -255,65 +360,36 @@ def prepare_stub(server_dir: Path) -> None:
     os.replace(tmp, target)
 
 
-def server_env(root: Path) -> dict[str, str]:
+def server_env(install: ServerInstall) -> dict[str, str]:
     env = dict(os.environ)
     # The stub runs `python3` from PATH: this environment's bin must come first so the models see its packages.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     # The interpreter's own libpython first; otherwise the stub may pick a system libpython of the same soname.
-    libdirs = [sysconfig.get_config_var("LIBDIR") or "", str(root.parent / "nvidia_pytriton.libs")]
+    libdirs = [sysconfig.get_config_var("LIBDIR") or ""]
+    if install.bundled_libs is not None:
+        libdirs.append(str(install.bundled_libs / "nvidia_pytriton.libs"))
     if env.get("LD_LIBRARY_PATH"):
         libdirs.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(d for d in libdirs if d)
     return env
 
 
-def set_parameter(config_text: str, key: str, value: str) -> str:
-    """A config.pbtxt with string parameter `key` set to `value` (added when the config does not declare it)."""
-    literal = json.dumps(value)  # a pbtxt string literal is a JSON string for paths and numbers
-    pattern = rf'(key:\s*"{re.escape(key)}",\s*value:\s*\{{\s*string_value:\s*)"[^"]*"'
-    if re.search(pattern, config_text):
-        return re.sub(pattern, lambda m: m.group(1) + literal, config_text)
-    return config_text + f'parameters {{ key: "{key}", value: {{ string_value: {literal} }} }}\n'
-
-
 def staged_repository(
     repository: Path,
+    models: list[str],
+    overrides: dict[str, dict[str, str]] | None = None,
     instance_count: int | None = None,
-    spark_checkpoint: Path | None = None,
-    spark_params: dict[str, str] | None = None,
-    orpheus_checkpoint: Path | None = None,
-    orpheus_params: dict[str, str] | None = None,
 ) -> Path:
-    """Copy the repository with every instance_group count rewritten (Triton has no flag for it) and, given a Spark
-    checkpoint, the Spark-TTS models added with their checkpoint_dir parameter pointing at it (and spark_tts's
-    parameters overridden by `spark_params`); the same for an Orpheus checkpoint and orpheus_tts."""
+    """A temporary repository with just `models`, each config changed through Triton's config protobuf: parameters
+    from `overrides` (model -> key -> value) and every instance_group count (Triton has no flag for it). Files are
+    copied, not linked, so the server sees one consistent snapshot even while the source tree changes."""
     staged = Path(tempfile.mkdtemp(prefix="triton-repo-"))
     ignore = shutil.ignore_patterns("__pycache__")
-    shutil.copytree(repository, staged, dirs_exist_ok=True, ignore=ignore)
-    if spark_checkpoint is not None:
-        shutil.copytree(SPARK_REPOSITORY, staged, dirs_exist_ok=True, ignore=ignore)
-        for name in ("spark_tts", "audio_tokenizer", "vocoder"):
-            config = staged / name / "config.pbtxt"
-            text = set_parameter(config.read_text(encoding="utf-8"), "checkpoint_dir", str(spark_checkpoint))
-            if name == "spark_tts":
-                for key, value in (spark_params or {}).items():
-                    text = set_parameter(text, key, value)
-            config.write_text(text, encoding="utf-8")
-    if orpheus_checkpoint is not None:
-        shutil.copytree(ORPHEUS_REPOSITORY, staged, dirs_exist_ok=True, ignore=ignore)
-        config = staged / "orpheus_tts" / "config.pbtxt"
-        text = set_parameter(config.read_text(encoding="utf-8"), "checkpoint_dir", str(orpheus_checkpoint))
-        for key, value in (orpheus_params or {}).items():
-            text = set_parameter(text, key, value)
-        config.write_text(text, encoding="utf-8")
-    if instance_count is not None:
-        for config in staged.glob("*/config.pbtxt"):
-            text = config.read_text(encoding="utf-8")
-
-            def rewrite(block: re.Match[str]) -> str:
-                return re.sub(r"count\s*:\s*\d+", f"count: {instance_count}", block.group(0))
-
-            config.write_text(re.sub(r"instance_group\s*\[.*?\]", rewrite, text, flags=re.S), encoding="utf-8")
+    for model in models:
+        shutil.copytree(repository / model, staged / model, ignore=ignore)  # symlinks followed: files copied
+        config = read_config(staged / model / "config.pbtxt")
+        apply_overrides(config, (overrides or {}).get(model), instance_count)
+        (staged / model / "config.pbtxt").write_text(format_config(config), encoding="utf-8")
     return staged
 
 
@@ -459,57 +535,88 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> bool:
     return False
 
 
+def model_states(http_url: str) -> dict[str, tuple[str, str]]:
+    """Model name -> (state, reason) from the repository index (explicit model control)."""
+    request = urllib.request.Request(f"{http_url}/v2/repository/index", data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        index = json.loads(response.read())
+    return {entry["name"]: (entry.get("state", ""), entry.get("reason", "")) for entry in index}
+
+
+def unload(http_url: str, model: str) -> None:
+    request = urllib.request.Request(f"{http_url}/v2/repository/models/{model}/unload", data=b"{}", method="POST")
+    with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
+        urllib.request.urlopen(request, timeout=30).close()
+
+
+def _first_line(reason: str, limit: int = 300) -> str:
+    """A load error's gist: loaders' messages run to pages (a traceback, every model type transformers knows)."""
+    line = reason.strip().splitlines()[0] if reason.strip() else "unknown error"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def settle_backends(http_url: str, plan: Plan) -> tuple[list[str], dict[str, str]]:
+    """After start-up: the backends whose every model loaded, and for the others which model failed and why. A
+    backend with a failed model is unloaded whole, so no half of it serves."""
+    states = model_states(http_url)
+    serving: list[str] = []
+    failed: dict[str, str] = {}
+    for name in plan.backends:
+        backend = registry.get(name)
+        models = [model for model in backend.models if model in plan.models]
+        broken = [(model, states.get(model, ("", "not in the index"))) for model in models]
+        broken = [(model, reason or state) for model, (state, reason) in broken if state != "READY"]
+        if not broken:
+            serving.append(name)
+            continue
+        failed[name] = "; ".join(f"{model}: {_first_line(reason)}" for model, reason in broken)
+        for model in models:
+            unload(http_url, model)
+    return serving, failed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     repository = Path(args.model_repository).resolve()
     if not repository.is_dir():
         sys.exit(f"model repository {repository} does not exist")
-    root = pytriton_root()
-    server_dir = root / "tritonserver"
-    binary = server_dir / "bin" / "tritonserver"
-    if not binary.is_file():
-        sys.exit(f"tritonserver binary missing at {binary}")
-    prepare_stub(server_dir)
-
-    staged: Path | None = None
-    spark = Path(args.spark_checkpoint).resolve() if args.spark_checkpoint else None
-    if spark is not None and not (spark / "config.yaml").is_file():
-        sys.exit(f"--spark-checkpoint {spark} is not a Spark-TTS checkpoint directory (no config.yaml)")
     if args.instance_count is not None and args.instance_count < 1:
         sys.exit("--instance-count must be at least 1")
-    spark_params = dict(item.split("=", 1) for item in args.spark_param if "=" in item)
-    if len(spark_params) != len(args.spark_param):
-        sys.exit("--spark-param takes KEY=VALUE")
-    orpheus = Path(args.orpheus_checkpoint).resolve() if args.orpheus_checkpoint else None
-    if orpheus is not None and not (orpheus / "config.json").is_file():
-        sys.exit(f"--orpheus-checkpoint {orpheus} is not an Orpheus checkpoint directory (no config.json)")
-    orpheus_params = dict(item.split("=", 1) for item in args.orpheus_param if "=" in item)
-    if len(orpheus_params) != len(args.orpheus_param):
-        sys.exit("--orpheus-param takes KEY=VALUE")
-    if args.instance_count is not None or spark is not None or orpheus is not None:
-        staged = staged_repository(repository, args.instance_count, spark, spark_params, orpheus, orpheus_params)
-        repository = staged
+    try:
+        plan = plan_launch(args, repository)
+    except (LaunchError, registry.UnknownBackend) as exc:
+        sys.exit(f"launch.py: {exc}")
+    for name, why in plan.skipped.items():
+        print(f"backend {name}: not served: {why}", file=sys.stderr, flush=True)
+    if not plan.models:
+        sys.exit("launch.py: no model to serve")
+    install = server_install(args.server_root)
+    staged = staged_repository(repository, plan.models, plan.overrides, args.instance_count)
 
     prefix = shm_prefix()
     command = [
-        str(binary),
-        f"--model-repository={repository}",
-        f"--backend-directory={server_dir / 'backends'}",
+        str(install.binary),
+        f"--model-repository={staged}",
+        f"--backend-directory={install.backends}",
         f"--http-address={args.address}",
         f"--http-port={args.http_port}",
         f"--grpc-address={args.address}",
         f"--grpc-port={args.grpc_port}",
         f"--metrics-address={args.address}",
         f"--metrics-port={args.metrics_port}",
-        "--allow-gpu-metrics=false",  # no DCGM on CPU hosts; GPU hosts use the NGC image instead
         f"--log-verbose={args.log_verbose}",
-        "--exit-on-error=true",
+        # Explicit control: only the planned models load, and operators may load or unload more at run time.
+        "--model-control-mode=explicit",
+        *(f"--load-model={model}" for model in plan.models),
+        # A backend whose weights fail to load must not take the others down: the launcher checks every model once
+        # the server is up, unloads a broken backend whole and reports it. Models load before the endpoints open,
+        # so readiness (not strict: a failed model stays listed as unavailable) is true only after loading.
+        "--exit-on-error=false",
+        "--strict-readiness=false",
         f"--backend-config=python,shm-region-prefix-name={prefix}",
     ]
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if models:
-        command.append("--model-control-mode=explicit")
-        command.extend(f"--load-model={m}" for m in models)
+    if install.bundled_libs is not None:
+        command.append("--allow-gpu-metrics=false")  # no DCGM in the wheel's server; NVIDIA's image has it
     command.extend(trace_arguments(os.environ, args.trace_url))
     command.extend(args.server_args)
 
@@ -527,7 +634,11 @@ def main(argv: list[str] | None = None) -> int:
     # The server's own bin folder as working directory: the Python stubs put it on sys.path, and a caller's folder
     # (the repository root holds this triton/ folder) would shadow packages such as the OpenAI Triton compiler.
     proc = subprocess.Popen(
-        command, env=server_env(root), cwd=binary.parent, preexec_fn=die_with_parent(), start_new_session=True
+        command,
+        env=server_env(install),
+        cwd=install.binary.parent,
+        preexec_fn=die_with_parent(),
+        start_new_session=True,
     )
     stop_deadline: list[float] = []
 
@@ -541,17 +652,28 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, forward)
 
     host = "127.0.0.1" if args.address in ("0.0.0.0", "") else args.address
-    timed_out = False
+    http_url = f"http://{host}:{args.http_port}"
+    failed_start = False
     try:
-        if wait_ready(proc, f"http://{host}:{args.http_port}/v2/health/ready", args.ready_timeout):
-            print(
-                f"triton ready: grpc={host}:{args.grpc_port} http=http://{host}:{args.http_port} "
-                f"metrics=http://{host}:{args.metrics_port}/metrics repository={args.model_repository}",
-                flush=True,
-            )
+        if wait_ready(proc, f"{http_url}/v2/health/ready", args.ready_timeout):
+            serving, failed = settle_backends(http_url, plan)
+            for name, why in failed.items():
+                print(f"backend {name}: not served: failed to load: {why}", file=sys.stderr, flush=True)
+            embedded_failed = [name for name in failed if registry.get(name).embedded]
+            if embedded_failed:
+                print(f"the default backend {embedded_failed[0]} failed to load; stopping", file=sys.stderr)
+                failed_start = True
+                forward(signal.SIGTERM, None)
+            else:
+                print(
+                    f"triton ready: grpc={host}:{args.grpc_port} http={http_url} "
+                    f"metrics=http://{host}:{args.metrics_port}/metrics repository={args.model_repository} "
+                    f"backends={','.join(serving)}",
+                    flush=True,
+                )
         elif proc.poll() is None:
             print(f"triton not ready after {args.ready_timeout:.0f}s; stopping it", file=sys.stderr, flush=True)
-            timed_out = True
+            failed_start = True
             forward(signal.SIGTERM, None)
         code = wait_server(proc, stop_deadline, args.stop_grace)
     finally:
@@ -563,9 +685,8 @@ def main(argv: list[str] | None = None) -> int:
         removed = remove_regions(prefix)
         if removed:
             print(f"removed {len(removed)} shared-memory region(s) the server left", file=sys.stderr, flush=True)
-        if staged is not None:
-            shutil.rmtree(staged, ignore_errors=True)
-    if timed_out:
+        shutil.rmtree(staged, ignore_errors=True)
+    if failed_start:
         return 1
     # A signal-terminated server reports -N; shells expect 128+N.
     return 128 - code if code < 0 else code

@@ -24,25 +24,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from services.common import ready
+from voice_triton import registry
 
 REPO = Path(__file__).resolve().parents[2]
 DEV_PYTHON = REPO / ".venv" / "bin" / "python"
 TRITON_PYTHON = REPO / ".venv-triton" / "bin" / "python"
 SHIPPED_VOICES = REPO / "services" / "tts_gateway" / "voices.toml"
-# Added to the shipped voices when a Spark checkpoint is served: clone with zero_shot / cross_lingual, or voice_design.
-SPARK_VOICE = """
-[[voice]]
-name = "spark"
-description = "Spark-TTS: zero-shot and cross-lingual cloning, voice design (Chinese and English)"
-tts_model = "spark_tts"
-"""
-# Added when an Orpheus checkpoint is served: one voice per preset speaker (rate and speakers come from Triton).
-ORPHEUS_SPEAKERS = ("tara", "leah", "jess", "leo", "dan", "mia", "zac", "zoe")
-ORPHEUS_VOICES = "".join(
-    f'\n[[voice]]\nname = "orpheus-{speaker}"\ndescription = "Orpheus TTS, {speaker}"\n'
-    f'tts_model = "orpheus_tts"\nspeaker = "{speaker}"\n'
-    for speaker in ORPHEUS_SPEAKERS
-)
+# Where `voice-models pull` puts checkpoints; the launcher serves every backend whose folder is there.
+MODELS_DIR = REPO / "models"
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 10.0
 # A child that stayed up this long before exiting is restarted after the shortest delay again.
@@ -244,6 +233,62 @@ def _describe_exit(code: int) -> str:
     return f"exited unexpectedly with code {code}"
 
 
+def chosen_checkpoints(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, dict[str, str]]]:
+    """Backend -> checkpoint directory from --checkpoint, --tiny and their old spellings (tiny ones written on first
+    use), and the entry-model parameters the tiny checkpoints want."""
+    checkpoints: dict[str, Path] = {}
+    for item in args.checkpoint:
+        name, sep, directory = item.partition("=")
+        if not sep or not directory:
+            raise ValueError(f"--checkpoint takes BACKEND=DIR, got {item!r}")
+        checkpoints[registry.get(name.strip()).name] = Path(directory).expanduser().resolve()
+    tiny = list(args.tiny)
+    for backend in registry.BACKENDS:
+        if backend.embedded:
+            continue
+        if getattr(args, f"{backend.name}_checkpoint") is not None:
+            checkpoints[backend.name] = getattr(args, f"{backend.name}_checkpoint").resolve()
+        if getattr(args, f"{backend.name}_tiny"):
+            tiny.append(backend.name)
+    params: dict[str, dict[str, str]] = {}
+    for name in dict.fromkeys(tiny):
+        backend = registry.get(name)
+        if name in checkpoints:
+            continue
+        out = REPO / "run" / f"{name}-tiny"
+        if backend.missing(out):
+            print(f"writing the tiny {backend.title} checkpoint to {out} ...", flush=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([str(TRITON_PYTHON), "-m", backend.tiny_writer, str(out)], cwd=out.parent, check=True)
+        checkpoints[name] = out
+        params[backend.entry_model] = dict(backend.tiny_params)
+    return checkpoints, params
+
+
+def served_backends(ready_line: str) -> list[str]:
+    """The backends the launcher's ready line reports (`... backends=piper,spark`)."""
+    for field_ in ready_line.split():
+        if field_.startswith("backends="):
+            return [name for name in field_.removeprefix("backends=").split(",") if name]
+    return []
+
+
+def describe_backends(names: list[str]) -> str:
+    """`piper (piper_tts), spark (spark_tts)`: each served backend with the model the gateway calls."""
+    return ", ".join(f"{name} ({registry.get(name).entry_model})" for name in names) or "none reported"
+
+
+def write_voices(backends: list[str], path: Path) -> Path:
+    """The shipped voices, plus those of every served backend's registry entry (the shipped file when none adds
+    any)."""
+    extra = registry.voices_toml(registry.get(name) for name in backends)
+    if not extra:
+        return SHIPPED_VOICES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(SHIPPED_VOICES.read_text(encoding="utf-8") + extra, encoding="utf-8")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="address every service listens on")
@@ -264,59 +309,42 @@ def main(argv: list[str] | None = None) -> int:
         help="restarts allowed per service before run_stack stops everything and exits 1; unset: unlimited, "
         "0: stop the stack when any service exits",
     )
+    checkpoint_backends = [backend.name for backend in registry.BACKENDS if not backend.embedded]
     parser.add_argument(
-        "--spark-checkpoint",
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="BACKEND=DIR",
+        help=f"also serve BACKEND ({', '.join(checkpoint_backends)}) from a checkpoint directory in its published "
+        "layout, with the voices its registry entry provides (repeatable)",
+    )
+    parser.add_argument(
+        "--tiny",
+        action="append",
+        default=[],
+        choices=checkpoint_backends,
+        metavar="BACKEND",
+        help="serve BACKEND from a tiny random-weight checkpoint (written to run/<backend>-tiny on first use): a "
+        "smoke run of its path, not speech (repeatable)",
+    )
+    parser.add_argument(
+        "--models-dir",
         type=Path,
-        default=None,
-        help="also serve Spark-TTS from this checkpoint directory (published Spark-TTS-0.5B layout) as voice 'spark'",
+        default=MODELS_DIR,
+        help="checkpoints fetched by `voice-models pull`; every backend whose folder is there is served",
     )
-    parser.add_argument(
-        "--spark-tiny",
-        action="store_true",
-        help="serve the tiny random-weight Spark-TTS checkpoint (written to run/spark-tiny on first use): a smoke "
-        "run of the Spark path, not speech",
-    )
-    parser.add_argument(
-        "--orpheus-checkpoint",
-        type=Path,
-        default=None,
-        help="also serve Orpheus TTS from this checkpoint directory (published layout, SNAC 24 kHz in its snac/) as "
-        "voices 'orpheus-<speaker>'",
-    )
-    parser.add_argument(
-        "--orpheus-tiny",
-        action="store_true",
-        help="serve the tiny random-weight Orpheus checkpoint (written to run/orpheus-tiny on first use): a smoke run "
-        "of the Orpheus path, not speech",
-    )
+    for name in checkpoint_backends:
+        # The spellings of earlier releases, kept working.
+        parser.add_argument(f"--{name}-checkpoint", type=Path, default=None, help=f"= --checkpoint {name}=DIR")
+        parser.add_argument(f"--{name}-tiny", action="store_true", help=f"= --tiny {name}")
     parser.add_argument(
         "--saved-voices-dir", type=Path, default=REPO / "run" / "saved_voices", help="where CreateVoice keeps voices"
     )
     args = parser.parse_args(argv)
-    if args.spark_tiny and args.spark_checkpoint is None:
-        args.spark_checkpoint = REPO / "run" / "spark-tiny"
-        if not (args.spark_checkpoint / "LLM" / "config.json").is_file():
-            print(f"writing the tiny Spark-TTS checkpoint to {args.spark_checkpoint} ...", flush=True)
-            subprocess.run(
-                [str(TRITON_PYTHON), "triton/spark_tiny_checkpoint.py", str(args.spark_checkpoint)],
-                cwd=REPO,
-                check=True,
-            )
-    if args.orpheus_tiny and args.orpheus_checkpoint is None:
-        args.orpheus_checkpoint = REPO / "run" / "orpheus-tiny"
-        if not (args.orpheus_checkpoint / "snac" / "config.json").is_file():
-            print(f"writing the tiny Orpheus checkpoint to {args.orpheus_checkpoint} ...", flush=True)
-            subprocess.run(
-                [str(TRITON_PYTHON), "triton/orpheus_tiny_checkpoint.py", str(args.orpheus_checkpoint)],
-                cwd=REPO,
-                check=True,
-            )
-    voices_file = SHIPPED_VOICES
-    if args.spark_checkpoint is not None or args.orpheus_checkpoint is not None:
-        args.log_dir.mkdir(parents=True, exist_ok=True)
-        voices_file = args.log_dir.parent / "voices-with-checkpoints.toml"
-        extra = (SPARK_VOICE if args.spark_checkpoint else "") + (ORPHEUS_VOICES if args.orpheus_checkpoint else "")
-        voices_file.write_text(SHIPPED_VOICES.read_text(encoding="utf-8") + extra, encoding="utf-8")
+    try:
+        checkpoints, params = chosen_checkpoints(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     if min(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port) <= 0:
         parser.error("the Triton ports must be given explicitly (the launcher cannot report a port it did not choose)")
     if args.max_restarts is not None and args.max_restarts < 0:
@@ -342,25 +370,25 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: supervisor.stopping.set())
     lines: list[str] = []
     try:
-        checkpoints: list[str] = []
-        served = ["piper_tts"]
-        if args.spark_checkpoint:
-            checkpoints += ["--spark-checkpoint", str(args.spark_checkpoint.resolve())]
-            served.append("spark_tts")
-        if args.orpheus_checkpoint:
-            checkpoints += ["--orpheus-checkpoint", str(args.orpheus_checkpoint.resolve())]
-            served.append("orpheus_tts")
-        print(f"starting Triton ({', '.join(served)} on CPU) ...", flush=True)
-        supervisor.start(Service(
+        launch_flags = [f"--models-dir={args.models_dir}"]
+        launch_flags += [f"--checkpoint={name}={path}" for name, path in checkpoints.items()]
+        launch_flags += [f"--param={model}:{key}={value}" for model, values in params.items()
+                         for key, value in values.items()]  # fmt: skip
+        print("starting Triton (Piper, plus every backend with a checkpoint, on CPU) ...", flush=True)
+        triton = Service(
             "triton",
             lambda: [str(TRITON_PYTHON), "triton/launch.py", "--address", args.host,
                      "--http-port", str(args.triton_http_port), "--grpc-port", str(args.triton_grpc_port),
-                     "--metrics-port", str(args.triton_metrics_port), *checkpoints],
+                     "--metrics-port", str(args.triton_metrics_port), *launch_flags],
             ready_timeout=180, log_path=args.log_dir / "triton.log",
-        ))  # fmt: skip
+        )  # fmt: skip
+        supervisor.start(triton)
+        served = served_backends(triton.info.get("line", ""))
+        voices_file = write_voices(served, args.log_dir.parent / "voices-with-checkpoints.toml")
         triton_http = f"{args.host}:{args.triton_http_port}"
         lines.append(f"Triton        gRPC {args.host}:{args.triton_grpc_port}  HTTP {triton_http}"
-                     f"  metrics http://{args.host}:{args.triton_metrics_port}/metrics")  # fmt: skip
+                     f"  metrics http://{args.host}:{args.triton_metrics_port}/metrics"
+                     f"  backends {describe_backends(served)}")  # fmt: skip
         print("starting voice-conversion service ...", flush=True)
         rvc = Service(
             "rvc_service",

@@ -64,3 +64,14 @@ class EnvArgumentParser(argparse.ArgumentParser):
             metavar=metavar,
             help=f"{help} [env {env_name}]",
         )
+
+    def add_list_option(self, flag: str, *, help: str, env: str | None = None, metavar: str | None = None) -> None:
+        """A repeatable option collecting strings; its variable holds the same values separated by commas. Values
+        given on the command line come after the variable's."""
+        env_name = env or self.env_name(flag)
+        dest = flag.lstrip("-").replace("-", "_")
+        self.env_names[dest] = env_name
+        initial = [item.strip() for item in os.environ.get(env_name, "").split(",") if item.strip()]
+        self.add_argument(
+            flag, action="append", default=initial, metavar=metavar, help=f"{help} (repeatable) [env {env_name}]"
+        )

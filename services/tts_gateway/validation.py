@@ -8,7 +8,6 @@ so one INVALID_ARGUMENT lists every bad field; the checks after the voice is kno
 from __future__ import annotations
 
 import asyncio
-import collections
 import hashlib
 import math
 import threading
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+from cachetools import LRUCache
 from numpy.typing import NDArray
 
 from services.common.audio import AudioDecodeError, decode_audio, resample, resolve_output_rate, validate_output_format
@@ -62,14 +62,13 @@ class DecodedReference(NamedTuple):
 
 class ReferenceCache:
     """Decoded reference audio keyed by a hash of its bytes and format, so repeated requests skip decoding and
-    resampling. Bounded LRU; thread-safe because decoding runs in a worker thread."""
+    resampling. Bounded LRU (cachetools); thread-safe because decoding runs in a worker thread. A capacity of 0 or
+    less keeps nothing."""
 
     def __init__(self, capacity: int = 64) -> None:
         self.capacity = capacity
         # (content hash, target rate or 0 for "as decoded") -> (samples, their rate)
-        self._items: collections.OrderedDict[tuple[str, int], tuple[NDArray[np.float32], int]] = (
-            collections.OrderedDict()
-        )
+        self._items: LRUCache[tuple[str, int], tuple[NDArray[np.float32], int]] = LRUCache(maxsize=max(1, capacity))
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -83,21 +82,19 @@ class ReferenceCache:
 
     def get(self, key: str, rate: int) -> tuple[NDArray[np.float32], int] | None:
         with self._lock:
-            value = self._items.get((key, rate))
+            value = self._items.get((key, rate))  # a hit counts as a use (most recently used)
             if value is not None:
-                self._items.move_to_end((key, rate))
                 self.hits += 1
             else:
                 self.misses += 1
             return value
 
     def put(self, key: str, rate: int, samples: NDArray[np.float32], samples_rate: int) -> None:
+        samples.setflags(write=False)  # shared between requests
+        if self.capacity <= 0:
+            return
         with self._lock:
-            samples.setflags(write=False)  # shared between requests
-            self._items[(key, rate)] = (samples, samples_rate)
-            self._items.move_to_end((key, rate))
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            self._items[(key, rate)] = (samples, samples_rate)  # evicts the least recently used beyond capacity
 
 
 # ---- field checks: each returns the violations of one concern ------------------------------------------------------

@@ -6,11 +6,14 @@
   the rules), and the context the rules admit is small;
 - the final stages run as uid 65532 with an exec-form ENTRYPOINT that is a declared console script (or the copied
   Triton launcher), carry a HEALTHCHECK and the OCI labels;
+- both Triton targets carry every backend: the whole model repository, the launcher, the voice_triton kit installed
+  as a wheel, every requirement file the backend registry names (as that file's header says: with or without
+  --no-deps), and a /models volume the launcher reads (TRITON_MODELS_DIR);
 - the CPU targets reach no CUDA base, no NVIDIA runtime variables and install torch from the PyTorch CPU index;
 - docker-bake.hcl (parsed with python-hcl2) names existing Dockerfiles and stages, the shared image names and the
   version in pyproject.toml;
 - compose.yaml and compose.gpu.yaml validate against the compose-spec schema vendored in check-jsonschema, use the
-  same images as the bake file and request no GPU by default.
+  same images as the bake file, request no GPU by default and mount the checkpoints folder read-only at /models.
 """
 
 from __future__ import annotations
@@ -32,11 +35,16 @@ import yaml
 from docker.utils.build import exclude_paths
 from dockerfile_parse import DockerfileParser
 
+from voice_triton import registry
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKER_DIR = REPO_ROOT / "deploy" / "docker"
 BAKE_FILE = DOCKER_DIR / "docker-bake.hcl"
 COMPOSE_FILE = REPO_ROOT / "deploy" / "compose.yaml"
 COMPOSE_GPU_FILE = REPO_ROOT / "deploy" / "compose.gpu.yaml"
+TRITON_DIR = REPO_ROOT / "triton"
+TRITON_TARGETS = ("triton-cpu", "triton-cuda")
+MODELS_MOUNT = "/models"
 # Images whose service does no inference, so nothing in them installs torch.
 TORCH_FREE_IMAGES = {"tts-gateway", "http-edge"}
 BIN = Path(sys.executable).parent
@@ -335,6 +343,10 @@ def test_dockerignore_excludes_local_state_that_exists(tmp_path: Path) -> None:
         "proto/voice_proto.egg-info/PKG-INFO",
         "triton/model_repo/piper_tts/1/model.py",
         "triton/model_repo/piper_tts/1/__pycache__/model.cpython-311.pyc",
+        "triton/kit/src/voice_triton/registry.py",
+        "triton/kit/src/voice_triton.egg-info/PKG-INFO",
+        "triton/kit/build/lib/voice_triton/registry.py",
+        "models/Spark-TTS-0.5B/LLM/model.safetensors",
         "tests/data/sample.wav",
         ".git/HEAD",
     ):
@@ -343,7 +355,27 @@ def test_dockerignore_excludes_local_state_that_exists(tmp_path: Path) -> None:
     lines = (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
     patterns = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     files = {p for p in exclude_paths(str(tmp_path), patterns) if (tmp_path / p).is_file()}
-    assert files == {"pyproject.toml", "services/common/server.py", "triton/model_repo/piper_tts/1/model.py"}
+    assert files == {
+        "pyproject.toml",
+        "services/common/server.py",
+        "triton/model_repo/piper_tts/1/model.py",
+        "triton/kit/src/voice_triton/registry.py",
+    }
+
+
+def test_dockerignore_admits_the_whole_model_repository_and_the_kit() -> None:
+    """Every backend's code reaches the Triton images: each file of triton/model_repo and triton/kit this checkout
+    holds is in the context (and the folders of the earlier split repositories are no longer named)."""
+    admitted = admitted_context()
+    for folder in ("triton/model_repo", "triton/kit"):
+        files = [str(p) for p in repository_files() if str(p).startswith(folder + "/")]
+        assert files, folder
+        missing = [f for f in files if f not in admitted]
+        assert not missing, f".dockerignore drops {missing}"
+    for model in (m for backend in registry.BACKENDS for m in backend.models):
+        assert f"triton/model_repo/{model}/config.pbtxt" in admitted, model
+    rules = (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8")
+    assert "spark_repo" not in rules and "orpheus_repo" not in rules
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -376,15 +408,113 @@ def test_entrypoint_is_a_declared_console_script_or_the_copied_launcher(name: st
     scripts = pyproject()["project"]["scripts"]
     if entrypoint[0] in scripts:
         return
-    if name == "triton-cuda":
-        assert entrypoint == ["tritonserver"]  # the NGC image's own server
-        return
-    # The CPU Triton image runs triton/launch.py with its environment's interpreter: the script must be copied there.
-    assert name == "triton-cpu", f"{name}: entrypoint {entrypoint} is not in [project.scripts] {sorted(scripts)}"
+    # Both Triton images run triton/launch.py with the interpreter that holds the models' packages (the CPU image's
+    # venv, the NGC image's system Python): the script must be copied there.
+    assert name in TRITON_TARGETS, f"{name}: entrypoint {entrypoint} is not in [project.scripts] {sorted(scripts)}"
     interpreter, script = entrypoint
-    assert interpreter.startswith("/opt/venv/bin/")
+    if name == "triton-cpu":
+        assert interpreter.startswith("/opt/venv/bin/")
+    else:
+        assert interpreter == "/usr/bin/python3"  # the NGC image's Python, which its python backend runs
+        # The NGC server, not the nvidia-pytriton one the launcher looks for by default.
+        assert stage_env(stages, target)["TRITON_SERVER_ROOT"] == "/opt/tritonserver"
     copies = [copy_arguments(v)[1] for s in stage_chain(stages, target) for v in s.values("COPY")]
     assert any(paths[-1] == script and paths[0].endswith("launch.py") for paths in copies), copies
+
+
+def stage_env(stages: dict[str, Stage], target: str) -> dict[str, str]:
+    """The environment a target's ENV lines set (nearest last wins)."""
+    env: dict[str, str] = {}
+    for value in inherited(stages, target, "ENV"):
+        for word in shlex.split(value):
+            key, sep, val = word.partition("=")
+            if sep:
+                env[key] = val
+    return env
+
+
+def pip_installs(stages: dict[str, Stage], target: str) -> list[list[str]]:
+    """The words after `pip install` of every pip command a build of `target` runs."""
+    commands = []
+    for stage in stage_chain(stages, target):
+        for run in stage.values("RUN"):
+            for part in re.split(r"&&|;", run):
+                if "pip install" in part:
+                    commands.append(shlex.split(part[part.index("pip install") + len("pip install") :]))
+    return commands
+
+
+def copied(stages: dict[str, Stage], target: str) -> list[list[str]]:
+    """The paths (sources, then destination) of every COPY from the context a build of `target` runs."""
+    found = []
+    for stage in stage_chain(stages, target):
+        for value in stage.values("COPY"):
+            flags, paths = copy_arguments(value)
+            if "from" not in flags:
+                found.append(paths)
+    return found
+
+
+def installs_without_deps(header: str) -> bool:
+    """Whether a requirement file says (in its first comment line) that it is installed with --no-deps."""
+    return "--no-deps" in header.splitlines()[0]
+
+
+@pytest.mark.parametrize("name", TRITON_TARGETS)
+def test_triton_images_carry_every_backend(name: str) -> None:
+    """Code and packages of every backend, so that which ones serve depends only on the checkpoints mounted."""
+    stages, target = bake_stages(load_bake().targets[name])
+    copies = copied(stages, target)
+    installs = pip_installs(stages, target)
+    sources = {source.rstrip("/") for paths in copies for source in paths[:-1]}
+    assert {"triton/model_repo", "triton/launch.py", "triton/kit"} <= sources, sorted(sources)
+    # Every requirement file the registry names is copied in and installed by name (-r), with --no-deps exactly
+    # when its own header says so.
+    files = registry.requirement_files(TRITON_DIR)
+    assert files and all(f.is_file() for f in files)
+    for path in files:
+        assert f"triton/{path.name}" in sources, f"{name} does not copy {path.name}"
+        named = [
+            words
+            for words in installs
+            if any(Path(w).name == path.name and words[i - 1] == "-r" for i, w in enumerate(words) if i)
+        ]
+        assert named, f"{name} does not install -r {path.name}"
+        no_deps = installs_without_deps(path.read_text(encoding="utf-8"))
+        assert all(("--no-deps" in words) == no_deps for words in named), (path.name, named)
+    # The kit as a wheel (not editable: the source tree is not in the image), copied to the folder pip installs.
+    kit_dest = next(paths[-1] for paths in copies if paths[0].rstrip("/") == "triton/kit").rstrip("/")
+    kit_installs = [words for words in installs if any(w.rstrip("/") in {kit_dest, f"./{kit_dest}"} for w in words)]
+    assert kit_installs, f"{name} does not install the kit copied to {kit_dest}"
+    assert all("-e" not in words and "--editable" not in words for words in kit_installs), kit_installs
+    # Checkpoints come from a volume the launcher is pointed at.
+    volumes = [v for value in inherited(stages, target, "VOLUME") for v in json.loads(value)]
+    assert MODELS_MOUNT in volumes, volumes
+    env = stage_env(stages, target)
+    assert env["TRITON_MODELS_DIR"] == MODELS_MOUNT
+    # The installed voice_triton finds the repository the image carries.
+    repository = next(paths[-1] for paths in copies if paths[0].rstrip("/") == "triton/model_repo")
+    assert env["VOICE_TRITON_MODEL_REPO"] == repository.rstrip("/")
+
+
+def test_triton_targets_differ_in_the_server_and_the_torch_build_only() -> None:
+    """The same requirement files in both (the CPU one adds the nvidia-pytriton server) and torch from the CPU index
+    only in the CPU image."""
+    bake = load_bake()
+    names = {}
+    runs = {}
+    for name in TRITON_TARGETS:
+        stages, target = bake_stages(bake.targets[name])
+        names[name] = {
+            Path(w).name
+            for words in pip_installs(stages, target)
+            for i, w in enumerate(words)
+            if i and words[i - 1] in {"-r", "-c"}
+        }
+        runs[name] = " ".join(with_arg_defaults(s, r) for s in stage_chain(stages, target) for r in s.values("RUN"))
+    assert names["triton-cpu"] - names["triton-cuda"] == {"requirements-server.txt"}
+    assert names["triton-cuda"] <= names["triton-cpu"]
+    assert CPU_TORCH_INDEX in runs["triton-cpu"] and CPU_TORCH_INDEX not in runs["triton-cuda"]
 
 
 def with_arg_defaults(stage: Stage, command: str) -> str:
@@ -561,6 +691,19 @@ def test_compose_default_stack_is_cpu_only_hardened_and_uses_the_bake_images() -
                 assert (COMPOSE_FILE.parent / source).exists(), f"bind mount source {source} is missing"
     env = services["gateway"]["environment"]
     assert env["GATEWAY_TRITON_URL"] == "triton:8001" and env["GATEWAY_RVC_URL"] == "rvc:50052"
+    assert_models_mount(services["triton"])
+    assert services["triton"]["environment"]["TRITON_MODELS_DIR"] == MODELS_MOUNT
+
+
+def assert_models_mount(service: dict[str, Any]) -> None:
+    """Triton's checkpoints: the repository's models/ folder unless VOICE_MODELS_DIR names another, read-only."""
+    mounts = [v for v in service.get("volumes", []) if f":{MODELS_MOUNT}:" in v or v.endswith(f":{MODELS_MOUNT}")]
+    assert len(mounts) == 1, service.get("volumes")
+    source, target, mode = mounts[0].rsplit(":", 2)
+    assert (target, mode) == (MODELS_MOUNT, "ro")
+    assert re.fullmatch(r"\$\{VOICE_MODELS_DIR:-([^}]*)\}", source), source
+    default = default_interpolation(source)
+    assert (COMPOSE_FILE.parent / default).resolve() == REPO_ROOT / "models"
 
 
 def test_compose_gpu_override_switches_to_the_cuda_images() -> None:
@@ -576,6 +719,8 @@ def test_compose_gpu_override_switches_to_the_cuda_images() -> None:
         assert service["build"]["target"] == target["target"]
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert devices and all("gpu" in d["capabilities"] for d in devices)
+    # The same checkpoints on the GPU (compose merges the mounts by target).
+    assert_models_mount(override["triton"])
 
 
 HEALTHCHECK_SCRIPT = DOCKER_DIR / "healthcheck.py"

@@ -10,7 +10,9 @@ groups through promtool in test_monitoring.py.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import re
 import shutil
@@ -342,12 +344,54 @@ def test_termination_grace_covers_prestop_and_drain(renders: dict[str, list[Mani
             assert grace > prestop_seconds(c) + drain, (workload["metadata"]["name"], grace, drain)
 
 
+@needs_kubectl
+@pytest.mark.parametrize("overlay", ALL_RENDERS)
+def test_triton_mounts_the_models_volume_read_only(renders: dict[str, list[Manifest]], overlay: str) -> None:
+    """Checkpoints at /models, read-only, where the launcher looks (TRITON_MODELS_DIR): the claim voice-models in the
+    GPU overlays, an empty placeholder in the CPU ones (Piper needs no checkpoint)."""
+    docs = renders[overlay]
+    template = named(docs, "Deployment", "triton")["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    assert env_of(container)["TRITON_MODELS_DIR"] == "/models"
+    mounts = [m for m in container["volumeMounts"] if m["mountPath"] == "/models"]
+    assert len(mounts) == 1 and mounts[0]["readOnly"] is True, mounts
+    volume = next(v for v in template["spec"]["volumes"] if v["name"] == mounts[0]["name"])
+    claims = [d for d in of_kind(docs, "PersistentVolumeClaim") if d["metadata"]["name"] == "voice-models"]
+    if overlay.startswith("gpu-"):
+        assert set(volume) == {"name", "persistentVolumeClaim"}, volume
+        assert volume["persistentVolumeClaim"] == {"claimName": "voice-models", "readOnly": True}
+        assert len(claims) == 1
+        claim = claims[0]["spec"]
+        assert claim["accessModes"] and claim["resources"]["requests"]["storage"]
+    else:
+        assert set(volume) == {"name", "emptyDir"}, volume
+        assert not claims
+    # Nothing else of the pod writes to it: only Triton mounts the claim, and never writable.
+    for _, other in pod_specs(docs):
+        for v in other["spec"].get("volumes", []):
+            if v.get("persistentVolumeClaim", {}).get("claimName") == "voice-models":
+                assert other is template and v["persistentVolumeClaim"]["readOnly"] is True
+
+
 def load_triton_launcher() -> ModuleType:
     spec = importlib.util.spec_from_file_location("voice_triton_launch", REPO / "triton" / "launch.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # Registered before it runs: dataclasses look their module up in sys.modules.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def launcher_env_names(launcher: ModuleType) -> set[str]:
+    """The TRITON_* variables the launcher reads, from its own --help (each option names its variable)."""
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as m, contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        m.setenv("COLUMNS", "400")
+        launcher.parse_args(["--help"])
+    names = set(re.findall(r"\[env\s+(TRITON_\w+)\]", out.getvalue()))
+    assert {"TRITON_MODELS_DIR", "TRITON_STOP_GRACE", "TRITON_INSTANCE_COUNT"} <= names, names
+    return names
 
 
 @needs_kubectl
@@ -361,8 +405,7 @@ def test_env_vars_are_real_options_with_valid_values(
     from services.tts_gateway.app import make_parser as gateway_parser
 
     launcher = load_triton_launcher()
-    launcher_source = (REPO / "triton" / "launch.py").read_text()
-    triton_env = set(re.findall(r'_env\("(TRITON_\w+)"', launcher_source))
+    triton_env = launcher_env_names(launcher)
     for workload, template in pod_specs(renders[overlay]):
         name = workload["metadata"]["name"]
         for c in template["spec"]["containers"]:
@@ -381,8 +424,7 @@ def test_env_vars_are_real_options_with_valid_values(
                     parser.parse_args([])
                 else:
                     assert {k for k in env if k.startswith("TRITON_")} <= triton_env
-                    if not c["image"].endswith("-cuda"):  # the CUDA image runs tritonserver, not the launcher
-                        launcher.parse_args([])
+                    launcher.parse_args([])  # both Triton images run the launcher
             prefixes = {"tts-gateway": "GATEWAY_", "rvc-service": "RVC_", "triton": "TRITON_"}
             foreign = [k for k in env if k.split("_")[0] + "_" in {"GATEWAY_", "RVC_", "TRITON_"}]
             assert all(k.startswith(prefixes[name]) for k in foreign), (name, foreign)

@@ -1,6 +1,6 @@
 """orpheus_tts on a real Triton server, driven directly (no gateway), on the tiny checkpoint.
 
-The tiny LM is wired to speak in frames (triton/orpheus_tiny_checkpoint.py); at a high temperature it strays into
+The tiny LM is wired to speak in frames (voice_triton.tiny.orpheus); at a high temperature it strays into
 text and wrong-position tokens, which is the invalid-token path. Sample counts are checked against the model's own
 counters (frames sent, tokens generated, tokens skipped) read from Triton's metrics port.
 """

@@ -80,7 +80,7 @@ def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
 
 
 def tokenizer_runs(triton: TritonServer) -> float:
-    return metric(scrape(triton.metrics_url), "nv_inference_request_success", model="audio_tokenizer")
+    return metric(scrape(triton.metrics_url), "nv_inference_request_success", model="spark_audio_tokenizer")
 
 
 def connect(gateway: GatewayProcess) -> tuple[grpc.Channel, Stub]:

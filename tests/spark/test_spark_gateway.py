@@ -1,7 +1,7 @@
 """Spark-TTS voices through the real gateway, real Triton (tiny checkpoint) and the real conversion service.
 
 Gateway output is compared with a direct Triton stream of the same request (an independent client of the model),
-and the reference cache with Triton's own inference counter for audio_tokenizer.
+and the reference cache with Triton's own inference counter for spark_audio_tokenizer.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def test_chinese_text_streams_sentence_by_sentence(
     stub: tts_gateway_pb2_grpc.TtsGatewayServiceStub, spark_triton: TritonServer
 ) -> None:
     reference = wav_input(speech_like(3.0, seed=32))
-    before = metric(scrape(spark_triton.metrics_url), "nv_inference_request_success", model="audio_tokenizer")
+    before = metric(scrape(spark_triton.metrics_url), "nv_inference_request_success", model="spark_audio_tokenizer")
     chunks = synthesize(
         stub, text=CHINESE, zero_shot=tts_gateway_pb2.ZeroShot(reference_audio=reference, reference_text="参考"), seed=5
     )
@@ -105,12 +105,14 @@ def test_chinese_text_streams_sentence_by_sentence(
     ]
     assert summary.processed_text == CHINESE
     # Three sentences, one reference: Triton's audio tokenizer ran once for the whole stream.
-    after = metric(scrape(spark_triton.metrics_url), "nv_inference_request_success", model="audio_tokenizer")
+    after = metric(scrape(spark_triton.metrics_url), "nv_inference_request_success", model="spark_audio_tokenizer")
     assert after - before == 1
     synthesize(
         stub, text="再来一次。", zero_shot=tts_gateway_pb2.ZeroShot(reference_audio=reference, reference_text="参考")
     )
-    assert metric(scrape(spark_triton.metrics_url), "nv_inference_request_success", model="audio_tokenizer") == after
+    assert (
+        metric(scrape(spark_triton.metrics_url), "nv_inference_request_success", model="spark_audio_tokenizer") == after
+    )
 
 
 def test_streaming_input_splits_chinese_deltas(stub: tts_gateway_pb2_grpc.TtsGatewayServiceStub) -> None:

@@ -1,8 +1,8 @@
 """Spark-TTS on a real Triton server, driven directly (no gateway), on the tiny checkpoint in the published layout.
 
 What is checked against something other than the model itself: token counts from the model's own counter against
-the samples received (BiCodec's 320 samples per token), the audio_tokenizer's inference count (Triton's nv_* metric)
-for the cache, and the streamed audio against one whole-utterance decode of the same tokens for the seams.
+the samples received (BiCodec's 320 samples per token), the spark_audio_tokenizer's inference count (Triton's nv_*
+metric) for the cache, and the streamed audio against one whole-utterance decode of the same tokens for the seams.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tests.waiting import assert_steady, wait_until
 
 pytestmark = pytest.mark.timeout(600)
 
-_ENGINE = REPO_ROOT / "triton" / "spark_repo" / "spark_tts" / "1" / "spark_engine.py"
+_ENGINE = REPO_ROOT / "triton" / "model_repo" / "spark_tts" / "1" / "spark_engine.py"
 _spec = importlib.util.spec_from_file_location("spark_engine", _ENGINE)
 assert _spec is not None and _spec.loader is not None
 spark_engine = importlib.util.module_from_spec(_spec)
@@ -44,7 +44,7 @@ def tokenize(server: TritonServer, wav: np.ndarray) -> tuple[np.ndarray, np.ndar
     audio.set_data_from_numpy(wav.reshape(1, -1))
     length = triton_grpc.InferInput("reference_wav_len", [1, 1], "INT32")
     length.set_data_from_numpy(np.array([[wav.size]], dtype=np.int32))
-    result = client.infer("audio_tokenizer", [audio, length], client_timeout=120)
+    result = client.infer("spark_audio_tokenizer", [audio, length], client_timeout=120)
     return result.as_numpy("global_tokens"), result.as_numpy("semantic_tokens")
 
 
@@ -54,7 +54,7 @@ def vocode(server: TritonServer, global_tokens: np.ndarray, semantic: np.ndarray
     g.set_data_from_numpy(global_tokens.reshape(1, -1).astype(np.int32))
     s = triton_grpc.InferInput("semantic_tokens", [1, semantic.size], "INT32")
     s.set_data_from_numpy(semantic.reshape(1, -1).astype(np.int32))
-    return client.infer("vocoder", [g, s], client_timeout=120).as_numpy("waveform").reshape(-1)
+    return client.infer("spark_vocoder", [g, s], client_timeout=120).as_numpy("waveform").reshape(-1)
 
 
 def test_model_configs_declare_what_the_gateway_reads(spark_triton: TritonServer) -> None:
@@ -123,7 +123,7 @@ def test_repeated_reference_skips_the_audio_tokenizer(spark_triton: TritonServer
     def counts() -> tuple[float, float, float]:
         text = scrape(spark_triton.metrics_url)
         return (
-            metric(text, "nv_inference_request_success", model="audio_tokenizer"),
+            metric(text, "nv_inference_request_success", model="spark_audio_tokenizer"),
             metric(text, "spark_reference_tokens_total", result="hit"),
             metric(text, "spark_reference_tokens_total", result="miss"),
         )
@@ -135,7 +135,7 @@ def test_repeated_reference_skips_the_audio_tokenizer(spark_triton: TritonServer
     for seed in (2, 3):
         assert not stream.run(spark_inputs("Again.", reference=reference, reference_text="words", seed=seed)).error
     after = counts()
-    assert after[0] == after_first[0]  # Triton ran audio_tokenizer no more
+    assert after[0] == after_first[0]  # Triton ran spark_audio_tokenizer no more
     assert after[1] == after_first[1] + 2
 
 
@@ -181,7 +181,7 @@ def test_chunks_follow_the_growing_schedule(stream: SparkStream) -> None:
 
 
 def test_streamed_audio_matches_one_whole_decode(spark_triton: TritonServer) -> None:
-    """The seams: the streaming decoder against the vocoder run once on all tokens (an independent rendering)."""
+    """The seams: the streaming decoder against spark_vocoder run once on all tokens (an independent rendering)."""
     global_tokens, semantic = tokenize(spark_triton, speech_like(6.0, seed=8))
     codes = semantic.reshape(-1)[:280]
     whole = vocode(spark_triton, global_tokens, codes)

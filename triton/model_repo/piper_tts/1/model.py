@@ -2,8 +2,8 @@
 
 One file serves two models: `piper_tts` (decoupled: one response per sentence as soon as it is synthesized, then an
 empty response carrying TRITONSERVER_RESPONSE_COMPLETE_FINAL) and `piper_tts_whole` (one response holding the whole
-waveform). The mode comes from the model config's `model_transaction_policy.decoupled`, so behaviour cannot drift
-between the two.
+waveform; its model.py is a relative symlink to this file, so the repository works copied or mounted whole). The mode
+comes from the model config's `model_transaction_policy.decoupled`, so behaviour cannot drift between the two.
 
 Tensor interface (shared with the Spark-TTS and CosyVoice Triton runtimes; max_batch_size 1, so every tensor carries a
 leading batch dimension of 1):
@@ -16,9 +16,10 @@ In decoupled mode, requests are not synthesized one after another: a worker thre
 the active requests sentence by sentence, earliest playback deadline first (the moment a listener would run out of
 audio if playback started at the first response). A new stream is due at once, so it waits for at most the sentence
 in progress; streams already ahead of real time yield to it. Cancellation (`request.is_cancelled()`) is checked
-before every sentence and, by a watcher thread, every few milliseconds during one: ONNX Runtime's RunOptions
-terminate flag then stops the sentence's inference, so a cancelled stream frees the instance at once instead of
-after a sentence that nobody will hear.
+before every sentence and, by a watcher thread (voice_triton.cancel), every few milliseconds during one: ONNX
+Runtime's RunOptions terminate flag then stops the sentence's inference, so a cancelled stream frees the instance at
+once instead of after a sentence that nobody will hear. The worker, the watcher and `execute` talk to Triton (send,
+ask for cancellation, update a metric, log) one at a time, through one lock per instance.
 """
 
 from __future__ import annotations
@@ -28,12 +29,18 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+from voice_triton.cancel import CancelWatcher
+from voice_triton.errors import RequestError, error_response
+from voice_triton.metrics import MetricSet
+from voice_triton.params import ConfigError, ModelParams
 
 # Bounds for the synthesis controls; outside them Piper produces garbage or runs away, so reject instead of clamping.
 CONTROL_RANGES: dict[str, tuple[float, float]] = {
@@ -46,8 +53,7 @@ CONTROL_RANGES: dict[str, tuple[float, float]] = {
 }
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # How often a sentence in synthesis asks whether its request was cancelled (config parameter cancel_poll_ms; 0 asks
-# only between sentences). Not more often than needed: Triton 24.x can crash in ResponseFactoryIsCancelled when a
-# cancellation races the check (triton-inference-server/server#8034, #8192), so each check is a small risk.
+# only between sentences); see voice_triton.cancel for why not more often than needed.
 DEFAULT_CANCEL_POLL_MS = 40
 
 
@@ -68,63 +74,6 @@ class CancellableSession:
 
     def run(self, output_names: Any, input_feed: Any, run_options: Any = None) -> Any:
         return self._session.run(output_names, input_feed, run_options or self.run_options)
-
-
-class CancelWatcher:
-    """One thread per instance that sets the terminate flag of the running inference once its request is
-    cancelled."""
-
-    def __init__(self, name: str, poll_s: float) -> None:
-        self._poll_s = poll_s
-        self._lock = threading.Lock()
-        self._current: tuple[Any, Any] | None = None  # (request, RunOptions) of the sentence in progress
-        self._wake = threading.Event()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name=f"{name}-cancel", daemon=True)
-        self._thread.start()
-
-    def watch(self, request: Any, run_options: Any) -> None:
-        if self._poll_s <= 0:
-            return
-        with self._lock:
-            self._current = (request, run_options)
-        self._wake.set()
-
-    def clear(self) -> None:
-        with self._lock:
-            self._current = None
-
-    def _run(self) -> None:
-        while not self._stopped:
-            self._wake.wait()
-            # The check runs under the lock: `clear` (called before the sentence's response is sent) waits for it,
-            # so the request is never asked after Triton may have released it.
-            with self._lock:
-                if self._current is None:
-                    self._wake.clear()
-                    continue
-                request, run_options = self._current
-                try:
-                    if request.is_cancelled():
-                        run_options.terminate = True
-                        self._current = None
-                except Exception:  # nothing to stop if the request cannot be asked
-                    self._current = None
-            time.sleep(self._poll_s)
-
-    def stop(self) -> None:
-        self._stopped = True
-        self._wake.set()
-
-
-class RequestError(ValueError):
-    """A problem with the request that the caller can fix; its message says how."""
-
-
-def _error(message: str, code_name: str = "INVALID_ARG") -> Any:
-    # Older python backends have no error codes; the message is what matters to the caller.
-    code = getattr(pb_utils.TritonError, code_name, None)
-    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
 
 
 @dataclass
@@ -248,69 +197,61 @@ def parse_controls(request: Any, num_speakers: int, speakers: list[str]) -> Cont
     return controls
 
 
-class _Metrics:
+class PiperMetrics:
     """Custom Prometheus counters served on Triton's metrics port beside the nv_* families."""
 
-    def __init__(self, model_name: str) -> None:
-        labels = {"model": model_name}
-        # The families must outlive their metrics, so keep references to both.
-        self.families: list[Any] = []
-        self.pieces = self._counter("tts_pieces_total", "Sentences synthesized and sent", labels)
-        self.audio_seconds = self._counter("tts_audio_seconds_total", "Seconds of audio synthesized", labels)
-        self.cancelled = self._counter(
-            "tts_requests_cancelled_total", "Requests cancelled before their last sentence", labels
+    def __init__(self, metrics: MetricSet) -> None:
+        self.families = metrics  # a metric fails once its family is gone: keep the set that holds them
+        self.pieces = metrics.counter("tts_pieces_total", "Sentences synthesized and sent")
+        self.audio_seconds = metrics.counter("tts_audio_seconds_total", "Seconds of audio synthesized")
+        self.cancelled = metrics.counter(
+            "tts_requests_cancelled_total", "Requests cancelled before their last sentence"
         )
-        self.skipped = self._counter(
-            "tts_pieces_skipped_total", "Sentences never synthesized because their request was cancelled", labels
+        self.skipped = metrics.counter(
+            "tts_pieces_skipped_total", "Sentences never synthesized because their request was cancelled"
         )
-        self.interrupted = self._counter(
-            "tts_pieces_interrupted_total",
-            "Sentences stopped mid-inference because their request was cancelled",
-            labels,
+        self.interrupted = metrics.counter(
+            "tts_pieces_interrupted_total", "Sentences stopped mid-inference because their request was cancelled"
         )
-
-    def _counter(self, name: str, description: str, labels: dict[str, str]) -> Any:
-        family = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.COUNTER)
-        self.families.append(family)
-        return family.Metric(labels=labels)
 
 
 class TritonPythonModel:
     """Triton entry points: initialize, execute, finalize."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        config = json.loads(args["model_config"])
-        self.model_name: str = args["model_name"]
-        self.decoupled: bool = pb_utils.using_decoupled_model_transaction_policy(config)
-        self.logger = pb_utils.Logger
-        params = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
-        self.max_chars = int(params.get("max_text_chars", "2000"))
-        self.speakers = [s.strip() for s in params.get("speakers", "").split(",") if s.strip()]
-        self.max_interleaved = max(1, int(params.get("max_interleaved_requests", "16")))
+        params = ModelParams.from_args(args)
+        self.model_name = params.model_name
+        self.decoupled = params.decoupled
+        # The worker, the cancel watcher and execute all talk to Triton; one of them at a time.
+        self.ipc = threading.Lock()
+        self.max_chars = params.integer("max_text_chars", 2000, 1)
+        self.speakers = params.names("speakers")
+        self.max_interleaved = params.integer("max_interleaved_requests", 16, 1, 1024)
+        poll_ms = params.number("cancel_poll_ms", DEFAULT_CANCEL_POLL_MS, 0, 10_000)
         self.voice = self._load_voice(params)
         self.sample_rate: int = self.voice.config.sample_rate
         self.num_speakers = max(1, self.voice.config.num_speakers)
         self._check_declared(params)
-        self.metrics = _Metrics(self.model_name)
-        poll_ms = float(params.get("cancel_poll_ms", str(DEFAULT_CANCEL_POLL_MS)) or 0)
-        self._cancel_watcher = CancelWatcher(self.model_name, poll_ms / 1000.0)
+        self.metrics = PiperMetrics(MetricSet(self.model_name, self.ipc))
+        self._cancel_watcher = CancelWatcher(self.model_name, poll_ms / 1000.0, self.ipc)
 
         self._inbox: queue.Queue[Job | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         if self.decoupled:
             self._worker = threading.Thread(target=self._run_streams, name=f"{self.model_name}-synth", daemon=True)
             self._worker.start()
-        self.logger.log_info(
-            f"{self.model_name}: loaded voice {self.voice_path.name} ({self.sample_rate} Hz, "
-            f"decoupled={self.decoupled}, instance={args.get('model_instance_name')})"
+        self._log(
+            pb_utils.Logger.log_info,
+            f"loaded voice {self.voice_path.name} ({self.sample_rate} Hz, "
+            f"decoupled={self.decoupled}, instance={args.get('model_instance_name')})",
         )
 
-    def _load_voice(self, params: dict[str, str]) -> Any:
+    def _load_voice(self, params: ModelParams) -> Any:
         import onnxruntime
         from piper import PiperVoice
         from piper.config import PiperConfig
 
-        voice_path = params.get("voice_onnx", "").strip()
+        voice_path = params.text("voice_onnx")
         if voice_path:
             self.voice_path = Path(voice_path)
         else:
@@ -321,12 +262,12 @@ class TritonPythonModel:
         with open(f"{self.voice_path}.json", encoding="utf-8") as fh:
             self.voice_json = json.load(fh)
         options = onnxruntime.SessionOptions()
-        if params.get("ort_cpu_mem_arena", "false").strip().lower() != "true":
+        if not params.flag("ort_cpu_mem_arena", False):
             # The arena keeps the peak of the longest sentence ever synthesized for good (about 150 MB idle, 760 MB
             # after one 400-character sentence); without it memory follows the sentence in progress.
             options.enable_cpu_mem_arena = False
             options.enable_mem_pattern = False
-        threads = int(params.get("ort_intra_op_threads", "0"))
+        threads = params.integer("ort_intra_op_threads", 0, 0, 1024)
         if threads > 0:
             # Several instances on a small CPU would otherwise each spawn one thread per core and fight.
             options.intra_op_num_threads = threads
@@ -334,25 +275,46 @@ class TritonPythonModel:
         self._session = CancellableSession(session)
         return PiperVoice(session=self._session, config=PiperConfig.from_dict(self.voice_json))
 
-    def _check_declared(self, params: dict[str, str]) -> None:
+    def _check_declared(self, params: ModelParams) -> None:
         """Fail the load when config.pbtxt declares something the voice file contradicts: clients trust the config."""
-        declared_rate = params.get("sample_rate_hz", "")
+        declared_rate = params.text("sample_rate_hz")
         if declared_rate != str(self.sample_rate):
-            raise pb_utils.TritonModelException(
-                f"config parameter sample_rate_hz={declared_rate!r} but voice {self.voice_path.name} produces "
-                f"{self.sample_rate} Hz: fix config.pbtxt"
+            raise ConfigError(
+                f"{self.model_name}: config parameter sample_rate_hz={declared_rate!r} but voice "
+                f"{self.voice_path.name} produces {self.sample_rate} Hz: fix config.pbtxt"
             )
         language = self.voice_json.get("language", {}).get("code")
-        if language and params.get("language_code") != language:
-            raise pb_utils.TritonModelException(
-                f"config parameter language_code={params.get('language_code')!r} but the voice is {language!r}"
+        if language and params.text("language_code") != language:
+            raise ConfigError(
+                f"{self.model_name}: config parameter language_code={params.text('language_code')!r} "
+                f"but the voice is {language!r}"
             )
         if len(self.speakers) != self.num_speakers:
-            raise pb_utils.TritonModelException(
-                f"config parameter speakers lists {len(self.speakers)} names but the voice has {self.num_speakers}"
+            raise ConfigError(
+                f"{self.model_name}: config parameter speakers lists {len(self.speakers)} names "
+                f"but the voice has {self.num_speakers}"
             )
 
-    # ---- request handling -------------------------------------------------------------------------------------
+    # ---- talking to Triton (each call holds the instance's lock) --------------------------------------------------
+
+    def _log(self, write: Callable[[str], None], message: str) -> None:
+        """`write` is pb_utils.Logger.log_info, log_warn or log_error."""
+        with self.ipc:
+            write(f"{self.model_name}: {message}")
+
+    def _is_cancelled(self, request: Any) -> bool:
+        with self.ipc:
+            return bool(request.is_cancelled())
+
+    def _send(self, sender: Any, response: Any = None, final: bool = False) -> None:
+        flags = _FINAL if final else 0
+        with self.ipc:
+            if response is None:
+                sender.send(flags=flags)
+            else:
+                sender.send(response, flags=flags)
+
+    # ---- request handling -----------------------------------------------------------------------------------------
 
     def _prepare(self, request: Any) -> Job:
         text = parse_text(request, self.max_chars)
@@ -364,6 +326,7 @@ class TritonPythonModel:
         return Job(request=request, pieces=pieces, controls=controls)
 
     def _synthesize(self, job: Job) -> np.ndarray:
+        import onnxruntime
         from piper.config import SynthesisConfig
 
         syn = SynthesisConfig(
@@ -372,12 +335,14 @@ class TritonPythonModel:
             noise_scale=job.controls.noise_scale,
             noise_w_scale=job.controls.noise_w,
         )
-        import onnxruntime
-
         ids = self.voice.phonemes_to_ids(job.pieces[job.next_piece])
         run_options = onnxruntime.RunOptions()
         self._session.run_options = run_options
-        self._cancel_watcher.watch(job.request, run_options)
+
+        def terminate() -> None:
+            run_options.terminate = True
+
+        self._cancel_watcher.watch(job.request, terminate)
         try:
             audio = np.asarray(self.voice.phoneme_ids_to_audio(ids, syn), dtype=np.float32).reshape(-1)
         except Exception:
@@ -386,6 +351,7 @@ class TritonPythonModel:
                 raise SynthesisCancelled from None
             raise
         finally:
+            # Before the sentence's response is sent: the request is never asked after Triton may have released it.
             self._cancel_watcher.clear()
             self._session.run_options = None
         # Same peak normalization as PiperVoice.synthesize, so both models and the piper CLI sound alike.
@@ -402,18 +368,16 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any] | None:
         if self.decoupled:
             for request in requests:
-                sender = request.get_response_sender()
+                with self.ipc:
+                    sender = request.get_response_sender()
                 try:
                     job = self._prepare(request)
                 except RequestError as exc:
-                    sender.send(pb_utils.InferenceResponse(error=_error(str(exc))), flags=_FINAL)
+                    self._send(sender, error_response(exc), final=True)
                     continue
                 except Exception as exc:  # phonemizer failures: short message to the caller, details in our log
-                    self.logger.log_error(f"{self.model_name}: preparing {request.request_id()!r} failed: {exc!r}")
-                    sender.send(
-                        pb_utils.InferenceResponse(error=_error("the text could not be phonemized", "INTERNAL")),
-                        flags=_FINAL,
-                    )
+                    self._log(pb_utils.Logger.log_error, f"preparing {request.request_id()!r} failed: {exc!r}")
+                    self._send(sender, error_response("the text could not be phonemized", "INTERNAL"), final=True)
                     continue
                 job.sender = sender
                 self._inbox.put(job)
@@ -424,27 +388,27 @@ class TritonPythonModel:
         try:
             job = self._prepare(request)
         except RequestError as exc:
-            return pb_utils.InferenceResponse(error=_error(str(exc)))
+            return error_response(exc)
         chunks: list[np.ndarray] = []
         while job.next_piece < len(job.pieces):
-            if request.is_cancelled():
-                self._count_cancel(job)
-                return pb_utils.InferenceResponse(error=_error("request cancelled", "CANCELLED"))
             try:
+                if self._is_cancelled(request):
+                    raise SynthesisCancelled
                 chunks.append(self._synthesize(job))
             except SynthesisCancelled:
-                self._count_cancel(job)
-                return pb_utils.InferenceResponse(error=_error("request cancelled", "CANCELLED"))
+                return self._cancelled(job)
         return self._response(np.concatenate(chunks))
 
-    def _count_cancel(self, job: Job) -> None:
+    def _cancelled(self, job: Job) -> Any:
+        """Counts the cancelled request and returns its CANCELLED response."""
         skipped = len(job.pieces) - job.next_piece
         self.metrics.cancelled.increment(1)
         self.metrics.skipped.increment(skipped)
-        self.logger.log_info(
-            f"{self.model_name}: request {job.request.request_id()!r} cancelled after "
-            f"{job.next_piece} of {len(job.pieces)} pieces"
+        self._log(
+            pb_utils.Logger.log_info,
+            f"request {job.request.request_id()!r} cancelled after {job.next_piece} of {len(job.pieces)} pieces",
         )
+        return error_response("request cancelled", "CANCELLED")
 
     def _run_streams(self) -> None:
         """Worker loop: one sentence at a time, for the active stream whose listener would run dry first."""
@@ -462,34 +426,25 @@ class TritonPythonModel:
                 active.append(job)
             job = min(active, key=Job.deadline)
             active.remove(job)
-            if job.request.is_cancelled():
-                self._count_cancel(job)
-                job.sender.send(
-                    pb_utils.InferenceResponse(error=_error("request cancelled", "CANCELLED")), flags=_FINAL
-                )
-                continue
             try:
+                if self._is_cancelled(job.request):
+                    raise SynthesisCancelled
                 audio = self._synthesize(job)
-                job.sender.send(self._response(audio))
+                self._send(job.sender, self._response(audio))
                 if job.first_sent_s is None:
                     job.first_sent_s = time.monotonic()
                 job.audio_sent_s += audio.size / self.sample_rate
             except SynthesisCancelled:
-                self._count_cancel(job)
-                job.sender.send(
-                    pb_utils.InferenceResponse(error=_error("request cancelled", "CANCELLED")), flags=_FINAL
-                )
+                self._send(job.sender, self._cancelled(job), final=True)
                 continue
             except Exception as exc:  # a broken piece must end its stream, not the worker
-                self.logger.log_error(f"{self.model_name}: synthesis failed: {exc!r}")
-                job.sender.send(
-                    pb_utils.InferenceResponse(error=_error(f"synthesis failed: {exc}", "INTERNAL")), flags=_FINAL
-                )
+                self._log(pb_utils.Logger.log_error, f"synthesis failed: {exc!r}")
+                self._send(job.sender, error_response(f"synthesis failed: {exc}", "INTERNAL"), final=True)
                 continue
             if job.next_piece < len(job.pieces):
                 active.append(job)
             else:
-                job.sender.send(flags=_FINAL)
+                self._send(job.sender, final=True)
 
     def _abort(self, active: list[Job], reason: str) -> None:
         pending = list(active)
@@ -501,7 +456,7 @@ class TritonPythonModel:
             if job is not None:
                 pending.append(job)
         for job in pending:
-            job.sender.send(pb_utils.InferenceResponse(error=_error(reason, "UNAVAILABLE")), flags=_FINAL)
+            self._send(job.sender, error_response(reason, "UNAVAILABLE"), final=True)
 
     def finalize(self) -> None:
         self._cancel_watcher.stop()

@@ -22,15 +22,16 @@ position 6) point along it too, so the residual stream makes the next position's
 speech has a direction of its own, read by position 0 only: a piece never ends before its first frame). Everything
 else is random, so at a high temperature it also strays into text and wrong-position tokens (the invalid path).
 
-    .venv-triton/bin/python triton/orpheus_tiny_checkpoint.py /tmp/orpheus-tiny [--seed 0]
+    .venv-triton/bin/python -m voice_triton.tiny.orpheus /tmp/orpheus-tiny [--seed 0]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+
+from voice_triton.tiny import byte_level_bpe, writer_cli
 
 CUSTOM_TOKEN_BASE = 128256
 CUSTOM_TOKENS = 28684  # published vocabulary 156940 = 128256 + 28684
@@ -86,16 +87,10 @@ def llama3_special_tokens() -> dict[str, int]:
 
 
 def write_tokenizer(out: Path) -> None:
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import AddedToken, Tokenizer, processors
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
+    tokenizer = byte_level_bpe(_CORPUS, 400)
     # The special tokens go into the model's vocabulary at their published ids first; adding them afterwards then
     # reuses those ids instead of appending after the BPE vocabulary.
     state = json.loads(tokenizer.to_str())
@@ -177,29 +172,25 @@ def write_snac(out: Path, published_widths: bool) -> None:
     torch.save(SNAC(**config).state_dict(), out / "pytorch_model.bin")
 
 
-def make_checkpoint(out: Path, seed: int = 0, published_snac_widths: bool = False) -> Path:
+def make_checkpoint(out: Path, seed: int = 0, snac_published_widths: bool = False) -> Path:
     import torch
 
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
     write_tokenizer(out)
     write_llm(out)
-    write_snac(out / "snac", published_snac_widths)
+    write_snac(out / "snac", snac_published_widths)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path, help="directory to write (created; existing files are overwritten)")
-    parser.add_argument("--seed", type=int, default=0, help="torch seed for the random weights")
-    parser.add_argument(
-        "--snac-published-widths", action="store_true", help="SNAC with the published layer widths (19.8 M, slow)"
+    return writer_cli(
+        "Orpheus",
+        __doc__.split("\n\n")[0],
+        make_checkpoint,
+        argv,
+        flags={"--snac-published-widths": "SNAC with the published layer widths (19.8 M, slow)"},
     )
-    args = parser.parse_args(argv)
-    path = make_checkpoint(args.out, args.seed, args.snac_published_widths)
-    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    print(f"tiny Orpheus checkpoint written to {path} ({size / 1e6:.1f} MB)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ a checkpoint that has everything the published Spark-TTS-0.5B directory has, onl
 
 Run it with the Triton environment's interpreter (it needs torch, transformers and spark-tts-lib):
 
-    .venv-triton/bin/python triton/spark_tiny_checkpoint.py /tmp/spark-tiny [--seed 0]
+    .venv-triton/bin/python -m voice_triton.tiny.spark /tmp/spark-tiny [--seed 0]
 
 The same seed writes the same weights. The loading code under test is the real one: spark-tts-lib's
 BiCodec.load_from_checkpoint, transformers' from_pretrained; nothing in the Triton models knows the checkpoint is tiny.
@@ -27,10 +27,11 @@ BiCodec.load_from_checkpoint, transformers' from_pretrained; nothing in the Trit
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+
+from voice_triton.tiny import byte_level_bpe, writer_cli
 
 SAMPLE_RATE = 16000
 HOP = 320  # samples per semantic token: the decoder's rates multiply to this
@@ -141,16 +142,9 @@ _CORPUS = [
 
 
 def write_tokenizer(llm_dir: Path) -> dict[str, int]:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AddedToken, PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
+    tokenizer = byte_level_bpe(_CORPUS, 600)
     qwen_specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tokenizer.add_special_tokens(qwen_specials)
     # Not "special": the official runtime decodes with skip_special_tokens=True and must still see the codec tokens.
@@ -274,14 +268,7 @@ def make_checkpoint(out: Path, seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path, help="directory to write (created; existing files are overwritten)")
-    parser.add_argument("--seed", type=int, default=0, help="torch seed for the random weights")
-    args = parser.parse_args(argv)
-    path = make_checkpoint(args.out, args.seed)
-    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    print(f"tiny Spark-TTS checkpoint written to {path} ({size / 1e6:.1f} MB)")
-    return 0
+    return writer_cli("Spark-TTS", __doc__.split("\n\n")[0], make_checkpoint, argv)
 
 
 if __name__ == "__main__":
