@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from services.common import ready
-from voice_triton import registry
+from voice_triton import catalog, registry
 
 REPO = Path(__file__).resolve().parents[2]
 DEV_PYTHON = REPO / ".venv" / "bin" / "python"
@@ -289,6 +289,23 @@ def write_voices(backends: list[str], path: Path) -> Path:
     return path
 
 
+def rvc_models_flags(models_dir: Path) -> list[str]:
+    """The conversion service's --models-dir: the RVC folder `voice-models` fills, when there is one (otherwise the
+    service's own default)."""
+    rvc = catalog.rvc_directory(models_dir)
+    return ["--models-dir", str(rvc)] if rvc.is_dir() else []
+
+
+def incomplete_models(models_dir: Path) -> list[str]:
+    """One line per catalog model found half there (a download cut short, a file removed): the launcher skips such a
+    backend, and this says how to complete it."""
+    return [
+        f"  {found.entry.name} in {found.directory} is incomplete (missing {', '.join(found.missing)}): "
+        f"`voice-models pull {found.entry.name}` completes it"
+        for found in catalog.incomplete(models_dir)
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="address every service listens on")
@@ -331,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         "--models-dir",
         type=Path,
         default=MODELS_DIR,
-        help="checkpoints fetched by `voice-models pull`; every backend whose folder is there is served",
+        help="checkpoints fetched by `voice-models pull`; every backend whose folder is there is served, and its rvc/ "
+        "folder (RVC base assets and voices) is the conversion service's --models-dir",
     )
     for name in checkpoint_backends:
         # The spellings of earlier releases, kept working.
@@ -374,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
         launch_flags += [f"--checkpoint={name}={path}" for name, path in checkpoints.items()]
         launch_flags += [f"--param={model}:{key}={value}" for model, values in params.items()
                          for key, value in values.items()]  # fmt: skip
+        incomplete = incomplete_models(args.models_dir)
+        if incomplete:
+            print(f"models found incomplete in {args.models_dir}:", *incomplete, sep="\n", flush=True)
         print("starting Triton (Piper, plus every backend with a checkpoint, on CPU) ...", flush=True)
         triton = Service(
             "triton",
@@ -393,13 +414,16 @@ def main(argv: list[str] | None = None) -> int:
         rvc = Service(
             "rvc_service",
             lambda: [str(DEV_PYTHON), "-P", "-m", "services.rvc_service", "--host", args.host,
-                     "--port", str(ports["rvc"]), "--metrics-port", str(ports["rvc_metrics"])],
+                     "--port", str(ports["rvc"]), "--metrics-port", str(ports["rvc_metrics"]),
+                     *rvc_models_flags(args.models_dir)],
             ready_timeout=180, log_path=args.log_dir / "rvc_service.log",
         )  # fmt: skip
         supervisor.start(rvc)
         remember_ports(rvc, "rvc")
+        rvc_models = rvc_models_flags(args.models_dir)[1:]
         lines.append(
             f"RVC service   gRPC {args.host}:{ports['rvc']}  metrics http://{args.host}:{ports['rvc_metrics']}/metrics"
+            + (f"  models {rvc_models[0]}" if rvc_models else "")
         )
         print("starting gateway ...", flush=True)
         gateway = Service(
@@ -438,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nStack is up (Ctrl-C stops everything; a service that exits is restarted):")
     for line in lines:
         print("  " + line)
+    if incomplete:
+        print(f"  incomplete in {args.models_dir}:", *incomplete, sep="\n  ")
     print(f"  logs in {args.log_dir}")
     print("\nTry:")
     print(f'  .venv/bin/voice-cli --target {args.host}:{ports["gateway"]} say '

@@ -13,7 +13,11 @@
 - docker-bake.hcl (parsed with python-hcl2) names existing Dockerfiles and stages, the shared image names and the
   version in pyproject.toml;
 - compose.yaml and compose.gpu.yaml validate against the compose-spec schema vendored in check-jsonschema, use the
-  same images as the bake file, request no GPU by default and mount the checkpoints folder read-only at /models.
+  same images as the bake file, request no GPU by default and mount the checkpoints folder read-only at /models;
+  the one-shot models-pull is behind the profile `models`, hardened, in the Triton image, runs the Kubernetes Job's
+  pull script, is the only writer of the models folder and accepts no licence unless the operator sets
+  VOICE_MODELS_ACCEPT_LICENSE=1; Triton and the conversion service read the folder read-only after it (a broken copy
+  of the file fails each of these checks).
 """
 
 from __future__ import annotations
@@ -663,19 +667,18 @@ def default_interpolation(text: str) -> str:
 def test_compose_default_stack_is_cpu_only_hardened_and_uses_the_bake_images() -> None:
     compose = load_compose(COMPOSE_FILE)
     services = compose["services"]
-    assert set(services) == {"gateway", "rvc", "triton", "edge", "prometheus"}
+    assert set(services) == {"gateway", "rvc", "triton", "edge", "prometheus", PULL_SERVICE}
     bake = load_bake()
     built = {
         "gateway": bake.targets["tts-gateway"],
         "rvc": bake.targets["rvc-service-cpu"],
         "triton": bake.targets["triton-cpu"],
+        PULL_SERVICE: bake.targets["triton-cpu"],
     }
     for name, service in services.items():
         assert service["read_only"] is True, name
         assert any(t.startswith("/tmp") for t in service["tmpfs"]), name
         assert "deploy" not in service, f"{name} reserves devices in the default (CPU) stack"
-        test = service["healthcheck"]["test"]
-        assert test[0] == "CMD" and test[1] in {"python", "wget"}, f"{name}: {test}"  # no curl in slim images
         if name in built:
             target = built[name]
             assert service["user"] == f"{RUNTIME_UID}:{RUNTIME_UID}"
@@ -683,10 +686,15 @@ def test_compose_default_stack_is_cpu_only_hardened_and_uses_the_bake_images() -
             assert service["build"]["dockerfile"] == target["dockerfile"]
             assert service["build"].get("target", "") == target.get("target", "")
             assert (COMPOSE_FILE.parent / service["build"]["context"]).resolve() == REPO_ROOT
+        if name == PULL_SERVICE:
+            continue  # a one-shot: no server to probe (test_compose_models_pull_...)
+        test = service["healthcheck"]["test"]
+        assert test[0] == "CMD" and test[1] in {"python", "wget"}, f"{name}: {test}"  # no curl in slim images
+        if name in built:
             assert test[2] == "/usr/local/lib/voice/healthcheck.py"
     for service in services.values():
         for volume in service.get("volumes", []):
-            source = volume.split(":")[0]
+            source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
             if source.startswith("."):
                 assert (COMPOSE_FILE.parent / source).exists(), f"bind mount source {source} is missing"
     env = services["gateway"]["environment"]
@@ -696,11 +704,15 @@ def test_compose_default_stack_is_cpu_only_hardened_and_uses_the_bake_images() -
 
 
 def assert_models_mount(service: dict[str, Any]) -> None:
-    """Triton's checkpoints: the repository's models/ folder unless VOICE_MODELS_DIR names another, read-only."""
-    mounts = [v for v in service.get("volumes", []) if f":{MODELS_MOUNT}:" in v or v.endswith(f":{MODELS_MOUNT}")]
+    """The models folder: the repository's models/ unless VOICE_MODELS_DIR names another, read-only at /models."""
+    mounts = [v for v in service.get("volumes", []) if isinstance(v, str) and re.search(rf":{MODELS_MOUNT}(:|$)", v)]
     assert len(mounts) == 1, service.get("volumes")
     source, target, mode = mounts[0].rsplit(":", 2)
     assert (target, mode) == (MODELS_MOUNT, "ro")
+    assert_models_source(source)
+
+
+def assert_models_source(source: str) -> None:
     assert re.fullmatch(r"\$\{VOICE_MODELS_DIR:-([^}]*)\}", source), source
     default = default_interpolation(source)
     assert (COMPOSE_FILE.parent / default).resolve() == REPO_ROOT / "models"
@@ -712,7 +724,7 @@ def test_compose_gpu_override_switches_to_the_cuda_images() -> None:
     bake = load_bake()
     assert set(override) <= set(base)
     expected = {"rvc": bake.targets["rvc-service-cuda"], "triton": bake.targets["triton-cuda"]}
-    assert set(override) == set(expected)
+    assert set(override) == {*expected, PULL_SERVICE}
     for name, target in expected.items():
         service = override[name]
         assert default_interpolation(service["image"]) == target["tags"][0]
@@ -721,6 +733,129 @@ def test_compose_gpu_override_switches_to_the_cuda_images() -> None:
         assert devices and all("gpu" in d["capabilities"] for d in devices)
     # The same checkpoints on the GPU (compose merges the mounts by target).
     assert_models_mount(override["triton"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The one-shot models-pull service
+
+PULL_SERVICE = "models-pull"
+PULL_SCRIPT = REPO_ROOT / "deploy" / "k8s" / "components" / "voice-models" / "voice-models-pull.sh"
+
+
+def merged_services(*layers: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """compose's merge of several files, as far as these checks need it: mappings merge, the rest is replaced."""
+
+    def merge(a: Any, b: Any) -> Any:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return {**a, **{k: merge(a.get(k), v) for k, v in b.items()}}
+        return b
+
+    services: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for name, service in layer["services"].items():
+            services[name] = merge(services.get(name, {}), service)
+    return services
+
+
+def check_models_pull(base: dict[str, Any], gpu: dict[str, Any]) -> None:
+    """The one-shot pull: behind the profile `models`, never restarted, hardened, in the Triton image, the only
+    writer of the models folder, licence acceptance off unless the operator sets it, the token from a compose
+    secret or HF_TOKEN; Triton and the conversion service mount the folder read-only and start after it (when the
+    profile is on: the dependency is not required)."""
+    bake = load_bake()
+    for layers, triton_target in (((base,), "triton-cpu"), ((base, gpu), "triton-cuda")):
+        services = merged_services(*layers)
+        pull = services[PULL_SERVICE]
+        assert pull["profiles"] == ["models"], "models-pull must not start without its profile"
+        assert pull["restart"] == "no"
+        assert pull["read_only"] is True and pull["user"] == f"{RUNTIME_UID}:{RUNTIME_UID}"
+        assert pull["cap_drop"] == ["ALL"] and "no-new-privileges:true" in pull["security_opt"]
+        assert "deploy" not in pull, "the pull needs no GPU"
+        # The Triton image of the same files (it carries voice-models), built by the same recipe.
+        assert pull["image"] == services["triton"]["image"]
+        assert default_interpolation(pull["image"]) == bake.targets[triton_target]["tags"][0]
+        assert pull["build"] == services["triton"]["build"]
+        # It runs the Kubernetes Job's script, mounted from the repository.
+        assert pull["entrypoint"] == ["/bin/sh", "/opt/voice-models-pull/voice-models-pull.sh"]
+        scripts = [
+            v
+            for v in pull["volumes"]
+            if isinstance(v, str) and v.endswith(":/opt/voice-models-pull/voice-models-pull.sh:ro")
+        ]
+        assert len(scripts) == 1 and (COMPOSE_FILE.parent / scripts[0].split(":")[0]).resolve() == PULL_SCRIPT
+        assert "command" not in pull, "names come from VOICE_MODELS or `compose run models-pull NAME...`"
+        everything = json.dumps([pull.get("entrypoint"), pull.get("command")])
+        assert "--accept-license" not in everything
+        env = pull["environment"]
+        assert default_interpolation(env["VOICE_MODELS"]).split() == ["spark-tts-0.5b", "rvc-base"]
+        assert env["VOICE_MODELS_ACCEPT_LICENSE"] == "${VOICE_MODELS_ACCEPT_LICENSE:-0}", "licences accepted by default"
+        assert env["VOICE_MODELS_DIR"] == MODELS_MOUNT
+        assert env["VOICE_MODELS_TOKEN_FILE"] == "/run/secrets/hf_token" and "hf_token" in pull["secrets"]
+        assert "HF_TOKEN" in env and env["HF_TOKEN"] is None, "HF_TOKEN: passed on from the environment only"
+        # The only writable mount of the folder, and no root-owned folder created for it.
+        (writable,) = [v for v in pull["volumes"] if isinstance(v, dict)]
+        assert writable["type"] == "bind" and writable["target"] == MODELS_MOUNT
+        assert not writable.get("read_only") and writable["bind"]["create_host_path"] is False
+        assert_models_source(writable["source"])
+        # Readers: read-only, after the pull when the profile is on.
+        for reader in ("triton", "rvc"):
+            assert_models_mount(services[reader])
+            dependency = services[reader].get("depends_on", {}).get(PULL_SERVICE)
+            assert dependency == {"condition": "service_completed_successfully", "required": False}, reader
+        assert services["rvc"]["environment"]["RVC_MODELS_DIR"] == f"{MODELS_MOUNT}/rvc"
+        assert services["triton"]["environment"]["TRITON_MODELS_DIR"] == MODELS_MOUNT
+        # Nothing else mounts the folder.
+        for name, service in services.items():
+            if name not in {PULL_SERVICE, "triton", "rvc"}:
+                assert "VOICE_MODELS_DIR" not in json.dumps(service.get("volumes", [])), name
+    secret = base["secrets"]["hf_token"]
+    assert secret == {"file": "${HF_TOKEN_FILE:-/dev/null}"}, "the token secret must work unset (empty)"
+
+
+def test_compose_models_pull_is_a_one_shot_behind_a_profile() -> None:
+    check_models_pull(load_compose(COMPOSE_FILE), load_compose(COMPOSE_GPU_FILE))
+
+
+def _set(path: tuple[str, ...], value: Any) -> Any:
+    def mutate(compose: dict[str, Any]) -> None:
+        node = compose
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        _set(("services", PULL_SERVICE, "profiles"), []),
+        _set(("services", PULL_SERVICE, "environment", "VOICE_MODELS_ACCEPT_LICENSE"), "1"),
+        _set(("services", PULL_SERVICE, "entrypoint"), ["voice-models", "pull", "--accept-license"]),
+        _set(("services", PULL_SERVICE, "user"), "0:0"),
+        _set(("services", PULL_SERVICE, "restart"), "unless-stopped"),
+        _set(("services", "triton", "volumes"), ["${VOICE_MODELS_DIR:-../models}:/models:rw"]),
+        _set(("services", "rvc", "volumes"), ["rvc-models:/models:ro"]),
+        _set(("services", "rvc", "depends_on"), {}),
+        _set(("secrets", "hf_token"), {"environment": "HF_TOKEN"}),
+    ],
+    ids=[
+        "no-profile",
+        "licence-on",
+        "licence-flag",
+        "root",
+        "restarts",
+        "triton-rw",
+        "rvc-own-volume",
+        "no-order",
+        "token-required",
+    ],
+)
+def test_models_pull_checks_catch_a_broken_compose_file(mutate: Any) -> None:
+    base = load_compose(COMPOSE_FILE)
+    mutate(base)
+    with pytest.raises(AssertionError):
+        check_models_pull(base, load_compose(COMPOSE_GPU_FILE))
 
 
 HEALTHCHECK_SCRIPT = DOCKER_DIR / "healthcheck.py"

@@ -1,7 +1,11 @@
 """The Kubernetes packaging (deploy/k8s): every overlay renders with `kubectl kustomize`, every object validates
 against the Kubernetes 1.32 schemas, and the rendered stack keeps the invariants an operator relies on (references
 resolve, containers are hardened and probed, drains fit the grace period, env vars are real flags, policies and
-routes point at real pods, ports and RPCs).
+routes point at real pods, ports and RPCs). The models volume of the GPU overlays: the Job voice-models-pull fills
+the claim (Triton's image, `voice-models pull` through the component's script, names and licence acceptance from its
+ConfigMap, off by default, the token from an optional Secret, hardened, bounded, HTTPS only), Triton and the
+conversion service mount it read-only; each rule is also shown to fail on a mutated render, and the script itself
+runs here against a stand-in `voice-models`.
 
 CRDs (Prometheus Operator, Istio, Gateway API) are not in kubernetes-validate's schemas: their objects are checked
 here against what they refer to (selectors, ports, gRPC methods from the real descriptors), and the PrometheusRule's
@@ -11,8 +15,10 @@ groups through promtool in test_monitoring.py.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import io
+import json
 import os
 import re
 import shutil
@@ -52,6 +58,13 @@ IDEMPOTENT = {
     },
     "grpc.health.v1.Health": {"Check"},
 }
+
+# The models volume (components/voice-models, in the GPU overlays): the claim, the Job that fills it and its settings.
+MODELS_CLAIM = "voice-models"
+PULL_JOB = "voice-models-pull"
+PULL_SETTINGS = "voice-models-pull"  # the ConfigMap (name hashed by kustomize)
+PULL_SCRIPT = K8S / "components" / "voice-models" / "voice-models-pull.sh"
+HF_TOKEN_SECRET = "voice-models-hf-token"
 
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with its built-in kustomize) is not installed")
 
@@ -114,8 +127,17 @@ def named(docs: list[Manifest], kind: str, name: str) -> Manifest:
 
 
 def pod_specs(docs: list[Manifest]) -> Iterator[tuple[Manifest, Manifest]]:
+    """The long-running workloads (they are probed, drained, spread and budgeted)."""
     for d in docs:
         if d["kind"] in {"Deployment", "StatefulSet", "DaemonSet"}:
+            yield d, d["spec"]["template"]
+
+
+def all_pod_specs(docs: list[Manifest]) -> Iterator[tuple[Manifest, Manifest]]:
+    """Every pod template: the workloads and the one-shot Jobs."""
+    yield from pod_specs(docs)
+    for d in docs:
+        if d["kind"] == "Job":
             yield d, d["spec"]["template"]
 
 
@@ -128,7 +150,7 @@ def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 def workload_pods(docs: list[Manifest], selector: dict[str, str]) -> list[Manifest]:
-    return [t for _, t in pod_specs(docs) if matches(selector, t["metadata"].get("labels", {}))]
+    return [t for _, t in all_pod_specs(docs) if matches(selector, t["metadata"].get("labels", {}))]
 
 
 def container_ports(template: Manifest) -> dict[str | int, int]:
@@ -226,12 +248,14 @@ def test_yamllint_config_catches_a_broken_file(tmp_path: Path) -> None:
 def test_everything_a_pod_references_exists(renders: dict[str, list[Manifest]], overlay: str) -> None:
     docs = renders[overlay]
     have = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    for workload, template in pod_specs(docs):
+    claims = {d["metadata"]["name"] for d in of_kind(docs, "PersistentVolumeClaim")}
+    for workload, template in all_pod_specs(docs):
         spec = template["spec"]
         wanted = [("ServiceAccount", spec.get("serviceAccountName", "default"))]
         for volume in spec.get("volumes", []):
             if "persistentVolumeClaim" in volume:
                 wanted.append(("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]))
+                claims.discard(volume["persistentVolumeClaim"]["claimName"])
             if "configMap" in volume:
                 wanted.append(("ConfigMap", volume["configMap"]["name"]))
             if "secret" in volume:
@@ -239,14 +263,15 @@ def test_everything_a_pod_references_exists(renders: dict[str, list[Manifest]], 
         for container in spec["containers"]:
             for env in container.get("env", []):
                 ref = env.get("valueFrom", {})
-                if "configMapKeyRef" in ref:
-                    wanted.append(("ConfigMap", ref["configMapKeyRef"]["name"]))
-                if "secretKeyRef" in ref:
-                    wanted.append(("Secret", ref["secretKeyRef"]["name"]))
+                for kind, key in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
+                    # An optional reference (the Hugging Face token, created by the operator) may be absent.
+                    if key in ref and not ref[key].get("optional"):
+                        wanted.append((kind, ref[key]["name"]))
             mounted = {m["name"] for m in container.get("volumeMounts", [])}
             assert mounted <= {v["name"] for v in spec.get("volumes", [])}
         missing = [w for w in wanted if w not in have]
         assert not missing, f"{workload['metadata']['name']} refers to {missing}"
+    assert not claims, f"claims no pod mounts: {claims}"
 
 
 def gpu_resources(container: Manifest) -> dict[str, Any]:
@@ -295,21 +320,25 @@ def test_containers_are_hardened_sized_and_probed(renders: dict[str, list[Manife
         assert spec.get("automountServiceAccountToken") is False
         assert spec.get("topologySpreadConstraints"), workload["metadata"]["name"]
         for c in spec["containers"]:
-            sc = {**pod_sc, **c.get("securityContext", {})}
             where = f"{workload['metadata']['name']}/{c['name']}"
-            assert sc.get("runAsNonRoot") is True, where
-            assert sc.get("runAsUser") == 65532 and sc.get("runAsGroup") == 65532, where
-            assert sc.get("readOnlyRootFilesystem") is True, where
-            assert sc.get("allowPrivilegeEscalation") is False, where
-            assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
-            assert sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
-            for part in ("requests", "limits"):
-                assert {"cpu", "memory"} <= set(c["resources"][part]), where
+            assert_hardened_and_sized(pod_sc, c, where)
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 assert probe in c, f"{where} lacks {probe}"
             assert c["lifecycle"]["preStop"], where
             # Writable paths are volumes: /tmp everywhere.
             assert "/tmp" in {m["mountPath"] for m in c["volumeMounts"]}, where
+
+
+def assert_hardened_and_sized(pod_sc: Manifest, c: Manifest, where: str) -> None:
+    sc = {**pod_sc, **c.get("securityContext", {})}
+    assert sc.get("runAsNonRoot") is True, where
+    assert sc.get("runAsUser") == 65532 and sc.get("runAsGroup") == 65532, where
+    assert sc.get("readOnlyRootFilesystem") is True, where
+    assert sc.get("allowPrivilegeEscalation") is False, where
+    assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
+    assert sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+    for part in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(c["resources"][part]), where
 
 
 def prestop_seconds(container: Manifest) -> float:
@@ -344,33 +373,308 @@ def test_termination_grace_covers_prestop_and_drain(renders: dict[str, list[Mani
             assert grace > prestop_seconds(c) + drain, (workload["metadata"]["name"], grace, drain)
 
 
-@needs_kubectl
-@pytest.mark.parametrize("overlay", ALL_RENDERS)
-def test_triton_mounts_the_models_volume_read_only(renders: dict[str, list[Manifest]], overlay: str) -> None:
-    """Checkpoints at /models, read-only, where the launcher looks (TRITON_MODELS_DIR): the claim voice-models in the
-    GPU overlays, an empty placeholder in the CPU ones (Piper needs no checkpoint)."""
-    docs = renders[overlay]
-    template = named(docs, "Deployment", "triton")["spec"]["template"]
-    container = template["spec"]["containers"][0]
-    assert env_of(container)["TRITON_MODELS_DIR"] == "/models"
+def models_mount(template: Manifest, container: Manifest) -> tuple[Manifest, Manifest]:
+    """(the /models mount, its volume) of a container."""
     mounts = [m for m in container["volumeMounts"] if m["mountPath"] == "/models"]
-    assert len(mounts) == 1 and mounts[0]["readOnly"] is True, mounts
+    assert len(mounts) == 1, mounts
     volume = next(v for v in template["spec"]["volumes"] if v["name"] == mounts[0]["name"])
-    claims = [d for d in of_kind(docs, "PersistentVolumeClaim") if d["metadata"]["name"] == "voice-models"]
-    if overlay.startswith("gpu-"):
+    return mounts[0], volume
+
+
+def check_models_volume(docs: list[Manifest], with_claim: bool) -> None:
+    """Checkpoints at /models, read-only, where the launcher looks (TRITON_MODELS_DIR): the claim voice-models where
+    components/voice-models is in (the GPU overlays), an empty placeholder otherwise (Piper needs no checkpoint).
+    The conversion service reads its RVC assets from the same claim's rvc/, read-only, on Triton's node (a
+    ReadWriteOnce claim attaches to one node); only the pull Job mounts the claim writable."""
+    triton = named(docs, "Deployment", "triton")["spec"]["template"]
+    container = triton["spec"]["containers"][0]
+    assert env_of(container)["TRITON_MODELS_DIR"] == "/models"
+    mount, volume = models_mount(triton, container)
+    assert mount["readOnly"] is True, mount
+    claims = [d for d in of_kind(docs, "PersistentVolumeClaim") if d["metadata"]["name"] == MODELS_CLAIM]
+    rvc = named(docs, "Deployment", "rvc-service")["spec"]["template"]
+    rvc_container = rvc["spec"]["containers"][0]
+    rvc_mount, rvc_volume = models_mount(rvc, rvc_container)
+    assert rvc_mount["readOnly"] is True, rvc_mount
+    if with_claim:
         assert set(volume) == {"name", "persistentVolumeClaim"}, volume
-        assert volume["persistentVolumeClaim"] == {"claimName": "voice-models", "readOnly": True}
+        assert volume["persistentVolumeClaim"] == {"claimName": MODELS_CLAIM, "readOnly": True}
         assert len(claims) == 1
         claim = claims[0]["spec"]
         assert claim["accessModes"] and claim["resources"]["requests"]["storage"]
+        # The conversion service: the same claim, read-only, its folder rvc/ (where `voice-models pull rvc-base`
+        # writes), on Triton's node.
+        assert rvc_volume == {"name": rvc_mount["name"], "persistentVolumeClaim": volume["persistentVolumeClaim"]}
+        assert "subPath" not in rvc_mount and env_of(rvc_container)["RVC_MODELS_DIR"] == "/models/rvc"
+        assert not [d for d in of_kind(docs, "PersistentVolumeClaim") if d["metadata"]["name"] == "rvc-models"]
+        assert_on_the_node_of(rvc["spec"], triton["metadata"]["labels"], "rvc-service")
     else:
         assert set(volume) == {"name", "emptyDir"}, volume
         assert not claims
-    # Nothing else of the pod writes to it: only Triton mounts the claim, and never writable.
-    for _, other in pod_specs(docs):
-        for v in other["spec"].get("volumes", []):
-            if v.get("persistentVolumeClaim", {}).get("claimName") == "voice-models":
-                assert other is template and v["persistentVolumeClaim"]["readOnly"] is True
+        assert rvc_volume["persistentVolumeClaim"]["claimName"] == "rvc-models"
+        assert env_of(rvc_container)["RVC_MODELS_DIR"] == "/models"
+    # Who mounts the claim: Triton and the conversion service read-only, the pull Job writable, nobody else.
+    writers, readers = set(), set()
+    for workload, template in all_pod_specs(docs):
+        for v in template["spec"].get("volumes", []):
+            if v.get("persistentVolumeClaim", {}).get("claimName") != MODELS_CLAIM:
+                continue
+            name = workload["metadata"]["name"]
+            mounts = [
+                m for c in template["spec"]["containers"] for m in c.get("volumeMounts", []) if m["name"] == v["name"]
+            ]
+            if v["persistentVolumeClaim"].get("readOnly") or all(m.get("readOnly") for m in mounts):
+                assert v["persistentVolumeClaim"].get("readOnly") is True and all(m.get("readOnly") for m in mounts)
+                readers.add((workload["kind"], name))
+            else:
+                writers.add((workload["kind"], name))
+    if with_claim:
+        assert readers == {("Deployment", "triton"), ("Deployment", "rvc-service")}, readers
+        assert writers == {("Job", PULL_JOB)}, writers
+    else:
+        assert not readers and not writers
+
+
+def assert_on_the_node_of(pod: Manifest, labels: dict[str, str], where: str) -> None:
+    terms = pod.get("affinity", {}).get("podAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution", [])
+    assert any(
+        t["topologyKey"] == "kubernetes.io/hostname" and matches(t["labelSelector"]["matchLabels"], labels)
+        for t in terms
+    ), f"{where} is not bound to Triton's node (the claim is ReadWriteOnce)"
+
+
+def pull_settings(docs: list[Manifest], container: Manifest) -> dict[str, str]:
+    """The Job's settings as its pod sees them: each variable from the ConfigMap its reference names."""
+    out = {}
+    for env in container["env"]:
+        ref = env.get("valueFrom", {}).get("configMapKeyRef")
+        if ref:
+            config = named(docs, "ConfigMap", ref["name"])
+            assert config["metadata"]["name"].startswith(PULL_SETTINGS + "-"), "settings from a hashed ConfigMap"
+            out[env["name"]] = config["data"][ref["key"]]
+    return out
+
+
+def check_pull_job(docs: list[Manifest]) -> None:
+    """The Job that fills the claim: `voice-models pull` in Triton's image, through the script of
+    components/voice-models; names and licence acceptance (off) from its ConfigMap, the token from the optional
+    Secret voice-models-hf-token; writes the claim at /models; hardened and sized like the workloads; bounded
+    (deadline, retries, cleaned up after); on Triton's node; HTTPS out, nothing in; no mesh proxy."""
+    job = named(docs, "Job", PULL_JOB)
+    spec = job["spec"]
+    assert 0 < spec["backoffLimit"] <= 6
+    assert spec.get("ttlSecondsAfterFinished", 0) > 0 and spec.get("activeDeadlineSeconds", 0) > 0
+    template = spec["template"]
+    pod = template["spec"]
+    assert pod["restartPolicy"] in {"Never", "OnFailure"}
+    assert pod["automountServiceAccountToken"] is False
+    assert named(docs, "ServiceAccount", pod["serviceAccountName"])["automountServiceAccountToken"] is False
+    assert template["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+    assert template["metadata"]["annotations"]["linkerd.io/inject"] == "disabled"
+    (container,) = pod["containers"]
+    assert_hardened_and_sized(pod.get("securityContext", {}), container, PULL_JOB)
+    assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
+    triton = named(docs, "Deployment", "triton")["spec"]["template"]
+    assert container["image"] == triton["spec"]["containers"][0]["image"], "the pull runs Triton's image"
+    # The command: the script from the ConfigMap, which execs `voice-models pull`.
+    command = container["command"]
+    assert command[0] == "/bin/sh" and len(command) == 2 and not container.get("args"), command
+    assert "--accept-license" not in json.dumps(container)
+    folder, _, filename = command[1].rpartition("/")
+    (script_mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == folder]
+    script_volume = next(v for v in pod["volumes"] if v["name"] == script_mount["name"])
+    (item,) = [i for i in script_volume["configMap"]["items"] if i["path"] == filename]
+    script = named(docs, "ConfigMap", script_volume["configMap"]["name"])["data"][item["key"]]
+    assert script == PULL_SCRIPT.read_text(encoding="utf-8")
+    assert "exec voice-models pull " in script
+    # Settings: the names, and licences not accepted unless the operator says so.
+    settings = pull_settings(docs, container)
+    assert settings["VOICE_MODELS"].split() == ["spark-tts-0.5b", "rvc-base"]
+    assert settings["VOICE_MODELS_ACCEPT_LICENSE"] == "0", "licence acceptance must be the operator's choice"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["VOICE_MODELS_DIR"]["value"] == "/models"
+    assert env["HF_TOKEN"] == {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": HF_TOKEN_SECRET, "key": "HF_TOKEN", "optional": True}},
+    }
+    assert not [d for d in of_kind(docs, "Secret") if d["metadata"]["name"] == HF_TOKEN_SECRET], "no token in git"
+    # It writes the claim.
+    mount, volume = models_mount(template, container)
+    assert not mount.get("readOnly") and volume["persistentVolumeClaim"] == {"claimName": MODELS_CLAIM}
+    assert_on_the_node_of(pod, triton["metadata"]["labels"], PULL_JOB)
+    # Network: out to HTTPS (the Hub), DNS; nothing in.
+    labels = template["metadata"]["labels"]
+    egress = policy_rules_for(docs, labels, "egress")
+    assert any(443 in port_numbers(r) for r in egress)
+    assert {p["protocol"] for r in egress if 53 in port_numbers(r) for p in r["ports"]} == {"UDP", "TCP"}
+    # Nothing in: no policy of its own opens a port (namespace-wide ones, like a mesh's, select every pod).
+    own = [
+        policy
+        for policy in of_kind(docs, "NetworkPolicy")
+        if policy["spec"]["podSelector"].get("matchLabels")
+        and matches(policy["spec"]["podSelector"]["matchLabels"], labels)
+    ]
+    assert own and all("Ingress" in p["spec"]["policyTypes"] and not p["spec"].get("ingress") for p in own)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", ALL_RENDERS)
+def test_models_volume_is_filled_by_the_pull_job_and_read_only_elsewhere(
+    renders: dict[str, list[Manifest]], overlay: str
+) -> None:
+    docs = renders[overlay]
+    with_claim = overlay.startswith("gpu-")
+    check_models_volume(docs, with_claim)
+    if with_claim:
+        check_pull_job(docs)
+    else:
+        assert not of_kind(docs, "Job")
+
+
+def _container(docs: list[Manifest], kind: str, name: str) -> Manifest:
+    container: Manifest = named(docs, kind, name)["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def _pull_settings_map(docs: list[Manifest]) -> Manifest:
+    (config,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].startswith(PULL_SETTINGS + "-")]
+    return config
+
+
+def _mount(docs: list[Manifest], kind: str, name: str, path: str) -> Manifest:
+    return next(m for m in _container(docs, kind, name)["volumeMounts"] if m["mountPath"] == path)
+
+
+def _set_env(container: Manifest, name: str, value: str) -> None:
+    container["env"] = [e for e in container["env"] if e["name"] != name] + [{"name": name, "value": value}]
+
+
+MUTATIONS: dict[str, Callable[[list[Manifest]], None]] = {
+    "licence-accepted": lambda d: _pull_settings_map(d)["data"].update(VOICE_MODELS_ACCEPT_LICENSE="1"),
+    "licence-flag": lambda d: _container(d, "Job", PULL_JOB)["command"].append("--accept-license"),
+    "root": lambda d: _container(d, "Job", PULL_JOB)["securityContext"].update(runAsUser=0, runAsNonRoot=False),
+    "writable-root-fs": lambda d: _container(d, "Job", PULL_JOB)["securityContext"].update(
+        readOnlyRootFilesystem=False
+    ),
+    "token-in-plain": lambda d: _set_env(_container(d, "Job", PULL_JOB), "HF_TOKEN", "hf_xxx"),
+    "job-reads-only": lambda d: _mount(d, "Job", PULL_JOB, "/models").update(readOnly=True),
+    "other-image": lambda d: _container(d, "Job", PULL_JOB).update(image="busybox"),
+    "no-ttl": lambda d: named(d, "Job", PULL_JOB)["spec"].pop("ttlSecondsAfterFinished"),
+    "anywhere": lambda d: named(d, "Job", PULL_JOB)["spec"]["template"]["spec"].pop("affinity"),
+    "triton-writes": lambda d: _mount(d, "Deployment", "triton", "/models").update(readOnly=False),
+    "rvc-writes": lambda d: _mount(d, "Deployment", "rvc-service", "/models").update(readOnly=False),
+    "rvc-elsewhere": lambda d: _set_env(_container(d, "Deployment", "rvc-service"), "RVC_MODELS_DIR", "/models"),
+}
+
+
+@needs_kubectl
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_models_volume_checks_catch_a_broken_manifest(renders: dict[str, list[Manifest]], mutation: str) -> None:
+    docs = copy.deepcopy(renders["gpu-shared"])
+    MUTATIONS[mutation](docs)
+    with pytest.raises(AssertionError):
+        check_models_volume(docs, with_claim=True)
+        check_pull_job(docs)
+
+
+@needs_kubectl
+def test_an_overlay_accepts_the_licences_explicitly(tmp_path: Path) -> None:
+    """The documented way to accept: a merge into the ConfigMap in the operator's own overlay; the Job follows the
+    new (hashed) name, and everything else of the check still holds."""
+    overlay = tmp_path / "mine"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "\n".join(
+            [
+                "apiVersion: kustomize.config.k8s.io/v1beta1",
+                "kind: Kustomization",
+                "namespace: voice-serving",
+                "resources:",
+                f"  - {os.path.relpath(K8S / 'overlays' / 'gpu-dedicated', overlay)}",
+                "configMapGenerator:",
+                f"  - name: {PULL_SETTINGS}",
+                "    behavior: merge",
+                "    literals:",
+                "      - VOICE_MODELS=spark-tts-0.5b orpheus-3b-0.1-ft rvc-base",
+                "      - VOICE_MODELS_ACCEPT_LICENSE=1",
+            ]
+        )
+        + "\n"
+    )
+    docs = render(overlay)
+    settings = pull_settings(docs, _container(docs, "Job", PULL_JOB))
+    assert settings == {"VOICE_MODELS": "spark-tts-0.5b orpheus-3b-0.1-ft rvc-base", "VOICE_MODELS_ACCEPT_LICENSE": "1"}
+    check_models_volume(docs, with_claim=True)
+
+
+def run_pull_script(
+    tmp_path: Path, *args: str, env: dict[str, str], exit_status: int = 0
+) -> tuple[subprocess.CompletedProcess[str], list[str] | None, str | None]:
+    """The script with a stand-in `voice-models` first on PATH: (the run, the arguments it got or None if it was
+    not run, the HF_TOKEN it saw)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    record = tmp_path / "record.json"
+    record.unlink(missing_ok=True)
+    fake = bin_dir / "voice-models"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        f"json.dump({{'argv': sys.argv[1:], 'token': os.environ.get('HF_TOKEN')}}, open({str(record)!r}, 'w'))\n"
+        f"sys.exit({exit_status})\n"
+    )
+    fake.chmod(0o755)
+    # Files a glob of `*` would match, in the folder the script runs in.
+    (tmp_path / "glob-bait").write_text("")
+    done = subprocess.run(
+        ["/bin/sh", str(PULL_SCRIPT), *args],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if not record.exists():
+        return done, None, None
+    seen = json.loads(record.read_text())
+    return done, seen["argv"], seen["token"]
+
+
+def test_pull_script_turns_the_settings_into_arguments(tmp_path: Path) -> None:
+    """The script both jobs run (the Kubernetes Job from its ConfigMap, compose's models-pull by a bind mount)."""
+    names = {"VOICE_MODELS": "spark-tts-0.5b  rvc-base", "VOICE_MODELS_TOKEN_FILE": "/dev/null"}
+    # Unset and 0: no licence accepted.
+    for accept in ({}, {"VOICE_MODELS_ACCEPT_LICENSE": "0"}):
+        done, argv, token = run_pull_script(tmp_path, env={**names, **accept})
+        assert done.returncode == 0, done.stderr
+        assert argv == ["pull", "spark-tts-0.5b", "rvc-base"] and token is None
+        assert "licences not accepted" in done.stderr
+    # Exactly 1 accepts; anything else is refused before voice-models runs.
+    done, argv, _ = run_pull_script(tmp_path, env={**names, "VOICE_MODELS_ACCEPT_LICENSE": "1"})
+    assert done.returncode == 0 and argv == ["pull", "spark-tts-0.5b", "rvc-base", "--accept-license"]
+    for value in ("yes", "true", " 1", "10"):
+        done, argv, _ = run_pull_script(tmp_path, env={**names, "VOICE_MODELS_ACCEPT_LICENSE": value})
+        assert done.returncode == 2 and argv is None, value
+        assert "must be 0 or 1" in done.stderr
+    # Arguments replace VOICE_MODELS; names are never globbed; no names at all is an error.
+    done, argv, _ = run_pull_script(tmp_path, "orpheus-3b-0.1-ft", env=names)
+    assert argv == ["pull", "orpheus-3b-0.1-ft"]
+    done, argv, _ = run_pull_script(tmp_path, env={"VOICE_MODELS": "*"})
+    assert argv == ["pull", "*"]
+    done, argv, _ = run_pull_script(tmp_path, env={"VOICE_MODELS": " "})
+    assert done.returncode == 2 and argv is None and "no model named" in done.stderr
+    # The token: the environment's, replaced by a non-empty secret file; never printed.
+    done, argv, token = run_pull_script(tmp_path, env={**names, "HF_TOKEN": "hf_env"})
+    assert token == "hf_env"
+    secret = tmp_path / "hf_token"
+    secret.write_text("hf_file\n")
+    done, argv, token = run_pull_script(
+        tmp_path, env={**names, "HF_TOKEN": "hf_env", "VOICE_MODELS_TOKEN_FILE": str(secret)}
+    )
+    assert token == "hf_file" and "hf_file" not in done.stdout + done.stderr
+    # voice-models' own exit status is the job's (exec).
+    done, argv, _ = run_pull_script(tmp_path, env=names, exit_status=3)
+    assert done.returncode == 3 and argv is not None
 
 
 def load_triton_launcher() -> ModuleType:

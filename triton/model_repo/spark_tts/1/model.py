@@ -110,8 +110,8 @@ class TritonPythonModel(ThreadedDecoupledModel):
         try:
             out = ctx.bls(TOKENIZER, inputs, ["global_tokens", "semantic_tokens"])
         except BlsError as exc:
-            # The tokenizer refuses only a clip it cannot take (too short, not finite): the client's to fix. Not by
-            # exc.code: Triton 2.51 hands BLS callers every error as INTERNAL.
+            # The tokenizer refuses only a clip it cannot take (too short, not finite): the client's to fix (Triton
+            # 2.51 hands BLS callers every error as INTERNAL, so its code cannot say so).
             raise RequestError(str(exc)) from None
         tokens = (out["global_tokens"].reshape(-1), out["semantic_tokens"].reshape(-1))
         self.references.put(key, tokens)
@@ -152,11 +152,7 @@ class TritonPythonModel(ThreadedDecoupledModel):
         return prompt, None
 
     def serve(self, ctx: RequestContext) -> None:
-        text = (ctx.text("target_text") or "").strip()
-        if not text:
-            raise RequestError("target_text is empty")
-        if len(text) > self.max_text_chars:
-            raise RequestError(f"target_text has {len(text)} characters; at most {self.max_text_chars} per request")
+        text = ctx.required_text("target_text", self.max_text_chars)
         seed = ctx.scalar("seed")
         seed = int(seed) if seed is not None else 0
         seed = seed or int.from_bytes(os.urandom(8), "little") >> 1  # 0 or absent: a random seed
