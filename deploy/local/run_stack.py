@@ -410,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"Triton        gRPC {args.host}:{args.triton_grpc_port}  HTTP {triton_http}"
                      f"  metrics http://{args.host}:{args.triton_metrics_port}/metrics"
                      f"  backends {describe_backends(served)}")  # fmt: skip
+        added = [voice.name for name in served for voice in registry.get(name).gateway_voices()]
+        if added:
+            lines.append(f"Voices added  {', '.join(added)} (from the served backends' checkpoints)")
         print("starting voice-conversion service ...", flush=True)
         rvc = Service(
             "rvc_service",

@@ -3,6 +3,7 @@ upstream work stopping promptly on cancel, and no sliver chunks."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -74,6 +75,9 @@ async def test_cancel_stops_the_sentence_in_synthesis_at_once(stub, triton_serve
         interval=0.01,
         what="Triton to take the long sentence",
     )
+    # Taken over is queued for the instance's worker, which on a loaded machine may not have begun it yet; the
+    # sentence takes well over a second, so a moment later it is surely in synthesis.
+    await asyncio.sleep(0.2)
     call.cancel()
     cancelled_at = time.monotonic()
     await async_wait_until(

@@ -1,5 +1,6 @@
 """triton/launch.py: flags and their variables, which backends it plans to serve and why not the others, the staged
-repository's configs; and, on a real server, a backend whose weights fail to load while the others serve."""
+repository's configs. On a real server, a backend whose weights fail to load while the others serve is tested in
+tests/models/test_models_serving.py (one server with a pulled checkpoint beside a broken one)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,11 @@ import importlib.util
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import pytest
-import tritonclient.grpc as triton_grpc
 
-from tests.fixtures.triton_server import start_triton
 from voice_triton import registry
 from voice_triton.model_config import read_config, string_parameters
 
@@ -176,33 +173,3 @@ def test_staged_configs_change_only_what_was_asked_through_the_config_protobuf(l
         assert (staged / "orpheus_tts" / "1" / "orpheus_codec.py").is_file()
     finally:
         shutil.rmtree(staged, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def server_with_a_broken_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, Path]]:
-    """A real server asked to serve Orpheus from a checkpoint whose files are all there but hold no weights."""
-    root = tmp_path_factory.mktemp("broken")
-    broken = complete_layout(registry.get("orpheus"), root / "orpheus")
-    (broken / "config.json").write_text('{"model_type": "llama"}')
-    log = root / "tritonserver.log"
-    with start_triton(log, checkpoints={"orpheus": broken}) as server:
-        yield server, log
-
-
-def test_a_backend_that_fails_to_load_is_reported_and_the_others_serve(
-    server_with_a_broken_backend: tuple[object, Path],
-) -> None:
-    server, log = server_with_a_broken_backend
-    client = triton_grpc.InferenceServerClient(server.grpc_url)  # type: ignore[attr-defined]
-    assert client.is_server_ready()
-    assert client.is_model_ready("piper_tts") and client.is_model_ready("piper_tts_whole")
-    assert not client.is_model_ready("orpheus_tts")
-    text = log.read_text(errors="replace")
-    assert "backend orpheus: not served: failed to load: orpheus_tts:" in text
-    ready_line = next(line for line in text.splitlines() if line.startswith("triton ready"))
-    assert ready_line.endswith("backends=piper")
-    # Piper still answers.
-    target = triton_grpc.InferInput("target_text", [1, 1], "BYTES")
-    target.set_data_from_numpy(np.array([[b"Still serving."]], dtype=object))
-    result = client.infer("piper_tts_whole", [target])
-    assert result.as_numpy("waveform").size > 22050 // 4
