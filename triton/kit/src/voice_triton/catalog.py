@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from voice_triton import registry
+from voice_triton.cosyvoice2 import LAYOUT as COSYVOICE2_LAYOUT
 from voice_triton.registry import Layout
 
 COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -266,18 +267,7 @@ CATALOG: tuple[Entry, ...] = (
         size_bytes=4_360_272_348,
         licence=Licence("Apache-2.0", "https://huggingface.co/FunAudioLLM/CosyVoice2-0.5B"),
         folder="CosyVoice2-0.5B",
-        layout=Layout(
-            (
-                "cosyvoice2.yaml",
-                "llm.pt",
-                "flow.pt",
-                "hift.pt",
-                "campplus.onnx",
-                "speech_tokenizer_v2.onnx",
-                "CosyVoice-BlankEN/config.json",
-                "CosyVoice-BlankEN/model.safetensors",
-            )
-        ),
+        layout=COSYVOICE2_LAYOUT,
         enables="ready for the CosyVoice2 backend (not served yet: no cosyvoice2 backend in the registry)",
     ),
     Entry(
