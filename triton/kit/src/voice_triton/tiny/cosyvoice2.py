@@ -1,0 +1,390 @@
+#!/usr/bin/env python3
+"""Write a tiny CosyVoice2 checkpoint directory in the published layout (FunAudioLLM/CosyVoice2-0.5B), random weights.
+
+No CosyVoice2 weights can be downloaded on the machines this project is built on, so the backend is tested on a
+directory with the published files, only small:
+
+    <out>/cosyvoice2.yaml        the published HyperPyYAML structure (classes, !ref, the GAN/data/training sections)
+                                 with tiny widths and the published token facts: speech_token_size 6561 (end of
+                                 speech 6561, fill token 6563), sos_eos/task_id rows, 25 Hz tokens, token_mel_ratio 2,
+                                 24 kHz audio (HiFT rates 8*5*3 * hop 4 = 480 samples per mel frame, 960 per token)
+    <out>/llm.pt                 CosyVoice2LM's state dict (Qwen2, llm_embedding, llm_decoder, speech_embedding)
+    <out>/flow.pt                the flow's state dict (build_flow of the yaml's `flow` section)
+    <out>/hift.pt                HiFTGenerator's state dict (weight norm as torch parametrizations)
+    <out>/CosyVoice-BlankEN/     a tiny Qwen2 config.json and model.safetensors (the same weights as llm.pt's
+                                 backbone), and a Qwen2-style byte-level BPE tokenizer (tokenizer.json,
+                                 tokenizer_config.json, vocab.json, merges.txt) that already carries the special tokens
+                                 upstream's QwenTokenizer adds at load time (<|endofprompt|>, [breath], <strong>,
+                                 [laughter], ...), in its order, so adding them again changes no id
+
+Every module is built from the written yaml through voice_triton.cosyvoice2.config, the reader the backend uses, so
+the yaml and the weights cannot disagree. The flow encoder keeps the published 512 channels (upstream hard-codes 512
+in its lookahead and upsampling layers, so the independent reference loads this flow.pt only at that width) and
+shrinks heads, feed forward and depth instead; every other width is small.
+
+NOT YET WRITTEN: `campplus.onnx` (fbank [1, T, 80] -> x-vector [1, 192]) and `speech_tokenizer_v2.onnx` (feats
+[1, 128, T] and feats_length [1] int32 -> speech tokens [1, T/4]). The Triton environment has no `onnx` package,
+and torch.onnx.export needs it, so the next step is a writer for those two graphs that does not (or the package);
+until then the directory lacks exactly those two files of `voice_triton.cosyvoice2.LAYOUT`.
+
+    .venv-triton/bin/python -m voice_triton.tiny.cosyvoice2 /tmp/cosyvoice2-tiny [--seed 0]
+
+The same seed writes the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from voice_triton.tiny import byte_level_bpe, writer_cli
+
+SPEECH_TOKEN_SIZE = 6561
+QWEN2_DIR = "CosyVoice-BlankEN"
+# The published checkpoint files this writer cannot produce yet (see the module docstring).
+ONNX_FILES = ("campplus.onnx", "speech_tokenizer_v2.onnx")
+
+# The tiny widths, named by the yaml key they fill. Published values in comments.
+TINY: dict[str, Any] = {
+    "llm_size": 64,  # 896: Qwen2's hidden size, also llm_input_size / llm_output_size
+    "encoder_size": 512,  # 512 (kept: see the module docstring)
+    "encoder_heads": 2,  # 8
+    "encoder_linear_units": 64,  # 2048
+    "encoder_blocks": 1,  # 6
+    "estimator_channels": 64,  # 256
+    "estimator_head_dim": 16,  # 64
+    "estimator_blocks": 1,  # 4
+    "estimator_mid_blocks": 1,  # 12
+    "estimator_heads": 2,  # 8
+    "hift_channels": 32,  # 512 (HiFT base_channels and the F0 predictor's cond_channels)
+}
+
+# Upstream's QwenTokenizer makes <|endoftext|> eos and pad and adds these as additional special tokens, in this order,
+# every time it loads CosyVoice-BlankEN (the non-chat model's rows for them stay random).
+COSYVOICE_SPECIAL_TOKENS = [
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endofprompt|>",
+    "[breath]",
+    "<strong>",
+    "</strong>",
+    "[noise]",
+    "[laughter]",
+    "[cough]",
+    "[clucking]",
+    "[accent]",
+    "[quick_breath]",
+    "<laughter>",
+    "</laughter>",
+    "[hissing]",
+    "[sigh]",
+    "[vocalized-noise]",
+    "[lipsmack]",
+    "[mn]",
+]
+# CosyVoice2's language tags are plain text in the prompt (<|en|>, <|zh|>, ...): the tokenizer splits them like any
+# text, in the published checkpoint as here, so they are part of the BPE corpus rather than added tokens.
+LANGUAGE_TAGS = ["<|zh|>", "<|en|>", "<|jp|>", "<|yue|>", "<|ko|>"]
+
+
+def cosyvoice2_yaml(widths: dict[str, Any] = TINY) -> str:
+    """cosyvoice2.yaml in the published structure with `widths`."""
+    w = widths
+    return f"""# set random seed, so that you may reproduce your result.
+__set_seed1: !apply:random.seed [1986]
+__set_seed2: !apply:numpy.random.seed [1986]
+__set_seed3: !apply:torch.manual_seed [1986]
+__set_seed4: !apply:torch.cuda.manual_seed_all [1986]
+
+# fixed params
+sample_rate: 24000
+llm_input_size: {w["llm_size"]}
+llm_output_size: {w["llm_size"]}
+spk_embed_dim: 192
+qwen_pretrain_path: ''
+token_frame_rate: 25
+token_mel_ratio: 2
+
+# stream related params
+chunk_size: 25 # streaming inference chunk size, in token
+num_decoding_left_chunks: -1 # streaming inference flow decoder left chunk size, <0 means use all left chunks
+
+# model params
+llm: !new:cosyvoice.llm.llm.Qwen2LM
+    llm_input_size: !ref <llm_input_size>
+    llm_output_size: !ref <llm_output_size>
+    speech_token_size: {SPEECH_TOKEN_SIZE}
+    length_normalized_loss: True
+    lsm_weight: 0
+    mix_ratio: [5, 15]
+    llm: !new:cosyvoice.llm.llm.Qwen2Encoder
+        pretrain_path: !ref <qwen_pretrain_path>
+    sampling: !name:cosyvoice.utils.common.ras_sampling
+        top_p: 0.8
+        top_k: 25
+        win_size: 10
+        tau_r: 0.1
+
+flow: !new:cosyvoice.flow.flow.CausalMaskedDiffWithXvec
+    input_size: {w["encoder_size"]}
+    output_size: 80
+    spk_embed_dim: !ref <spk_embed_dim>
+    output_type: 'mel'
+    vocab_size: {SPEECH_TOKEN_SIZE}
+    input_frame_rate: !ref <token_frame_rate>
+    only_mask_loss: True
+    token_mel_ratio: !ref <token_mel_ratio>
+    pre_lookahead_len: 3
+    encoder: !new:cosyvoice.transformer.upsample_encoder.UpsampleConformerEncoder
+        output_size: {w["encoder_size"]}
+        attention_heads: {w["encoder_heads"]}
+        linear_units: {w["encoder_linear_units"]}
+        num_blocks: {w["encoder_blocks"]}
+        dropout_rate: 0.1
+        positional_dropout_rate: 0.1
+        attention_dropout_rate: 0.1
+        normalize_before: True
+        input_layer: 'linear'
+        pos_enc_layer_type: 'rel_pos_espnet'
+        selfattention_layer_type: 'rel_selfattn'
+        input_size: {w["encoder_size"]}
+        use_cnn_module: False
+        macaron_style: False
+        static_chunk_size: !ref <chunk_size>
+    decoder: !new:cosyvoice.flow.flow_matching.CausalConditionalCFM
+        in_channels: 240
+        n_spks: 1
+        spk_emb_dim: 80
+        cfm_params: !new:omegaconf.DictConfig
+            content:
+                sigma_min: 1e-06
+                solver: 'euler'
+                t_scheduler: 'cosine'
+                training_cfg_rate: 0.2
+                inference_cfg_rate: 0.7
+                reg_loss_type: 'l1'
+        estimator: !new:cosyvoice.flow.decoder.CausalConditionalDecoder
+            in_channels: 320
+            out_channels: 80
+            channels: [{w["estimator_channels"]}]
+            dropout: 0.0
+            attention_head_dim: {w["estimator_head_dim"]}
+            n_blocks: {w["estimator_blocks"]}
+            num_mid_blocks: {w["estimator_mid_blocks"]}
+            num_heads: {w["estimator_heads"]}
+            act_fn: 'gelu'
+            static_chunk_size: !ref <chunk_size> * <token_mel_ratio>
+            num_decoding_left_chunks: !ref <num_decoding_left_chunks>
+
+hift: !new:cosyvoice.hifigan.generator.HiFTGenerator
+    in_channels: 80
+    base_channels: {w["hift_channels"]}
+    nb_harmonics: 8
+    sampling_rate: !ref <sample_rate>
+    nsf_alpha: 0.1
+    nsf_sigma: 0.003
+    nsf_voiced_threshold: 10
+    upsample_rates: [8, 5, 3]
+    upsample_kernel_sizes: [16, 11, 7]
+    istft_params:
+        n_fft: 16
+        hop_len: 4
+    resblock_kernel_sizes: [3, 7, 11]
+    resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+    source_resblock_kernel_sizes: [7, 7, 11]
+    source_resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+    lrelu_slope: 0.1
+    audio_limit: 0.99
+    f0_predictor: !new:cosyvoice.hifigan.f0_predictor.ConvRNNF0Predictor
+        num_class: 1
+        in_channels: 80
+        cond_channels: {w["hift_channels"]}
+
+# gan related module
+mel_spec_transform1: !name:matcha.utils.audio.mel_spectrogram
+    n_fft: 1920
+    num_mels: 80
+    sampling_rate: !ref <sample_rate>
+    hop_size: 480
+    win_size: 1920
+    fmin: 0
+    fmax: null
+    center: False
+hifigan: !new:cosyvoice.hifigan.hifigan.HiFiGan
+    generator: !ref <hift>
+    discriminator: !new:cosyvoice.hifigan.discriminator.MultipleDiscriminator
+        mpd: !new:matcha.hifigan.models.MultiPeriodDiscriminator
+        mrd: !new:cosyvoice.hifigan.discriminator.MultiResSpecDiscriminator
+    mel_spec_transform: [
+        !ref <mel_spec_transform1>
+    ]
+
+# processor functions
+parquet_opener: !name:cosyvoice.dataset.processor.parquet_opener
+get_tokenizer: !name:cosyvoice.tokenizer.tokenizer.get_qwen_tokenizer
+    token_path: !ref <qwen_pretrain_path>
+    skip_special_tokens: True
+allowed_special: 'all'
+tokenize: !name:cosyvoice.dataset.processor.tokenize
+    get_tokenizer: !ref <get_tokenizer>
+    allowed_special: !ref <allowed_special>
+filter: !name:cosyvoice.dataset.processor.filter
+    max_length: 40960
+    min_length: 100
+    token_max_length: 200
+    token_min_length: 1
+resample: !name:cosyvoice.dataset.processor.resample
+    resample_rate: !ref <sample_rate>
+truncate: !name:cosyvoice.dataset.processor.truncate
+    truncate_length: 24480 # must be a multiplier of hop_size
+feat_extractor: !name:matcha.utils.audio.mel_spectrogram
+    n_fft: 1920
+    num_mels: 80
+    sampling_rate: !ref <sample_rate>
+    hop_size: 480
+    win_size: 1920
+    fmin: 0
+    fmax: 8000
+    center: False
+compute_fbank: !name:cosyvoice.dataset.processor.compute_fbank
+    feat_extractor: !ref <feat_extractor>
+    token_mel_ratio: 2
+parse_embedding: !name:cosyvoice.dataset.processor.parse_embedding
+    normalize: True
+shuffle: !name:cosyvoice.dataset.processor.shuffle
+    shuffle_size: 1000
+sort: !name:cosyvoice.dataset.processor.sort
+    sort_size: 500  # sort_size should be less than shuffle_size
+batch: !name:cosyvoice.dataset.processor.batch
+    batch_type: 'dynamic'
+    max_frames_in_batch: 2000
+padding: !name:cosyvoice.dataset.processor.padding
+    use_spk_embedding: False # change to True during sft
+
+# dataset processor pipeline
+data_pipeline: [
+    !ref <parquet_opener>,
+    !ref <tokenize>,
+    !ref <filter>,
+    !ref <resample>,
+    !ref <compute_fbank>,
+    !ref <parse_embedding>,
+    !ref <shuffle>,
+    !ref <sort>,
+    !ref <batch>,
+    !ref <padding>,
+]
+
+# llm flow train conf
+train_conf:
+    optim: adam
+    optim_conf:
+        lr: 1e-5 # change to 1e-5 during sft
+    scheduler: constantlr # change to constantlr during sft
+    scheduler_conf:
+        warmup_steps: 2500
+    max_epoch: 200
+    grad_clip: 5
+    accum_grad: 2
+    log_interval: 100
+    save_per_step: -1
+"""
+
+
+# A little English and Chinese (CosyVoice2's main languages) with the language tags and a CosyVoice2 instruction
+# prompt, for the byte-level BPE merges.
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog. Speech synthesis turns text into audio, sentence by sentence.",
+    "Hello world! How are you today? This is a test of a tiny text to speech model with random weights.",
+    "You are a helpful assistant. Please speak as fast as possible.<|endofprompt|>",
+    "今天天气很好。我们去公园散步吧！你觉得怎么样？语音合成把文字变成声音。用四川话说这句话。",
+    " ".join(LANGUAGE_TAGS),
+]
+
+
+def write_tokenizer(directory: Path) -> dict[str, int]:
+    """The Qwen2-style tokenizer files; returns the vocabulary size and the ids Qwen2's config names."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = byte_level_bpe(_CORPUS, 500)
+    # Qwen2's own specials first (<|endoftext|> is its eos), then CosyVoice's, as upstream's QwenTokenizer adds them.
+    tokenizer.add_special_tokens(["<|endoftext|>", *COSYVOICE_SPECIAL_TOKENS])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=COSYVOICE_SPECIAL_TOKENS,
+        model_max_length=32768,
+    )
+    fast.save_pretrained(directory)
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "Qwen2Tokenizer"  # what the published CosyVoice-BlankEN declares
+    config["bos_token"] = None
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    # The slow-tokenizer files the published directory carries.
+    state = json.loads(tokenizer.to_str())
+    (directory / "vocab.json").write_text(json.dumps(state["model"]["vocab"], ensure_ascii=False), encoding="utf-8")
+    merges = [" ".join(m) if isinstance(m, list) else m for m in state["model"]["merges"]]
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return {"vocab_size": tokenizer.get_vocab_size(), "endoftext": tokenizer.token_to_id("<|endoftext|>")}
+
+
+def qwen2_config(hidden_size: int, vocab: dict[str, int]) -> Any:
+    """The published BlankEN shape in miniature: grouped-query attention, tied embeddings, Qwen2's rope base."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=-(-vocab["vocab_size"] // 64) * 64,  # the published embedding is padded past the tokenizer too
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        use_sliding_window=False,
+        bos_token_id=vocab["endoftext"],
+        eos_token_id=vocab["endoftext"],
+        torch_dtype="float32",
+    )
+
+
+def make_checkpoint(out: Path, seed: int = 0) -> Path:
+    import torch
+
+    from voice_triton.cosyvoice2.config import build_hift, parse_config
+    from voice_triton.cosyvoice2.flow import build_flow
+    from voice_triton.cosyvoice2.llm import CosyVoice2LM
+
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    text = cosyvoice2_yaml()
+    (out / "cosyvoice2.yaml").write_text(text, encoding="utf-8")
+    config = parse_config(text)  # the backend's reader: the weights below are built from what it understands
+
+    blank = out / QWEN2_DIR
+    blank.mkdir(exist_ok=True)
+    vocab = write_tokenizer(blank)
+    qwen2 = qwen2_config(config.llm.llm_input_size, vocab)
+    config.llm.check_hidden_size(qwen2.hidden_size)
+    lm = CosyVoice2LM(qwen2, speech_token_size=config.llm.speech_token_size).eval()
+    # BlankEN's weights are the backbone's (upstream reads them, then llm.pt overwrites them all).
+    lm.llm.model.save_pretrained(blank, safe_serialization=True)
+    torch.save(lm.state_dict(), out / "llm.pt")
+
+    torch.save(build_flow(config.flow).state_dict(), out / "flow.pt")
+    torch.save(build_hift(config).state_dict(), out / "hift.pt")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    return writer_cli("CosyVoice2", __doc__.split("\n\n")[0], make_checkpoint, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
