@@ -16,16 +16,24 @@ directory with the published files, only small:
                                  tokenizer_config.json, vocab.json, merges.txt) that already carries the special tokens
                                  upstream's QwenTokenizer adds at load time (<|endofprompt|>, [breath], <strong>,
                                  [laughter], ...), in its order, so adding them again changes no id
+    <out>/campplus.onnx          a tiny CAM++ stand-in with the published interface: "input" fbank [B, T, 80]
+                                 float -> "output" x-vector [B, 192] float (per-frame projection, tanh, mean and
+                                 RMS pooling over time, projection), so different voices give different vectors
+    <out>/speech_tokenizer_v2.onnx
+                                 a tiny V2 speech tokenizer with the published interface: "feats" log-mel
+                                 [B, 128, T] float and "feats_length" [B] int32 -> "indices" [B, ceil(T / 4)] int64
+                                 in 0..6560 (a 1x1 and a stride-4 convolution, two ArgMax heads of 81 classes
+                                 combined as hi * 81 + lo: 25 tokens per second from 100 frames per second)
 
 Every module is built from the written yaml through voice_triton.cosyvoice2.config, the reader the backend uses, so
 the yaml and the weights cannot disagree. The flow encoder keeps the published 512 channels (upstream hard-codes 512
 in its lookahead and upsampling layers, so the independent reference loads this flow.pt only at that width) and
 shrinks heads, feed forward and depth instead; every other width is small.
 
-NOT YET WRITTEN: `campplus.onnx` (fbank [1, T, 80] -> x-vector [1, 192]) and `speech_tokenizer_v2.onnx` (feats
-[1, 128, T] and feats_length [1] int32 -> speech tokens [1, T/4]). The Triton environment has no `onnx` package,
-and torch.onnx.export needs it, so the next step is a writer for those two graphs that does not (or the package);
-until then the directory lacks exactly those two files of `voice_triton.cosyvoice2.LAYOUT`.
+The two ONNX graphs are written with the `onnx` package's helpers (pinned in triton/requirements-models.txt: the
+Triton environment had no ONNX protobuf classes otherwise), opset 17 and IR version 8, so that older onnxruntime
+releases (NGC images) load them too. Their input and output names, dtypes and dynamic axes are the published ones;
+the front end (voice_triton.cosyvoice2.frontend) reads the names from the session anyway, as upstream does.
 
     .venv-triton/bin/python -m voice_triton.tiny.cosyvoice2 /tmp/cosyvoice2-tiny [--seed 0]
 
@@ -43,8 +51,12 @@ from voice_triton.tiny import byte_level_bpe, writer_cli
 
 SPEECH_TOKEN_SIZE = 6561
 QWEN2_DIR = "CosyVoice-BlankEN"
-# The published checkpoint files this writer cannot produce yet (see the module docstring).
+# The two ONNX models of the published checkpoint (see the module docstring).
 ONNX_FILES = ("campplus.onnx", "speech_tokenizer_v2.onnx")
+ONNX_OPSET = 17
+ONNX_IR_VERSION = 8
+# The speech tokenizer's tiny heads: 81 * 81 = 6561 codes.
+_TOKEN_HEAD = 81
 
 # The tiny widths, named by the yaml key they fill. Published values in comments.
 TINY: dict[str, Any] = {
@@ -354,6 +366,120 @@ def qwen2_config(hidden_size: int, vocab: dict[str, int]) -> Any:
     )
 
 
+def _onnx_model(graph: Any) -> Any:
+    """A ModelProto of `graph` at the opset and IR version the module docstring names, checked by onnx itself."""
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
+        producer_name="voice_triton.tiny.cosyvoice2",
+        ir_version=ONNX_IR_VERSION,
+    )
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def campplus_graph(seed: int = 0, hidden: int = 32, embedding_size: int = 192) -> Any:
+    """Tiny CAM++: "input" [B, T, 80] -> "output" [B, 192].
+
+    The real input is mean-normalised over time, so a plain time average would be zero for every voice: the frames
+    go through a projection and tanh first, and both the mean and the RMS over time are pooled (CAM++ itself pools
+    statistics too).
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weights = {
+        "frame_weight": rng.normal(0.0, 0.3, (80, hidden)),
+        "frame_bias": rng.normal(0.0, 0.1, (hidden,)),
+        "embedding_weight": rng.normal(0.0, 1.0 / np.sqrt(2 * hidden), (2 * hidden, embedding_size)),
+        "embedding_bias": rng.normal(0.0, 0.1, (embedding_size,)),
+    }
+    initializers = [numpy_helper.from_array(value.astype(np.float32), name) for name, value in weights.items()]
+    nodes = [
+        helper.make_node("MatMul", ["input", "frame_weight"], ["frames"]),
+        helper.make_node("Add", ["frames", "frame_bias"], ["frames_biased"]),
+        helper.make_node("Tanh", ["frames_biased"], ["hidden"]),
+        helper.make_node("ReduceMean", ["hidden"], ["mean"], axes=[1], keepdims=0),
+        helper.make_node("Mul", ["hidden", "hidden"], ["squares"]),
+        helper.make_node("ReduceMean", ["squares"], ["mean_square"], axes=[1], keepdims=0),
+        helper.make_node("Sqrt", ["mean_square"], ["rms"]),
+        helper.make_node("Concat", ["mean", "rms"], ["stats"], axis=1),
+        helper.make_node("Gemm", ["stats", "embedding_weight", "embedding_bias"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "campplus_tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", "frames", 80])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", embedding_size])],
+        initializer=initializers,
+    )
+    return _onnx_model(graph)
+
+
+def speech_tokenizer_graph(seed: int = 0, hidden: int = 16) -> Any:
+    """Tiny V2 speech tokenizer: "feats" [B, 128, T], "feats_length" [B] int32 -> "indices" [B, ceil(L / 4)] int64.
+
+    The features are cut to feats_length (batch 1 as upstream feeds it), then a 1x1 and a stride-4 convolution
+    (zero padding at the end, so a partial last group still gives a token, as the real model's two stride-2
+    convolutions do) produce 2 * 81 scores per token; the two ArgMax heads combine to hi * 81 + lo in 0..6560.
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed + 1)  # not campplus_graph's stream: the two models get different weights
+    heads = 2 * _TOKEN_HEAD
+    weights = {
+        "mix_weight": rng.normal(0.0, 1.0 / np.sqrt(128), (hidden, 128, 1)),
+        "mix_bias": rng.normal(0.0, 0.1, (hidden,)),
+        "token_weight": rng.normal(0.0, 1.0 / np.sqrt(4 * hidden), (heads, hidden, 4)),
+        "token_bias": rng.normal(0.0, 0.1, (heads,)),
+    }
+    initializers = [numpy_helper.from_array(value.astype(np.float32), name) for name, value in weights.items()]
+    constants = {
+        "zero": np.array([0], dtype=np.int64),
+        "time_axis": np.array([2], dtype=np.int64),
+        "head_split": np.array([_TOKEN_HEAD, _TOKEN_HEAD], dtype=np.int64),
+        "head_size": np.array(_TOKEN_HEAD, dtype=np.int64),
+    }
+    initializers += [numpy_helper.from_array(value, name) for name, value in constants.items()]
+    nodes = [
+        helper.make_node("Cast", ["feats_length"], ["length"], to=TensorProto.INT64),
+        helper.make_node("Slice", ["feats", "zero", "length", "time_axis"], ["valid"]),
+        helper.make_node("Conv", ["valid", "mix_weight", "mix_bias"], ["mixed"], kernel_shape=[1]),
+        helper.make_node("Tanh", ["mixed"], ["hidden"]),
+        helper.make_node(
+            "Conv", ["hidden", "token_weight", "token_bias"], ["scores"], kernel_shape=[4], strides=[4], pads=[0, 3]
+        ),
+        helper.make_node("Split", ["scores", "head_split"], ["hi_scores", "lo_scores"], axis=1),
+        helper.make_node("ArgMax", ["hi_scores"], ["hi"], axis=1, keepdims=0),
+        helper.make_node("ArgMax", ["lo_scores"], ["lo"], axis=1, keepdims=0),
+        helper.make_node("Mul", ["hi", "head_size"], ["hi_scaled"]),
+        helper.make_node("Add", ["hi_scaled", "lo"], ["indices"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "speech_tokenizer_v2_tiny",
+        [
+            helper.make_tensor_value_info("feats", TensorProto.FLOAT, ["batch", 128, "frames"]),
+            helper.make_tensor_value_info("feats_length", TensorProto.INT32, ["batch"]),
+        ],
+        [helper.make_tensor_value_info("indices", TensorProto.INT64, ["batch", "tokens"])],
+        initializer=initializers,
+    )
+    return _onnx_model(graph)
+
+
+def write_onnx_models(out: Path, seed: int = 0) -> None:
+    """campplus.onnx and speech_tokenizer_v2.onnx; the same seed writes the same bytes."""
+    campplus, tokenizer = ONNX_FILES
+    (out / campplus).write_bytes(campplus_graph(seed).SerializeToString())
+    (out / tokenizer).write_bytes(speech_tokenizer_graph(seed).SerializeToString())
+
+
 def make_checkpoint(out: Path, seed: int = 0) -> Path:
     import torch
 
@@ -379,6 +505,7 @@ def make_checkpoint(out: Path, seed: int = 0) -> Path:
 
     torch.save(build_flow(config.flow).state_dict(), out / "flow.pt")
     torch.save(build_hift(config).state_dict(), out / "hift.pt")
+    write_onnx_models(out, seed)
     return out
 
 
