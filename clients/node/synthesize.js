@@ -1,15 +1,23 @@
 #!/usr/bin/env node
-// Minimal Node.js client for voice.v1.TtsGatewayService: calls the server-streaming Synthesize RPC and writes the
-// audio to a WAV file. The .proto files are loaded at run time (no generated code) from the copy packaged with the
+// Minimal Node.js client for voice.v1.TtsGatewayService: calls the server-streaming Synthesize RPC (or, with
+// --incremental, the bidirectional StreamingSynthesize) and writes the audio to a WAV file. The .proto files are loaded at run time (no generated code) from the copy packaged with the
 // client (./proto, made by `npm pack`'s prepack or `make setup` from the repository's proto/); proto-loader resolves
 // google/protobuf/*.proto from the copies protobufjs ships.
 //
 //   voice-synthesize --text "Hello there." --voice NAME --out hello.wav [--target 127.0.0.1:50051]
 //                    [--format pcm16|wav] [--rate 24000] [--token TOKEN] [--tls] [--timeout 120] [--max-retries 3]
+//                    [--incremental [--words-per-second N]] [--text-input auto|sentences|incremental]
+//   llm ... | voice-synthesize --incremental --text - --voice NAME --out out.wav   # speaks while the text is written
+//
+// --incremental sends the text word by word (paced by --words-per-second), or with --text - each piece of stdin as
+// it arrives, as text deltas of a StreamingSynthesize call. --text-input sets the call's text_input_mode (implies
+// --incremental): incremental hands every delta to the model at once (voices whose streams_text_input is true),
+// sentences synthesizes sentence by sentence, auto is the voice's default.
 //
 // A call refused with RESOURCE_EXHAUSTED or UNAVAILABLE whose google.rpc.Status (the grpc-status-details-bin
 // trailer) carries a RetryInfo is retried after the delay asked for, if no audio has arrived yet: at most
-// --max-retries times, each wait capped at 10 s, never past the --timeout deadline (which covers all attempts).
+// --max-retries times, each wait capped at 10 s, never past the --timeout deadline (which covers all attempts). A
+// retried StreamingSynthesize sends again the text deltas already taken.
 //
 // Exit status: 0 ok, 1 local error, 2 bad arguments or INVALID_ARGUMENT, 3 NOT_FOUND, 4 FAILED_PRECONDITION,
 // 5 UNAVAILABLE/DEADLINE_EXCEEDED, 6 RESOURCE_EXHAUSTED, 7 UNAUTHENTICATED/PERMISSION_DENIED, 8 other gRPC errors
@@ -24,6 +32,11 @@ const protoLoader = require('@grpc/proto-loader');
 const protobuf = require('protobufjs');
 
 const WAV_HEADER_BYTES = 44;
+const TEXT_INPUT_MODES = {
+  auto: 'TEXT_INPUT_MODE_UNSPECIFIED',
+  sentences: 'TEXT_INPUT_MODE_SENTENCES',
+  incremental: 'TEXT_INPUT_MODE_INCREMENTAL',
+};
 const MAX_RETRY_DELAY_S = 10;
 const RETRYABLE = new Set([grpc.status.RESOURCE_EXHAUSTED, grpc.status.UNAVAILABLE]);
 
@@ -42,6 +55,7 @@ const EXIT_CODES = {
 function usage() {
   return [
     'usage: voice-synthesize --text TEXT --voice NAME --out FILE.wav [options]   (or: node synthesize.js ...)',
+    '  --text TEXT          text to speak; - reads it from stdin',
     '  --target HOST:PORT   gateway address (env VOICE_TARGET, default 127.0.0.1:50051)',
     '  --format pcm16|wav   encoding requested from the server (default pcm16); the file is always a WAV',
     '  --rate HZ            output sample rate, 0 = the voice\'s native rate (default 0)',
@@ -49,6 +63,9 @@ function usage() {
     '  --tls                use TLS with the system roots',
     '  --timeout SECONDS    deadline for the whole stream, retries included (default 120)',
     '  --max-retries N      retries of a call refused with a RetryInfo delay (env VOICE_MAX_RETRIES, default 3)',
+    '  --incremental        StreamingSynthesize: send the text word by word; with --text -, stdin as it arrives',
+    '  --words-per-second N with --incremental: N words a second from --text (default 0: as fast as possible)',
+    '  --text-input MODE    auto|sentences|incremental: how the gateway feeds the model the text; implies --incremental',
   ].join('\n');
 }
 
@@ -66,6 +83,9 @@ function parseCommandLine(argv) {
       tls: { type: 'boolean', default: false },
       timeout: { type: 'string', default: '120' },
       'max-retries': { type: 'string', default: process.env.VOICE_MAX_RETRIES || '3' },
+      incremental: { type: 'boolean', default: false },
+      'words-per-second': { type: 'string', default: '0' },
+      'text-input': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -86,7 +106,20 @@ function parseCommandLine(argv) {
   }
   const maxRetries = Number(values['max-retries']);
   if (!Number.isInteger(maxRetries) || maxRetries < 0) throw new UsageError('--max-retries must be 0 or more');
-  return { ...values, rate, timeout, maxRetries };
+  const textInput = values['text-input'];
+  if (textInput !== undefined && !(textInput in TEXT_INPUT_MODES)) {
+    throw new UsageError(`--text-input must be one of ${Object.keys(TEXT_INPUT_MODES).join(', ')}`);
+  }
+  const incremental = values.incremental || textInput !== undefined;
+  const wordsPerSecond = Number(values['words-per-second']);
+  if (!(wordsPerSecond >= 0) || !Number.isFinite(wordsPerSecond)) {
+    throw new UsageError('--words-per-second must be 0 or a positive number');
+  }
+  if (wordsPerSecond > 0 && !incremental) throw new UsageError('--words-per-second needs --incremental');
+  if (wordsPerSecond > 0 && values.text === '-') {
+    throw new UsageError('--words-per-second paces --text; text from stdin is sent as it arrives');
+  }
+  return { ...values, rate, timeout, maxRetries, incremental, wordsPerSecond, textInput: textInput || 'auto' };
 }
 
 class UsageError extends Error {}
@@ -196,25 +229,135 @@ function seconds(duration) {
   return duration ? Number(duration.seconds || 0) + (duration.nanos || 0) / 1e9 : 0;
 }
 
+// Word-sized deltas that keep their whitespace, so the server sees the original text once joined.
+function words(text) {
+  return text.match(/\S+\s*|\s+/g) || [];
+}
+
+// The text deltas of a StreamingSynthesize call, recorded as they are produced so that a retried call can send
+// them again: `pieces` so far, `ended` once the source is done; listeners hear of each new piece and of the end.
+class TextSource {
+  constructor() {
+    this.pieces = [];
+    this.ended = false;
+    this.error = null;
+    this.listeners = new Set();
+    this.stop = () => {}; // stops producing (set by the producer); called once the call is over
+  }
+
+  push(piece) {
+    if (!piece) return;
+    this.pieces.push(piece);
+    for (const listener of this.listeners) listener.piece(piece);
+  }
+
+  end(error = null) {
+    if (this.ended) return;
+    this.ended = true;
+    this.error = error;
+    for (const listener of this.listeners) listener.end();
+  }
+
+  // Sends every piece so far through `call`, then each new one as it comes; ends the call's input at the end.
+  // Returns a function that stops (for a call that failed).
+  feed(call) {
+    for (const piece of this.pieces) call.write({ text: piece });
+    if (this.ended) {
+      call.end();
+      return () => {};
+    }
+    const listener = { piece: (piece) => call.write({ text: piece }), end: () => call.end() };
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+}
+
+// --text word by word, `wordsPerSecond` a second (0: all at once): word i goes out i / wordsPerSecond s after the
+// first, so n words take at least (n - 1) / wordsPerSecond s.
+function wordSource(text, wordsPerSecond) {
+  const source = new TextSource();
+  const pieces = words(text);
+  if (!(wordsPerSecond > 0)) {
+    pieces.forEach((piece) => source.push(piece));
+    source.end();
+    return source;
+  }
+  const start = Date.now();
+  let index = 0;
+  let timer = null;
+  source.stop = () => clearTimeout(timer);
+  const next = () => {
+    if (index >= pieces.length) {
+      source.end();
+      return;
+    }
+    source.push(pieces[index]);
+    index += 1;
+    const wait = start + (index * 1000) / wordsPerSecond - Date.now();
+    if (index >= pieces.length) source.end();
+    else timer = setTimeout(next, Math.max(0, wait));
+  };
+  next();
+  return source;
+}
+
+// stdin as it arrives: each 'data' event (whatever one read returned) is one text delta. The stream's UTF-8
+// decoder keeps a character split across two reads whole.
+function stdinSource() {
+  const source = new TextSource();
+  process.stdin.setEncoding('utf8');
+  process.stdin.on('data', (piece) => source.push(piece));
+  process.stdin.on('end', () => source.end());
+  process.stdin.on('error', (error) => source.end(error));
+  source.stop = () => process.stdin.destroy(); // a writer still holding the pipe must not keep us running
+  return source;
+}
+
+function readAllStdin() {
+  return new Promise((resolve, reject) => {
+    const parts = [];
+    process.stdin.setEncoding('utf8');
+    process.stdin.on('data', (part) => parts.push(part));
+    process.stdin.on('end', () => resolve(parts.join('')));
+    process.stdin.on('error', reject);
+  });
+}
+
+function outputFormat(options) {
+  return {
+    encoding: options.format === 'wav' ? 'AUDIO_ENCODING_WAV' : 'AUDIO_ENCODING_PCM16',
+    sampleRateHz: options.rate,
+    channels: 1,
+  };
+}
+
+// Starts the call: Synthesize with the whole text, or StreamingSynthesize fed from options.source. Returns the
+// call and a function that detaches it from the source.
+function startCall(client, options, metadata, deadline) {
+  if (!options.incremental) {
+    const request = { text: options.text, voice: options.voice, outputFormat: outputFormat(options) };
+    return { call: client.synthesize(request, metadata, { deadline }), detach: () => {} };
+  }
+  const call = client.streamingSynthesize(metadata, { deadline });
+  const config = {
+    voice: options.voice,
+    outputFormat: outputFormat(options),
+    textInputMode: TEXT_INPUT_MODES[options.textInput],
+  };
+  call.write({ config });
+  return { call, detach: options.source.feed(call) };
+}
+
 function synthesizeOnce(TtsGatewayService, options, deadline) {
   const credentials = options.tls ? grpc.credentials.createSsl() : grpc.credentials.createInsecure();
   const client = new TtsGatewayService(options.target, credentials);
   const metadata = new grpc.Metadata();
   if (options.token) metadata.set('authorization', `Bearer ${options.token}`);
-  const request = {
-    text: options.text,
-    voice: options.voice,
-    outputFormat: {
-      encoding: options.format === 'wav' ? 'AUDIO_ENCODING_WAV' : 'AUDIO_ENCODING_PCM16',
-      sampleRateHz: options.rate,
-      channels: 1,
-    },
-  };
   const started = process.hrtime.bigint();
   const elapsed = () => Number(process.hrtime.bigint() - started) / 1e9;
 
   return new Promise((resolve, reject) => {
-    const call = client.synthesize(request, metadata, { deadline });
+    const { call, detach } = startCall(client, options, metadata, deadline);
     const pieces = [];
     let sampleRate = 0;
     let audioSeconds = 0;
@@ -231,12 +374,18 @@ function synthesizeOnce(TtsGatewayService, options, deadline) {
       progress(`receiving: ${chunks} chunks, ${audioSeconds.toFixed(2)} s of audio`);
     });
     call.on('error', (error) => {
+      detach();
       client.close();
       error.receivedAudio = chunks > 0; // a stream that already delivered audio is never retried
       reject(error);
     });
     call.on('end', () => {
+      detach();
       client.close();
+      if (options.source && options.source.error) {
+        reject(new Error(`cannot read the text from stdin: ${options.source.error.message}`));
+        return;
+      }
       let pcm = Buffer.concat(pieces);
       // A streamed WAV starts with a header whose sizes say "unknown"; keep only the samples and write a fresh
       // header with the true length. The gateway's WAV header is the canonical 44 bytes (mono PCM16).
@@ -260,6 +409,11 @@ function synthesizeOnce(TtsGatewayService, options, deadline) {
 async function synthesize(options) {
   const TtsGatewayService = loadGateway();
   const deadline = Date.now() + options.timeout * 1000;
+  if (options.incremental) {
+    options.source = options.text === '-' ? stdinSource() : wordSource(options.text, options.wordsPerSecond);
+  } else if (options.text === '-') {
+    options.text = await readAllStdin();
+  }
   for (let retry = 1; ; retry += 1) {
     try {
       return await synthesizeOnce(TtsGatewayService, options, deadline);
@@ -293,6 +447,7 @@ async function main() {
     );
     return 0;
   } catch (error) {
+    if (options.source) options.source.stop();
     if (typeof error.code === 'number' && error.details !== undefined) {
       // A gRPC status: one line with the code name, the server's message, and what its details add.
       const details = statusDetails(error);

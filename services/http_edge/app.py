@@ -61,6 +61,10 @@ MIN_SPEED, MAX_SPEED = 0.5, 2.0  # the gateway's speaking_rate range
 PUBLIC_PATHS = ("/", "/health", "/favicon.ico")
 PUBLIC_PREFIXES = ("/static/",)
 WS_FORMATS = ("pcm", "wav", "opus")
+WS_TEXT_INPUT_MODES = {
+    "sentences": tts_gateway_pb2.TEXT_INPUT_MODE_SENTENCES,
+    "incremental": tts_gateway_pb2.TEXT_INPUT_MODE_INCREMENTAL,
+}
 CLONING_MODES = {tts_gateway_pb2.SYNTHESIS_MODE_ZERO_SHOT, tts_gateway_pb2.SYNTHESIS_MODE_CROSS_LINGUAL}
 
 
@@ -99,6 +103,19 @@ def make_parser() -> EnvArgumentParser:
     parser.add_option(
         "--grace-seconds", type=float, default=10.0, help="on SIGTERM, how long open responses may run before close"
     )
+    parser.add_option(
+        "--bistream-voice",
+        default=None,
+        help="voice of the CosyVoice2 runtime API (JSON /tts, /stream) when a request names none; default: the first "
+        "voice that streams text input, else the first available one",
+    )
+    parser.add_option(
+        "--bistream-session-ttl",
+        type=float,
+        default=600.0,
+        help="idle seconds a /tts or /stream session's reference is kept",
+    )
+    parser.add_option("--bistream-max-sessions", type=int, default=256, help="session references kept (LRU)")
     parser.add_option("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
     parser.add_option("--log-format", default="json", choices=["json", "text"], help="log line format")
     return parser
@@ -111,6 +128,9 @@ class Settings:
     max_upload_seconds: float = 60.0
     synthesis_timeout_s: float = 600.0
     static_dir: Path = STATIC_DIR
+    bistream_voice: str | None = None
+    bistream_session_ttl_s: float = 600.0
+    bistream_max_sessions: int = 256
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -119,6 +139,9 @@ class Settings:
             max_body_bytes=int(args.max_body_mb * MiB),
             max_upload_seconds=args.max_upload_seconds,
             synthesis_timeout_s=args.synthesis_timeout,
+            bistream_voice=args.bistream_voice or None,
+            bistream_session_ttl_s=args.bistream_session_ttl,
+            bistream_max_sessions=args.bistream_max_sessions,
         )
 
 
@@ -446,6 +469,8 @@ async def read_form(request: Request, max_body: int) -> Any:
 
 
 def create_app(settings: Settings, upstreams_factory: Callable[[], Upstreams]) -> FastAPI:
+    from services.http_edge.bistream import Bistream, is_json  # imports this module's helpers
+
     state: dict[str, Upstreams] = {}
 
     @contextlib.asynccontextmanager
@@ -467,6 +492,9 @@ def create_app(settings: Settings, upstreams_factory: Callable[[], Upstreams]) -
 
     def rvc_md(request: Request, request_id: str) -> tuple[tuple[str, str], ...]:
         return up().metadata(up().rvc_channel, request_id, bearer_token(request.headers))
+
+    bistream = Bistream(settings, up, gateway_md)
+    app.include_router(bistream.router)
 
     @app.exception_handler(EdgeError)
     async def on_edge_error(request: Request, error: EdgeError) -> JSONResponse:
@@ -599,6 +627,7 @@ def create_app(settings: Settings, upstreams_factory: Callable[[], Upstreams]) -
                 "language": voice.language_code,
                 "sample_rate": voice.native_sample_rate_hz,
                 "streaming": voice.streaming,
+                "streams_text_input": voice.streams_text_input,
                 "available": voice.available,
                 "supports_cloning": any(mode in CLONING_MODES for mode in voice.supported_modes),
                 "default_conversion": voice.default_conversion.model if voice.HasField("default_conversion") else None,
@@ -758,6 +787,8 @@ def create_app(settings: Settings, upstreams_factory: Callable[[], Upstreams]) -
 
     @app.post("/tts")
     async def tts(request: Request) -> Response:
+        if is_json(request):  # the CosyVoice2 runtime's API (bistream.py); forms stay the seed's whole-WAV /tts
+            return await bistream.tts(request)
         return await whole_wav(request, tts_only=True)
 
     @app.post("/rvc")
@@ -918,6 +949,11 @@ def _ws_config(message: dict[str, Any], rid: str) -> tts_gateway_pb2.StreamingSy
     settings_pb = conversion_settings(model, float(pitch) if pitch is not None else None)
     if settings_pb is not None:
         config.conversion.CopyFrom(settings_pb)
+    text_input_mode = message.get("text_input_mode")
+    if text_input_mode is not None:  # unset: the voice's default (incremental where it streams text input)
+        if not isinstance(text_input_mode, str) or text_input_mode not in WS_TEXT_INPUT_MODES:
+            raise invalid(f"text_input_mode must be one of {', '.join(WS_TEXT_INPUT_MODES)}", "text_input_mode")
+        config.text_input_mode = WS_TEXT_INPUT_MODES[text_input_mode]
     return config
 
 

@@ -25,6 +25,10 @@ MODE_VOICE_DESIGN = "voice_design"
 MODES: tuple[str, ...] = (MODE_PRESET, MODE_ZERO_SHOT, MODE_CROSS_LINGUAL, MODE_INSTRUCT, MODE_VOICE_DESIGN)
 CLONING_MODES: tuple[str, ...] = (MODE_ZERO_SHOT, MODE_CROSS_LINGUAL)  # the modes that take reference audio
 
+# Text-input streaming: the model config parameter that declares it and the input that names a session.
+TEXT_INPUT_STREAMING_PARAMETER = "text_input_streaming"
+SESSION_ID_INPUT = "session_id"
+
 
 @dataclass(frozen=True)
 class TtsModelInfo:
@@ -40,6 +44,13 @@ class TtsModelInfo:
     inputs: frozenset[str]
     reference_sample_rate_hz: int = 16000
     parameters: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def streams_text_input(self) -> bool:
+        """The model takes text in increments (text-input sessions): it declares the `text_input_streaming: "true"`
+        parameter, is decoupled and has a `session_id` input. All three, or the gateway sends it sentences."""
+        declared = self.parameters.get(TEXT_INPUT_STREAMING_PARAMETER, "").strip().lower() == "true"
+        return declared and self.decoupled and SESSION_ID_INPUT in self.inputs
 
 
 @dataclass
@@ -71,6 +82,8 @@ class SynthesisPlan:
     conversion: conversion_pb2.ConversionSettings | None
     encoding: int
     output_rate: int
+    # StreamingSynthesize hands the text deltas to the model as they arrive (text-input sessions), not sentences.
+    incremental_text: bool = False
 
     @property
     def tts_rate(self) -> int:

@@ -8,6 +8,11 @@ piece k while piece k-1 goes out) and a slow client stalls the stages upstream o
 Any stage failing closes every pipe with its error, which the output loop raises; cancelling the pipeline (client
 cancel, deadline) cancels the tasks, and the tasks' `finally` blocks cancel the Triton and conversion calls.
 
+In incremental text-input mode (plan.incremental_text) the tts task reads `deltas` instead of `pieces`: text deltas
+as the client wrote them, None where the client flushed. Each utterance (the text up to a flush or the end) is one
+model session and one segment; deltas that queue up while the model works on a request go out joined, as one
+increment.
+
 The two upstreams are protocols (upstream_protocols.py): the pipeline knows nothing of gRPC or Triton.
 """
 
@@ -28,8 +33,8 @@ from services.common import tracing
 from services.common.audio import StreamResampler, make_encoder
 from services.common.chunks import ChunkSequencer, synthesis_summary
 from services.tts_gateway.domain import SynthesisPlan
-from services.tts_gateway.stats import LatencyWindows
-from services.tts_gateway.text import normalize
+from services.tts_gateway.stats import TEXT_INCREMENTS, LatencyWindows
+from services.tts_gateway.text import is_pronounceable, normalize
 from services.tts_gateway.upstream_protocols import ConversionSession, ConversionUpstream, SpeechUpstream
 from voice.v1 import audio_pb2
 
@@ -77,6 +82,23 @@ class Pipe(Generic[T]):
             self._closed = True
             self._cond.notify_all()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def take_all(self, *, wait: bool = True) -> list[T]:
+        """Every item queued now, at once. With `wait`, waits for one first and returns [] only once the pipe has
+        ended; without, returns [] whenever none is queued. Raises the pipe's error as iteration does."""
+        async with self._cond:
+            if wait:
+                await self._cond.wait_for(lambda: bool(self._items) or self._closed)
+            if self._error is not None and not (self._deliver_buffered and self._items):
+                raise self._error
+            items = list(self._items)
+            self._items.clear()
+            self._cond.notify_all()
+        return items
+
     # The pipe is its own iterator (one reader per pipe), not an async generator: a reader that stops early leaves
     # nothing suspended behind for the garbage collector to finalize on the event loop.
     def __aiter__(self) -> Pipe[T]:
@@ -102,6 +124,77 @@ class Block:
     text: str
     audio: npt.NDArray[np.float32]
     end: bool = False
+
+
+class DeltaReader:
+    """The incremental text input of one request: text deltas, None where an utterance ends (a Flush)."""
+
+    def __init__(self, source: Pipe[str | None], on_increment: Callable[[], None] = lambda: None) -> None:
+        self._source = source
+        self._ready: collections.deque[str | None] = collections.deque()  # read from the pipe, not taken yet
+        self._ended = False  # the pipe ended: no more text
+        self.on_increment = on_increment
+
+    async def _read(self, *, wait: bool) -> None:
+        if not self._ended:
+            self._ready.extend(await self._source.take_all(wait=wait))
+            self._ended = not self._ready and self._source.closed
+
+    async def next_utterance(self) -> Utterance | None:
+        """The next utterance with something to say, beginning with the deltas up to its first pronounceable one;
+        None once the text has ended. An utterance with nothing pronounceable (flushed whitespace, punctuation) is
+        skipped: it never reaches the model."""
+        held: list[str] = []
+        while True:
+            while self._ready:
+                item = self._ready.popleft()
+                if item is None:
+                    held.clear()
+                    continue
+                held.append(item)
+                if is_pronounceable(item):
+                    return Utterance(self, "".join(held))
+            if self._ended:
+                return None
+            await self._read(wait=True)
+
+    async def next_increment(self, *, wait: bool) -> tuple[list[str], bool]:
+        """Every delta that has arrived, up to the end of the current utterance, and whether it ended. With `wait`,
+        waits for a delta (or the end) when none has arrived."""
+        await self._read(wait=False)
+        parts: list[str] = []
+        while True:
+            while self._ready:
+                item = self._ready.popleft()
+                if item is None:
+                    return parts, True
+                parts.append(item)
+            if self._ended:
+                return parts, True
+            if parts or not wait:
+                return parts, False
+            await self._read(wait=True)
+
+
+class Utterance:
+    """One utterance of incremental text (upstream_protocols.TextIncrements): `text` is what was taken so far."""
+
+    def __init__(self, reader: DeltaReader, first: str) -> None:
+        self._reader = reader
+        self._pending = [first]
+        self.text = ""
+        self.ended = False
+
+    async def take(self) -> tuple[str, bool]:
+        parts, self._pending = self._pending, []
+        if not self.ended:
+            more, self.ended = await self._reader.next_increment(wait=not parts)
+            parts += more
+        increment = "".join(parts)
+        self.text += increment
+        if increment:
+            self._reader.on_increment()
+        return increment, self.ended
 
 
 @dataclass
@@ -145,11 +238,18 @@ class SynthesisPipeline:
         # TTFA counts from the request (or, for streaming input, the first text): the caller may reset it.
         self.started_at = started_at if started_at is not None else time.perf_counter()
         self.pieces: Pipe[str] = Pipe(1 << 30)  # text is small; its size is capped at validation
+        # Incremental text input (plan.incremental_text): the client's deltas, None where an utterance ends.
+        self.deltas: Pipe[str | None] = Pipe(1 << 30)
         converted = plan.conversion is not None
         self._tts_out: Pipe[Block] = Pipe(pipe_depth, deliver_buffered=not converted)
         self._conv_out: Pipe[Block] = Pipe(pipe_depth, deliver_buffered=True)
         self._tasks: list[asyncio.Task[None]] = []
-        self._pipes: list[Pipe[Block] | Pipe[str]] = [self.pieces, self._tts_out, self._conv_out]
+        self._pipes: list[Pipe[Block] | Pipe[str] | Pipe[str | None]] = [
+            self.pieces,
+            self.deltas,
+            self._tts_out,
+            self._conv_out,
+        ]
         self.totals = Totals()
         self.on_first_audio: Callable[[float], None] | None = None
         self.audio_seconds = 0.0  # audio handed out so far
@@ -209,6 +309,38 @@ class SynthesisPipeline:
                     self.totals.segments = segment + 1
                     self.totals.texts.append(piece)
                     await self._tts_out.put(Block(segment, piece, np.zeros(0, np.float32), end=True))
+                segment += 1
+            await session.close()
+            await self._tts_out.close()
+        finally:
+            session.cancel()
+
+    async def _incremental_tts_stage(self) -> None:
+        """Text-input streaming: each utterance is one upstream session and one segment, its audio possibly
+        starting before its text is complete."""
+        session = self.speech.open(self.plan.voice.model, self.plan.request_id)
+        rate = self.plan.voice.model.sample_rate_hz
+        increments = TEXT_INCREMENTS.labels(self.plan.voice.name)
+        reader = DeltaReader(self.deltas, on_increment=increments.inc)
+        try:
+            segment = 0
+            while (utterance := await reader.next_utterance()) is not None:
+                with tracing.span("utterance", self._sentence_attributes(segment, "")) as span:
+                    busy_before = session.busy_s
+                    samples = 0
+                    parts = session.stream_utterance(utterance, self.plan.tts_inputs)
+                    async with contextlib.aclosing(parts):
+                        async for audio in parts:
+                            samples += audio.size
+                            # The segment's text so far: a chunk's segment_text is the text spoken up to it.
+                            await self._tts_out.put(Block(segment, utterance.text, audio))
+                    span.set_attribute("tts.audio_seconds", samples / rate)
+                    span.set_attribute("tts.sentence.chars", len(utterance.text))
+                    self.windows.observe("tts_segment", session.busy_s - busy_before)
+                    self.totals.tts_s = session.busy_s
+                    self.totals.segments = segment + 1
+                    self.totals.texts.append(utterance.text)
+                    await self._tts_out.put(Block(segment, utterance.text, np.zeros(0, np.float32), end=True))
                 segment += 1
             await session.close()
             await self._tts_out.close()
@@ -303,7 +435,7 @@ class SynthesisPipeline:
     # ---- output ----------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._spawn("tts", self._tts_stage)
+        self._spawn("tts", self._incremental_tts_stage if self.plan.incremental_text else self._tts_stage)
         if self.plan.conversion is not None:
             self._spawn("conversion", self._conversion_stage)
 

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -34,6 +35,7 @@ from services.tts_gateway.text import (
     NOTHING_TO_SPEAK,
     IncrementalSplitter,
     control_character_problem,
+    is_pronounceable,
     split_text,
 )
 from services.tts_gateway.triton_client import TritonTts
@@ -44,6 +46,18 @@ from voice.v1 import audio_pb2, tts_gateway_pb2, tts_gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
 SUMMARY_METADATA_KEY = "x-summary-bin"
+
+
+@dataclass
+class _TextState:
+    """What reading one text stream has seen."""
+
+    got_text: bool = False  # a text message with something besides whitespace
+
+    def require_spoken(self, spoken: bool) -> None:
+        """Text came but none of it went to synthesis: nothing in the stream was pronounceable."""
+        if self.got_text and not spoken:
+            raise InvalidArgument([("text", NOTHING_TO_SPEAK)])
 
 
 class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
@@ -204,7 +218,8 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
             pipeline = self._pipeline(plan)
             pipeline.streamed_input = True
             async with self._real_time_admission(pipeline):
-                reader = asyncio.create_task(self._read_text(request_iterator, pipeline))
+                read = self._read_deltas if plan.incremental_text else self._read_text
+                reader = asyncio.create_task(read(request_iterator, pipeline))
                 try:
                     async for chunk in self._stream(pipeline, context):
                         yield chunk
@@ -218,37 +233,74 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
     ) -> None:
         """Feed complete sentences into the pipeline as text deltas arrive; flush on request and at the end."""
         splitter = IncrementalSplitter(max_chars=self._piece_limit(pipeline.plan))
-        limit = self.validator.limits.max_stream_text_chars
-        got_text = False
         spoken = False  # a piece with something pronounceable went to synthesis
-        try:
-            async for message in request_iterator:
-                kind = message.WhichOneof("request")
-                if kind == "config":
-                    raise InvalidArgument([("config", "must be sent only once, on the first message")])
-                if kind == "text":
-                    problem = control_character_problem(message.text)
-                    if problem is not None:
-                        raise InvalidArgument([("text", problem)])
-                    if not got_text and message.text.strip():
-                        got_text = True
-                        pipeline.started_at = time.perf_counter()  # TTFA counts from the first text
-                    if splitter.received_chars + len(message.text) > limit:
-                        raise InvalidArgument([("text", f"the stream's text exceeds the {limit}-character limit")])
-                    pieces = splitter.feed(message.text)
-                elif kind == "flush":
-                    pieces = splitter.flush()
-                else:
-                    pieces = []
-                for piece in pieces:
+        state = _TextState()
+        messages = self._text_messages(request_iterator, pipeline, state)
+        async with self._text_reader(pipeline), contextlib.aclosing(messages):
+            async for kind, text in messages:
+                for piece in splitter.feed(text) if kind == "text" else splitter.flush():
                     await pipeline.pieces.put(piece)
                     spoken = True
             for piece in splitter.flush():
                 await pipeline.pieces.put(piece)
                 spoken = True
-            if got_text and not spoken:
-                raise InvalidArgument([("text", NOTHING_TO_SPEAK)])
+            state.require_spoken(spoken)
             await pipeline.pieces.close()
+
+    async def _read_deltas(
+        self, request_iterator: AsyncIterator[tts_gateway_pb2.StreamingSynthesizeRequest], pipeline: SynthesisPipeline
+    ) -> None:
+        """Incremental text input: forward every text delta into the pipeline as it arrives (no sentence splitting);
+        a Flush ends the utterance (None), and the end of the stream ends the last one."""
+        spoken = False  # a delta with something pronounceable went to synthesis
+        open_utterance = False  # text went in since the last utterance end
+        state = _TextState()
+        messages = self._text_messages(request_iterator, pipeline, state)
+        async with self._text_reader(pipeline), contextlib.aclosing(messages):
+            async for kind, text in messages:
+                if kind == "text" and text:
+                    await pipeline.deltas.put(text)
+                    spoken = spoken or is_pronounceable(text)
+                    open_utterance = True
+                elif kind == "flush" and open_utterance:
+                    await pipeline.deltas.put(None)
+                    open_utterance = False
+            state.require_spoken(spoken)
+            await pipeline.deltas.close()
+
+    async def _text_messages(
+        self,
+        request_iterator: AsyncIterator[tts_gateway_pb2.StreamingSynthesizeRequest],
+        pipeline: SynthesisPipeline,
+        state: _TextState,
+    ) -> AsyncGenerator[tuple[str, str], None]:
+        """The text and flush messages after the config, checked: ("text", delta) or ("flush", ""). Starts the
+        TTFA clock at the first text."""
+        limit = self.validator.limits.max_stream_text_chars
+        received = 0
+        async for message in request_iterator:
+            kind = message.WhichOneof("request")
+            if kind == "config":
+                raise InvalidArgument([("config", "must be sent only once, on the first message")])
+            if kind == "text":
+                problem = control_character_problem(message.text)
+                if problem is not None:
+                    raise InvalidArgument([("text", problem)])
+                if not state.got_text and message.text.strip():
+                    state.got_text = True
+                    pipeline.started_at = time.perf_counter()  # TTFA counts from the first text
+                received += len(message.text)
+                if received > limit:
+                    raise InvalidArgument([("text", f"the stream's text exceeds the {limit}-character limit")])
+                yield kind, message.text
+            elif kind == "flush":
+                yield kind, ""
+
+    @contextlib.asynccontextmanager
+    async def _text_reader(self, pipeline: SynthesisPipeline) -> AsyncIterator[None]:
+        """How reading the text stream ends the request when it fails."""
+        try:
+            yield
         except ServiceError as exc:
             await pipeline.fail(exc)
         except asyncio.CancelledError:

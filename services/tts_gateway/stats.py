@@ -34,6 +34,12 @@ STAGE_LATENCY = Histogram(
 )
 STREAMS = Counter("tts_gateway_streams_total", "Synthesis streams by voice and final status code.", ["voice", "code"])
 ERRORS = Counter("tts_gateway_errors_total", "Failed synthesis streams by voice and status code.", ["voice", "code"])
+TEXT_INCREMENTS = Counter(
+    "tts_gateway_text_increments_total",
+    "Requests carrying text sent to a model in incremental text-input mode (one per increment; deltas that arrive "
+    "while a request is in flight are joined into one).",
+    ["voice"],
+)
 AUDIO_SECONDS = Counter("tts_gateway_audio_seconds_total", "Seconds of audio streamed to clients.", ["voice"])
 SAVED_VOICES = Gauge("tts_gateway_saved_voices", "Voices saved with CreateVoice and kept on disk.")
 UPSTREAM_UP = Gauge("tts_gateway_upstream_up", "1 while the last probe of an upstream succeeded.", ["upstream"])

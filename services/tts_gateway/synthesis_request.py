@@ -35,6 +35,8 @@ class SynthesisRequest:
     disable_conversion: bool
     speaking_rate: float
     seed: int
+    # StreamingSynthesizeConfig.text_input_mode (a TextInputMode value); UNSPECIFIED for Synthesize (whole text).
+    text_input_mode: int = tts_gateway_pb2.TEXT_INPUT_MODE_UNSPECIFIED
 
     @property
     def mode(self) -> str:
@@ -44,6 +46,11 @@ class SynthesisRequest:
     @classmethod
     def from_wire(cls, message: WireRequest) -> SynthesisRequest:
         text = message.text if isinstance(message, tts_gateway_pb2.SynthesizeRequest) else None
+        text_input_mode = (
+            message.text_input_mode
+            if isinstance(message, tts_gateway_pb2.StreamingSynthesizeConfig)
+            else tts_gateway_pb2.TEXT_INPUT_MODE_UNSPECIFIED
+        )
         return cls(
             request_id=message.request_id,
             text=text,
@@ -59,4 +66,5 @@ class SynthesisRequest:
             disable_conversion=message.disable_conversion,
             speaking_rate=message.speaking_rate,
             seed=message.seed,
+            text_input_mode=text_input_mode,
         )

@@ -4,6 +4,11 @@ Model facts (rate, modes, speakers, decoupled or not) are read from Triton's mod
 models are driven over one ModelStreamInfer stream per gateway request, one piece in flight at a time (the model
 interleaves requests of one stream otherwise, and we want the pieces in order); other models get one ModelInfer call
 per piece.
+
+Text-input streaming (models whose TtsModelInfo.streams_text_input): one utterance is one model session on the same
+stream. Its first request carries everything `build_request` sends plus `session_id` and `session_start`; later ones
+only the session id and the next text increment; the last one `session_end`. A session abandoned between requests is
+dropped with a `session_cancel` request on a short call of its own (see `build_session_request`).
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import struct
 import time
+import uuid
 from collections.abc import AsyncGenerator
 from typing import Any, TypeAlias, cast
 
@@ -24,13 +31,24 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from services.common import tracing
 from services.common.channels import UpstreamCredentials, open_channel
-from services.common.errors import Internal, ServiceError, Unavailable, upstream_message
+from services.common.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+    upstream_message,
+)
 from services.tts_gateway.channel_options import TRITON_CHANNEL_OPTIONS
-from services.tts_gateway.domain import MODE_PRESET, TtsInputs, TtsModelInfo
+from services.tts_gateway.domain import MODE_PRESET, SESSION_ID_INPUT, TtsInputs, TtsModelInfo
+from services.tts_gateway.upstream_protocols import TextIncrements
 
 log = logging.getLogger(__name__)
 
 TRITON_SERVICE = "inference.GRPCInferenceService"  # KServe v2, as Triton names it
+SESSION_CANCEL_TIMEOUT_S = 2.0  # the fire-and-forget session_cancel call gives up after this
 
 _StreamCall: TypeAlias = grpc.aio.StreamStreamCall[service_pb2.ModelInferRequest, service_pb2.ModelStreamInferResponse]
 _UnaryCall: TypeAlias = grpc.aio.UnaryUnaryCall[service_pb2.ModelInferRequest, service_pb2.ModelInferResponse]
@@ -115,6 +133,63 @@ def build_request(
     return request
 
 
+def _add_bool(request: service_pb2.ModelInferRequest, name: str) -> None:
+    _add_tensor(request, name, "BOOL", [1, 1], b"\x01")
+
+
+def build_session_request(
+    model: TtsModelInfo,
+    text: str,
+    request_id: str,
+    session_id: str,
+    *,
+    inputs: TtsInputs | None = None,
+    end: bool = False,
+    cancel: bool = False,
+) -> service_pb2.ModelInferRequest:
+    """One request of a text-input session. With `inputs`, the session's first: everything `build_request` sends
+    plus `session_start`; without, only `target_text` (the increment, possibly "") and the session id. `end` marks
+    the utterance's last request, `cancel` drops the session. Every one asks for the empty final response."""
+    if inputs is not None:
+        request = build_request(model, text, inputs, request_id, final_flag=True)
+    else:
+        request = service_pb2.ModelInferRequest(model_name=model.name, id=request_id)
+        _add_string(request, "target_text", text)
+        request.parameters["triton_enable_empty_final_response"].bool_param = True
+    _add_string(request, SESSION_ID_INPUT, session_id)
+    for name, flag in (("session_start", inputs is not None), ("session_end", end), ("session_cancel", cancel)):
+        if flag:
+            _add_bool(request, name)
+    return request
+
+
+# Models may begin an error message with one of these gRPC code names and ": " to say what kind of failure it is.
+_MODEL_ERROR_PREFIXES = ("RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED")
+_TRITON_REQUEST_PREFIX = re.compile(r"^\s*\[request id: [^\]]*\]\s*")  # Triton may put this before a message
+
+
+def model_stream_error(model: str, request_id: str, message: str) -> ServiceError:
+    """The error a model's stream response reports, as the client's status: a message that begins with a known code
+    name and ": " (RESOURCE_EXHAUSTED: too many open sessions; FAILED_PRECONDITION: e.g. the session expired;
+    INVALID_ARGUMENT; DEADLINE_EXCEEDED) gets that code, the rest of the message and the request id; anything else
+    is INTERNAL. The client sees the message's first line without paths or tracebacks."""
+    code, sep, rest = _TRITON_REQUEST_PREFIX.sub("", message, count=1).partition(": ")
+    if not sep or code not in _MODEL_ERROR_PREFIXES:
+        return Internal(f"triton model {model} failed: {upstream_message(message)} (request id {request_id})")
+    text = f"triton model {model}: {upstream_message(rest)} (request id {request_id})"
+    if code == "RESOURCE_EXHAUSTED":
+        return ResourceExhausted(text, retry_after_s=1.0)
+    if code == "FAILED_PRECONDITION":
+        return FailedPrecondition(text)
+    if code == "INVALID_ARGUMENT":
+        return InvalidArgument([("text", upstream_message(rest))], message=text)
+    return DeadlineExceeded(text)
+
+
+def _is_final(response: service_pb2.ModelStreamInferResponse) -> bool:
+    return bool(response.infer_response.parameters["triton_final_response"].bool_param)
+
+
 def _waveform(response: service_pb2.ModelInferResponse) -> NDArray[np.float32]:
     for index, output in enumerate(response.outputs):
         if output.name == "waveform":
@@ -140,6 +215,7 @@ class TritonTts:
         # The token as metadata on a plaintext channel (with TLS it rides as call credentials): every call adds it.
         self.call_metadata = self.upstream.call_metadata
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        self._background: set[asyncio.Task[None]] = set()  # session_cancel calls in flight
 
     def unavailable(self, detail: str) -> Unavailable:
         return Unavailable(f"triton unavailable at {self.url}: {detail}", retry_after_s=1.0)
@@ -174,7 +250,48 @@ class TritonTts:
     def open(self, model: TtsModelInfo, request_id: str) -> TtsSession:
         return TtsSession(self, model, request_id)
 
+    def drop_session(self, model: TtsModelInfo, session_id: str, request_id: str) -> None:
+        """Fire and forget: tell the model to drop an open text-input session (no request of it in flight)."""
+        try:
+            task = asyncio.get_running_loop().create_task(
+                self.cancel_session(model, session_id, request_id), name=f"session-cancel:{request_id}"
+            )
+        except RuntimeError:  # no event loop (interpreter shutdown): the model's idle timeout frees the session
+            log.debug("cannot cancel session %s of request %s: no event loop", session_id, request_id)
+            return
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def cancel_session(self, model: TtsModelInfo, session_id: str, request_id: str) -> None:
+        """Send `session_cancel` for a session on a short stream of its own and read its final response; bounded by
+        SESSION_CANCEL_TIMEOUT_S, failures only logged (at debug: the model also frees idle sessions itself)."""
+        request = build_session_request(model, "", request_id, session_id, cancel=True)
+        call: _StreamCall | None = None
+        try:
+            async with asyncio.timeout(SESSION_CANCEL_TIMEOUT_S):
+                call = self.stub.ModelStreamInfer(
+                    metadata=(*self.call_metadata, ("x-request-id", request_id)), timeout=SESSION_CANCEL_TIMEOUT_S
+                )
+                await call.write(request)
+                while (received := await call.read()) is not grpc.aio.EOF:
+                    response = cast(service_pb2.ModelStreamInferResponse, received)
+                    if response.error_message:
+                        log.debug(
+                            "cancelling session %s of request %s: %s", session_id, request_id, response.error_message
+                        )
+                        break
+                    if _is_final(response):
+                        break
+                await call.done_writing()
+        except Exception as exc:  # fire and forget: nothing waits for this call
+            log.debug("cancelling session %s of request %s failed: %r", session_id, request_id, exc)
+        finally:
+            if call is not None:
+                call.cancel()
+
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         await self.channel.close()
 
 
@@ -193,6 +310,8 @@ class TtsSession:
         self._call: _StreamCall | None = None
         self._unary: _UnaryCall | None = None
         self.busy_s = 0.0
+        self._in_flight = False  # a request written to the stream whose final response has not been read yet
+        self._session_id: str | None = None  # the text-input session open now (start sent, end not yet answered)
 
     def _map_error(self, exc: grpc.aio.AioRpcError) -> ServiceError:
         if exc.code() == grpc.StatusCode.CANCELLED:
@@ -216,7 +335,10 @@ class TtsSession:
         """Yield the waveform(s) of one piece as Triton produces them. `playback_ahead_s`: audio the listener still
         has buffered, a scheduling hint for models that declare that input."""
         if self.model.decoupled:
-            async with contextlib.aclosing(self._stream_piece(text, inputs, playback_ahead_s)) as parts:
+            request = build_request(
+                self.model, text, inputs, self.request_id, final_flag=True, playback_ahead_s=playback_ahead_s
+            )
+            async with contextlib.aclosing(self._stream_request(request)) as parts:
                 async for audio in parts:
                     yield audio
         else:
@@ -246,19 +368,21 @@ class TtsSession:
             span.end(code, details)
         return _waveform(response)
 
-    async def _stream_piece(
-        self, text: str, inputs: TtsInputs, playback_ahead_s: float | None
-    ) -> AsyncGenerator[NDArray[np.float32], None]:
+    def _stream(self) -> _StreamCall:
         if self._call is None:
             self._stream_span = tracing.ClientSpan(
                 TRITON_SERVICE, "ModelStreamInfer", parent=self._trace_parent, attributes={"tts.model": self.model.name}
             )
             self._call = self.owner.stub.ModelStreamInfer(metadata=self._stream_span.metadata(self.metadata))
-        call = self._call
-        request = build_request(
-            self.model, text, inputs, self.request_id, final_flag=True, playback_ahead_s=playback_ahead_s
-        )
+        return self._call
+
+    async def _stream_request(
+        self, request: service_pb2.ModelInferRequest
+    ) -> AsyncGenerator[NDArray[np.float32], None]:
+        """Write one request to the stream and yield its audio until its final response (one in flight at a time)."""
+        call = self._stream()
         try:
+            self._in_flight = True
             await call.write(request)
             while True:
                 started = time.perf_counter()
@@ -270,16 +394,62 @@ class TtsSession:
                 response = cast(service_pb2.ModelStreamInferResponse, received)
                 if response.error_message:
                     self._end_stream_span(grpc.StatusCode.INTERNAL, response.error_message)
-                    raise self._model_error(response.error_message)
-                infer = response.infer_response
-                audio = _waveform(infer)
+                    log.error(
+                        "triton model %s failed for request %s: %s",
+                        self.model.name,
+                        self.request_id,
+                        response.error_message,
+                    )
+                    raise model_stream_error(self.model.name, self.request_id, response.error_message)
+                audio = _waveform(response.infer_response)
                 if audio.size:
                     yield audio
-                if infer.parameters["triton_final_response"].bool_param:
+                if _is_final(response):
+                    self._in_flight = False
                     return
         except grpc.aio.AioRpcError as exc:
             self._end_stream_span(exc.code(), exc.details() or "")
             raise self._map_error(exc) from None
+
+    async def stream_utterance(
+        self, text: TextIncrements, inputs: TtsInputs
+    ) -> AsyncGenerator[NDArray[np.float32], None]:
+        """Yield the audio of one utterance whose text arrives in increments, over one model session: the first
+        increment with the request's inputs and `session_start`, each later one alone, the last with `session_end`.
+        Closed or cancelled before the end, the session is abandoned (see `_abandon_session`)."""
+        session_id = uuid.uuid4().hex  # never the client's request id: those may collide
+        try:
+            increment, ended = await text.take()
+            self._session_id = session_id
+            request = build_session_request(self.model, increment, self.request_id, session_id, inputs=inputs)
+            async with contextlib.aclosing(self._stream_request(request)) as parts:
+                async for audio in parts:
+                    yield audio
+            while True:
+                # An utterance whose first take ended it still ends with a request of its own (start and end are
+                # never one request).
+                increment, ended = ("", True) if ended else await text.take()
+                request = build_session_request(self.model, increment, self.request_id, session_id, end=ended)
+                async with contextlib.aclosing(self._stream_request(request)) as parts:
+                    async for audio in parts:
+                        yield audio
+                if ended:
+                    self._session_id = None  # the model closed the session with the end request's final response
+                    return
+        finally:
+            self._abandon_session()
+
+    def _abandon_session(self) -> None:
+        """Give up the open session, if any: with a request in flight cancelling the stream is enough (Triton
+        cancels the request and the model frees the session); between requests, a `session_cancel` goes out on a
+        short call of its own in the background (this runs in synchronous cancel paths too)."""
+        session_id, self._session_id = self._session_id, None
+        if session_id is None:
+            return
+        if self._in_flight:
+            self._cancel_stream()
+        else:
+            self.owner.drop_session(self.model, session_id, self.request_id)
 
     def _end_stream_span(self, code: grpc.StatusCode, details: str = "") -> None:
         if self._stream_span is not None:
@@ -299,11 +469,17 @@ class TtsSession:
                 code, details = exc.code(), exc.details() or ""
             self._end_stream_span(code, details)
 
-    def cancel(self) -> None:
-        """Abort whatever is in flight; Triton sees the stream cancelled and stops synthesizing."""
+    def _cancel_stream(self) -> None:
         if self._call is not None:
             self._call.cancel()
             self._call = None
             self._end_stream_span(grpc.StatusCode.CANCELLED)
+        self._in_flight = False
+
+    def cancel(self) -> None:
+        """Abort whatever is in flight; Triton sees the stream cancelled and stops synthesizing. An open text-input
+        session is abandoned first."""
+        self._abandon_session()
+        self._cancel_stream()
         if self._unary is not None:
             self._unary.cancel()

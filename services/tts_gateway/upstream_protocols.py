@@ -15,8 +15,20 @@ from services.tts_gateway.domain import TtsInputs, TtsModelInfo
 from voice.v1 import conversion_pb2
 
 
+class TextIncrements(Protocol):
+    """The text of one utterance in text-input streaming, as the client writes it (the pipeline's side)."""
+
+    async def take(self) -> tuple[str, bool]:
+        """Every delta not taken yet, joined into one increment (waits while there is none and the utterance goes
+        on), and whether the utterance has ended (nothing follows; the text may then be ""). The first take returns
+        pronounceable text. Take once per model request: what arrives while a request is in flight goes out joined
+        in the next one."""
+        ...
+
+
 class SpeechSession(Protocol):
-    """Speech for one request: pieces of text go in one at a time, in order; audio comes out as it is produced."""
+    """Speech for one request: pieces of text go in one at a time, in order; audio comes out as it is produced.
+    Either `synthesize` (sentence by sentence) or `stream_utterance` (text-input streaming) is used, never both."""
 
     busy_s: float  # time spent waiting on the model so far
 
@@ -25,6 +37,13 @@ class SpeechSession(Protocol):
     ) -> AsyncGenerator[NDArray[np.float32], None]:
         """Float audio of one piece at the model's rate, in one or more parts. `playback_ahead_s`: audio the
         listener still has buffered (a scheduling hint). The pipeline closes the generator when it stops early."""
+        ...
+
+    def stream_utterance(self, text: TextIncrements, inputs: TtsInputs) -> AsyncGenerator[NDArray[np.float32], None]:
+        """Float audio of one utterance whose text arrives in increments (one model session per utterance), as the
+        model produces it, possibly before the utterance's text is complete. Takes the increments from `text` one
+        request at a time until it has sent the one that ends the utterance. Closed early (or cancelled), it
+        abandons the model's session."""
         ...
 
     async def close(self) -> None:

@@ -120,6 +120,12 @@ def input_text_violations(text: str, field: str, max_chars: int) -> Violations:
     return text_violations(text, field)
 
 
+def text_input_mode_violations(mode: int) -> Violations:
+    if mode not in tts_gateway_pb2.TextInputMode.values():
+        return [("text_input_mode", f"unknown value {mode}")]
+    return []
+
+
 def voice_name_violations(voice: str) -> Violations:
     return [] if voice else [("voice", "is required (see ListVoices)")]
 
@@ -262,6 +268,28 @@ def require_mode(catalog: VoiceCatalog, voice: Voice, mode: str) -> None:
     )
 
 
+def resolve_text_input(catalog: VoiceCatalog, voice: Voice, request: SynthesisRequest) -> bool:
+    """Whether StreamingSynthesize hands text deltas to the model as they arrive (True) or sentence by sentence.
+    Unset: the voice's default. Incremental on a voice whose model cannot take increments: FAILED_PRECONDITION naming
+    the voices that can. Synthesize (its text is whole) always goes by sentences."""
+    if request.text is not None:
+        return False
+    streams = voice.model.streams_text_input
+    if request.text_input_mode == tts_gateway_pb2.TEXT_INPUT_MODE_UNSPECIFIED:
+        return streams
+    if request.text_input_mode == tts_gateway_pb2.TEXT_INPUT_MODE_SENTENCES:
+        return False
+    if not streams:
+        able = catalog.streaming_text_input()
+        where = f"voices that can: {', '.join(able)}" if able else "no configured voice can"
+        raise FailedPrecondition(
+            f"voice {voice.name!r} (model {voice.model.name}) cannot take text in increments "
+            f"(TEXT_INPUT_MODE_INCREMENTAL); {where}",
+            violations=[("TEXT_INPUT_MODE", f"voice/{voice.name}", f"model {voice.model.name} streams no text input")],
+        )
+    return True
+
+
 def speaker_index(request: SynthesisRequest, voice: Voice, mode: str) -> int | None:
     """The model's speaker id for the requested (or the voice's default) speaker; None for a one-speaker model."""
     speaker = ""
@@ -365,6 +393,7 @@ class RequestValidator:
         if text_field is not None:
             violations += input_text_violations(request.text or "", text_field, self.limits.max_text_chars)
         violations += voice_name_violations(request.voice)
+        violations += text_input_mode_violations(request.text_input_mode)
         violations += output_format_violations(request.output_format)
         violations += speaking_rate_violations(request.speaking_rate)
         violations += conversion_request_violations(request)
@@ -388,6 +417,7 @@ class RequestValidator:
         if voice.saved is not None:
             mode, reference = saved_voice_reference(request, voice, inputs)
         require_mode(self.catalog, voice, mode)
+        incremental_text = resolve_text_input(self.catalog, voice, request)
         inputs.noise_scale, inputs.noise_w = voice.spec.noise_scale, voice.spec.noise_w
         inputs.speaker_id = speaker_index(request, voice, mode)
         if reference is not None:
@@ -401,4 +431,5 @@ class RequestValidator:
             conversion=resolve_conversion(request, voice),
             encoding=fmt.encoding,
             output_rate=resolve_output_rate(fmt.encoding, fmt.sample_rate_hz, voice.model.sample_rate_hz),
+            incremental_text=incremental_text,
         )

@@ -113,6 +113,7 @@ class Voice:
             supported_modes=[MODE_TO_PROTO[m] for m in self.supported_modes if m in MODE_TO_PROTO],
             speakers=() if self.saved is not None else self.speakers,
             streaming=self.model.decoupled,
+            streams_text_input=self.model.streams_text_input,  # a saved voice's model is its base voice's
         )
         if self.spec.conversion is not None:
             voice.default_conversion.CopyFrom(self.spec.conversion)
@@ -262,6 +263,10 @@ class VoiceCatalog:
 
     def with_mode(self, mode: str) -> list[str]:
         return sorted(v.name for v in self.voices.values() if mode in v.model.supported_modes)
+
+    def streaming_text_input(self) -> list[str]:
+        """The configured voices whose model takes text in increments."""
+        return sorted(v.name for v in self.voices.values() if v.model.streams_text_input)
 
     def listing(self, language_prefix: str = "", *, saved_only: bool = False) -> list[tts_gateway_pb2.Voice]:
         prefix = language_prefix.lower().replace("_", "-")

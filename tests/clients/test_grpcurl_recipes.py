@@ -173,6 +173,20 @@ def test_synthesize_streams_ordered_chunks(grpcurl_ready: None, stack: Stack, tm
     assert_speech_like(pcm16_samples(pcm), 16000, text.group(1))
 
 
+def test_streaming_synthesize_with_a_text_input_mode(grpcurl_ready: None, stack: Stack, tmp_path: Path) -> None:
+    item = recipe("StreamingSynthesize with a text input mode")
+    assert '"text_input_mode": "TEXT_INPUT_MODE_SENTENCES"' in item.command
+    done = run_recipe(item, stack, tmp_path)
+    assert done.returncode == 0, done.stderr
+    chunks = json_stream(done.stdout)
+    assert chunks[-1].get("is_final") is True
+    assert max(int(c.get("segment_index", 0)) for c in chunks) == 1, "two sentences, one after the other"
+    pcm = b"".join(base64.b64decode(c.get("audio", "")) for c in chunks)
+    text = "".join(re.findall(r'\{"text": "([^"]+)"\}', item.command))
+    assert text.startswith("Each sentence is spoken") and text.endswith("last one.")
+    assert_speech_like(pcm16_samples(pcm), 16000, text)
+
+
 @pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed; the recipes that save audio need it")
 def test_every_recipe_runs_in_page_order(grpcurl_ready: None, stack: Stack, tmp_path: Path) -> None:
     for item in (r for r in RECIPES if r not in SPARK_RECIPES):

@@ -1,12 +1,14 @@
-"""The Node.js example client (clients/node) against the real gateway: it must write a valid, complete WAV; it honours
-RetryInfo (against the fake of the gateway's overload response); and it installs and runs outside the repository
-from the tarball `npm pack` makes."""
+"""The Node.js example client (clients/node) against the real gateway: it must write a valid, complete WAV, from
+Synthesize or (--incremental) StreamingSynthesize fed word by word or from stdin; it honours RetryInfo (against the
+fake of the gateway's overload response); and it installs and runs outside the repository from the tarball
+`npm pack` makes."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -31,11 +33,15 @@ def node_client() -> list[str]:
     return [str(NODE), str(NODE_DIR / "synthesize.js")]
 
 
-def run_node(args: list[str], target: str, cwd: Path = NODE_DIR) -> subprocess.CompletedProcess[str]:
+def run_node(
+    args: list[str], target: str, cwd: Path = NODE_DIR, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         args,
         cwd=cwd,
         env=client_env(VOICE_TARGET=target),
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=240,
@@ -62,6 +68,56 @@ def test_node_client_writes_a_valid_wav(
     assert rate == plain_voice.native_sample_rate_hz
     assert_speech_like(samples, rate, text)
     assert "time to first audio" in done.stderr
+
+
+INCREMENTAL_TEXT = "Hello from Node, word by word. The gateway speaks each sentence as it completes."
+
+
+@pytest.mark.parametrize(
+    ("extra", "stdin"),
+    [
+        (["--incremental", "--text", INCREMENTAL_TEXT], None),
+        (["--text-input", "sentences", "--text", "-", "--format", "wav"], INCREMENTAL_TEXT),
+        (["--incremental", "--text-input", "auto", "--text", "-"], INCREMENTAL_TEXT),
+    ],
+    ids=["words", "stdin-sentences", "stdin-auto"],
+)
+def test_node_client_incremental_writes_a_valid_wav(
+    node_client: list[str],
+    stack: Stack,
+    plain_voice: tts_gateway_pb2.Voice,
+    tmp_path: Path,
+    extra: list[str],
+    stdin: str | None,
+) -> None:
+    out = tmp_path / "incremental.wav"
+    args = [*node_client, "--voice", plain_voice.name, "--out", str(out), *extra]
+    done = run_node(args, stack.tts_target, stdin=stdin)
+    assert done.returncode == 0, done.stderr
+    samples, rate = read_finalized_wav(out.read_bytes())
+    assert rate == plain_voice.native_sample_rate_hz
+    assert_speech_like(samples, rate, INCREMENTAL_TEXT)
+
+
+def test_node_client_paces_words(
+    node_client: list[str], stack: Stack, plain_voice: tts_gateway_pb2.Voice, tmp_path: Path
+) -> None:
+    text = "One two three four five six seven eight nine ten."
+    rate = 8.0
+    out = tmp_path / "paced.wav"
+    args = ["--text", text, "--voice", plain_voice.name, "--out", str(out), "--incremental", "--words-per-second", "8"]
+    started = time.monotonic()
+    done = run_node([*node_client, *args], stack.tts_target)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    words = len(text.split())
+    assert elapsed / ((words - 1) / rate) >= 1.0, f"{words} words at {rate}/s took only {elapsed:.2f} s"
+    samples, sample_rate = read_finalized_wav(out.read_bytes())
+    assert_speech_like(samples, sample_rate, text)
+    # Pacing only makes sense for words sent one by one; bad values are usage errors.
+    for bad in (["--words-per-second", "3"], ["--incremental", "--words-per-second", "-1"], ["--text-input", "x"]):
+        refused = run_node([*node_client, "--text", "Hi.", "--voice", "v", "--out", str(out), *bad], stack.tts_target)
+        assert refused.returncode == 2 and refused.stderr.startswith("error: "), refused.stderr
 
 
 def test_node_client_reports_errors(node_client: list[str], stack: Stack, tmp_path: Path) -> None:

@@ -183,12 +183,12 @@ def test_deterministic_and_voice_dependent(frontend: CosyVoice2Frontend, onnx_di
 
 
 def test_sessions_cpu_by_default_and_configurable(frontend: CosyVoice2Frontend, onnx_dir: Path) -> None:
-    assert frontend.campplus.get_providers() == ["CPUExecutionProvider"]
-    assert frontend.speech_tokenizer.get_providers() == ["CPUExecutionProvider"]
+    assert frontend.speaker_encoder.session.get_providers() == ["CPUExecutionProvider"]
+    assert frontend.tokenizer.session.get_providers() == ["CPUExecutionProvider"]
     explicit = CosyVoice2Frontend(
         onnx_dir / "campplus.onnx", onnx_dir / "speech_tokenizer_v2.onnx", providers=["CPUExecutionProvider"]
     )
-    assert explicit.campplus.get_providers() == ["CPUExecutionProvider"]
+    assert explicit.speaker_encoder.session.get_providers() == ["CPUExecutionProvider"]
 
 
 def test_align_prompt_two_frames_per_token() -> None:

@@ -227,11 +227,16 @@ def test_both_wire_forms_read_into_the_same_request() -> None:
     )
     config_fields = {f.name for f in tts_gateway_pb2.StreamingSynthesizeConfig.DESCRIPTOR.fields}
     mode_fields = {f.name for f in tts_gateway_pb2.StreamingSynthesizeConfig.DESCRIPTOR.oneofs_by_name["mode"].fields}
-    assert config_fields - mode_fields == set(settings) - {"instruct"}  # a new setting must be added here too
+    # A new setting must be added here too; text_input_mode is the config's own (Synthesize's text is whole).
+    assert config_fields - mode_fields == set(settings) - {"instruct"} | {"text_input_mode"}
     assert mode_fields == set(MODES)  # a oneof member names its mode
     from_request = SynthesisRequest.from_wire(tts_gateway_pb2.SynthesizeRequest(text="Hi.", **settings))
-    from_config = SynthesisRequest.from_wire(tts_gateway_pb2.StreamingSynthesizeConfig(**settings))
+    sentences = tts_gateway_pb2.TEXT_INPUT_MODE_SENTENCES
+    from_config = SynthesisRequest.from_wire(
+        tts_gateway_pb2.StreamingSynthesizeConfig(**settings, text_input_mode=sentences)
+    )
     assert from_request.text == "Hi." and from_config.text is None
-    assert dataclasses.replace(from_request, text=None) == from_config
+    assert from_request.text_input_mode == tts_gateway_pb2.TEXT_INPUT_MODE_UNSPECIFIED
+    assert dataclasses.replace(from_request, text=None, text_input_mode=sentences) == from_config
     assert from_config.mode == "instruct" and from_config.instruct.speaker == "joe"
     assert SynthesisRequest.from_wire(tts_gateway_pb2.StreamingSynthesizeConfig()).conversion is None

@@ -322,3 +322,47 @@ def test_recorded_reference_becomes_a_mono_wav(page_console: tuple[Any, Console]
     shown = float(page.inner_text("#reference-status").split(",")[1].strip().removesuffix(" s."))
     assert shown == pytest.approx(seconds, abs=0.06)
     assert console.problems() == []
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Speak as I type
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_typed_text_becomes_word_deltas(page_console: tuple[Any, Console]) -> None:
+    page, console = page_console
+    cases = {
+        "Hel": ["", "Hel"],
+        "Hello ": ["Hello ", ""],
+        "Hello there fr": ["Hello there ", "fr"],
+        "friend.": ["friend.", ""],
+        "Wait, what": ["Wait, ", "what"],
+        "   ": ["", "   "],  # spaces alone wait for the next word
+        " How": ["", " How"],
+    }
+    for pending, expected in cases.items():
+        assert page.evaluate("p => window.voicePage.splitTyped(p)", pending) == expected, pending
+    assert console.problems() == []
+
+
+def test_speak_as_i_type(page_console: tuple[Any, Console], gateway: Any) -> None:
+    page, console = page_console
+    listed = gateway_stub(gateway).ListVoices(tts_gateway_pb2.ListVoicesRequest(), timeout=10).voices
+    flags = page.eval_on_selector_all("#voice option", "options => options.map(o => o.dataset.streamsTextInput)")
+    assert flags == [str(v.streams_text_input).lower() for v in listed]
+    text = "Hello there friend. How are you"
+    page.fill("#text", "")
+    page.select_option("#voice", "joe")
+    page.check("#type-mode")
+    page.type("#text", text, delay=15)
+    # Completed words went out while typing: "Hello ", "there ", "friend.", " How ", "are ".
+    assert dataset(page)["typedDeltas"] == "5"
+    page.press("#text", "Enter")  # the rest ("you") and the end of the turn
+    page.wait_for_function(FINISHED, timeout=120_000)
+    state = dataset(page)
+    assert state["state"] == "done", page.inner_text("#error")
+    assert state["typedDeltas"] == "6"
+    assert page.input_value("#text") == text  # Enter ended the turn instead of adding a line
+    assert float(state["scheduledSeconds"]) == pytest.approx(grpc_audio_seconds(gateway, text, "joe"), rel=0.15)
+    assert float(state["ttfaMs"]) > 0
+    assert console.problems() == []

@@ -5,10 +5,12 @@ from voice_client.client import (
     DEFAULT_RVC_TARGET,
     DEFAULT_TTS_TARGET,
     MAX_RETRY_DELAY_S,
+    TEXT_INPUT_MODES,
     ConversionClient,
     RetryNotice,
     StreamStats,
     SynthesisOptions,
+    TextInputModeName,
     TtsClient,
     UnreadableAudioError,
     audio_input_from_file,
@@ -17,6 +19,7 @@ from voice_client.client import (
     exit_code_for,
     output_format,
     read_mono,
+    text_input_mode_value,
 )
 from voice_client.rpc_details import retry_delay_seconds, status_details
 
@@ -25,10 +28,12 @@ __all__ = [
     "DEFAULT_RVC_TARGET",
     "DEFAULT_TTS_TARGET",
     "MAX_RETRY_DELAY_S",
+    "TEXT_INPUT_MODES",
     "ConversionClient",
     "RetryNotice",
     "StreamStats",
     "SynthesisOptions",
+    "TextInputModeName",
     "TtsClient",
     "UnreadableAudioError",
     "audio_input_from_file",
@@ -39,4 +44,5 @@ __all__ = [
     "read_mono",
     "retry_delay_seconds",
     "status_details",
+    "text_input_mode_value",
 ]

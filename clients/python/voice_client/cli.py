@@ -2,6 +2,7 @@
 
     voice-cli say "Hello there." --voice NAME -o hello.wav
     voice-cli say "Hello there." --voice NAME -o - | aplay -f S16_LE -r 22050 -c 1
+    llm ... | voice-cli say --incremental - --voice NAME -o out.wav      # speaks while the text is being written
     voice-cli voices | status | models
     voice-cli convert in.wav -o out.wav --model NAME --pitch 3
 
@@ -14,12 +15,15 @@ clients/python/README.md; never a traceback.
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO, TypeVar
+from typing import Any, BinaryIO, TextIO, TypeVar, cast
 
 import grpc
 from google.protobuf import json_format
@@ -33,10 +37,12 @@ from voice_client.client import (
     EXIT_LOCAL_ERROR,
     EXIT_OK,
     F0_METHODS,
+    TEXT_INPUT_MODES,
     ConversionClient,
     RetryNotice,
     StreamStats,
     SynthesisOptions,
+    TextInputModeName,
     TtsClient,
     UnreadableAudioError,
     audio_input_from_file,
@@ -73,6 +79,16 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number, got {text!r}")
     return value
 
 
@@ -191,7 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     say = commands.add_parser("say", parents=[connection], help="synthesize text to a file or stdout")
-    say.add_argument("text", help="text to speak; - reads it from stdin")
+    say.add_argument(
+        "text",
+        nargs="?",
+        help="text to speak; - reads it from stdin (with --incremental: as it arrives, so may be left out when stdin "
+        "is a pipe)",
+    )
     say.add_argument("--voice", help="voice name (see `voices`); default: the first voice listed")
     _output_options(say)
     mode = say.add_argument_group("speaker mode")
@@ -209,7 +230,24 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument(
         "--incremental",
         action="store_true",
-        help="use StreamingSynthesize and send the text word by word, as an LLM token stream would",
+        help="use StreamingSynthesize: the text is sent word by word, as an LLM token stream would be; stdin (-) is "
+        "sent as it arrives, each read as one text delta, so `llm ... | voice-cli say --incremental - ...` speaks "
+        "while the text is being written",
+    )
+    say.add_argument(
+        "--words-per-second",
+        type=_rate,
+        default=0.0,
+        metavar="N",
+        help="with --incremental: send the words of the text argument at N words per second (default 0: as fast "
+        "as possible); stdin is always sent as it arrives",
+    )
+    say.add_argument(
+        "--text-input",
+        choices=list(TEXT_INPUT_MODES),
+        help="how the gateway hands streamed text to the model: incremental (every delta at once; voices that "
+        "stream text input, see `voices`), sentences (sentence by sentence), auto (the voice's default); implies "
+        "--incremental",
     )
     _conversion_options(say, model_flag="--rvc-model", model_required=False)
     say.add_argument("--no-conversion", action="store_true", help="skip the voice's default conversion")
@@ -411,10 +449,16 @@ def _timing_line(stats: StreamStats, destination: str) -> str:
 
 
 def _stream_to_sink(
-    chunks: Iterable[audio_pb2.AudioChunk], sink: AudioSink, progress: Progress, stats: StreamStats
+    chunks: Iterable[audio_pb2.AudioChunk],
+    sink: AudioSink,
+    progress: Progress,
+    stats: StreamStats,
+    reader: LiveText | None = None,
 ) -> None:
     announced = False
     for chunk in chunks:
+        if reader is not None:
+            reader.raise_error()  # leaving the loop cancels the call: text that is not UTF-8 is not spoken
         stats.observe(chunk)
         if not announced and sink.output == "-" and chunk.format.sample_rate_hz and progress.enabled:
             announced = True
@@ -443,6 +487,73 @@ def _words(text: str) -> Iterator[str]:
         yield text[start:]
 
 
+class LiveText:
+    """Text deltas read from a file descriptor (stdin) as they arrive: a thread takes whatever each read returns
+    (`os.read`, unbuffered, up to `read_bytes`) and decodes it as UTF-8 incrementally, so a character split across
+    two reads is whole in the second delta. Iterating yields the deltas in order and ends at end of file.
+
+    Text that is not UTF-8 (or a failed read) ends the deltas early and sets `error`; check it (`raise_error`) while
+    the audio arrives and after, so such a stream fails instead of passing for complete."""
+
+    def __init__(self, fd: int, *, read_bytes: int = 4096) -> None:
+        self.error: UsageError | None = None
+        self._deltas: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._read, args=(fd, read_bytes), name="voice-cli-text-reader", daemon=True
+        )
+        self._thread.start()
+
+    def _read(self, fd: int, read_bytes: int) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        position = 0  # bytes read so far
+        try:
+            while True:
+                try:
+                    data = os.read(fd, read_bytes)
+                except OSError as error:
+                    reason = error.strerror or type(error).__name__
+                    self.error = UsageError(f"cannot read the text from stdin: {reason}")
+                    return
+                held = len(decoder.getstate()[0])  # the start of a character the last read split
+                try:
+                    text = decoder.decode(data, final=not data)
+                except UnicodeDecodeError as error:
+                    at = position - held + error.start
+                    self.error = UsageError(
+                        f"cannot read the text from stdin: it is not UTF-8 ({error.reason} at byte {at})"
+                    )
+                    return
+                position += len(data)
+                if text:
+                    self._deltas.put(text)
+                if not data:
+                    return
+        finally:
+            self._deltas.put(None)
+
+    def __iter__(self) -> Iterator[str]:
+        while (delta := self._deltas.get()) is not None:
+            yield delta
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def _paced(pieces: Iterable[str], per_second: float) -> Iterator[str]:
+    """`pieces` at `per_second` a second: piece i is handed on no earlier than i / per_second after the first (so
+    n pieces take at least (n - 1) / per_second); 0 is as fast as they come."""
+    if per_second <= 0:
+        yield from pieces
+        return
+    start = time.monotonic()
+    for index, piece in enumerate(pieces):
+        wait = start + index / per_second - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        yield piece
+
+
 def _read_text(spec: str) -> str:
     if spec != "-":
         return spec
@@ -463,8 +574,27 @@ def _check_mode(args: argparse.Namespace) -> None:
         raise UsageError("--pitch-level and --speed-level need --gender")
 
 
+def _check_text(args: argparse.Namespace) -> bool:
+    """Settles what --incremental, --text-input and --words-per-second imply; True when stdin is streamed."""
+    if args.text_input is not None:
+        args.incremental = True
+    if args.text is None:
+        if not args.incremental:
+            raise UsageError("say needs the text to speak (or - to read it from stdin)")
+        if sys.stdin.isatty():
+            raise UsageError("say needs the text to speak, or - to type it on stdin (end it with Ctrl-D)")
+        args.text = "-"
+    live = args.incremental and args.text == "-"
+    if args.words_per_second and not args.incremental:
+        raise UsageError("--words-per-second needs --incremental")
+    if args.words_per_second and live:
+        raise UsageError("--words-per-second paces the text argument; text from stdin is sent as it arrives")
+    return bool(live)
+
+
 def cmd_say(args: argparse.Namespace) -> int:
-    text = _read_text(args.text)
+    live = _check_text(args)
+    text = "" if live else _read_text(args.text)
     encoding = _resolve_format(args)
     _check_mode(args)
     settings = _settings_from_args(args)
@@ -499,11 +629,22 @@ def cmd_say(args: argparse.Namespace) -> int:
                 speed=args.speed_level,
                 seed=args.seed,
             )
+            reader: LiveText | None = None
             if args.incremental:
-                chunks = client.streaming_synthesize(_words(text), options)
+                if live:
+                    if sys.stdin.isatty():
+                        progress.done("reading the text from stdin as you type it (end it with Ctrl-D)")
+                    reader = LiveText(sys.stdin.fileno())
+                    pieces: Iterable[str] = reader
+                else:
+                    pieces = _paced(_words(text), args.words_per_second)
+                mode = cast(TextInputModeName, args.text_input or "auto")  # argparse checked the choice
+                chunks = client.streaming_synthesize(pieces, options, text_input_mode=mode)
             else:
                 chunks = client.synthesize_with(text, options)
-            _stream_to_sink(chunks, sink, progress, stats)
+            _stream_to_sink(chunks, sink, progress, stats, reader)
+            if reader is not None:
+                reader.raise_error()
         sink.commit()
     except BaseException:
         sink.discard()
@@ -589,9 +730,12 @@ def cmd_voices(args: argparse.Namespace) -> int:
     with TtsClient(args.target, **_client_kwargs(args, Progress(sys.stderr, True))) as client:
         voices = client.list_voices(args.language)
     if args.json:
-        print(json_format.MessageToJson(tts_gateway_pb2.ListVoicesResponse(voices=voices)))
+        # Every field, false and empty ones included (streams_text_input: false says something too).
+        response = tts_gateway_pb2.ListVoicesResponse(voices=voices)
+        print(json_format.MessageToJson(response, always_print_fields_with_no_presence=True))
         return EXIT_OK
-    rows = [["NAME", "LANGUAGE", "TTS MODEL", "RATE", "STREAMING", "MODES", "CONVERSION", "DESCRIPTION"]]
+    # TEXT INPUT: how StreamingSynthesize feeds the model by default (incremental: audio starts mid-sentence).
+    rows = [["NAME", "LANGUAGE", "TTS MODEL", "RATE", "STREAMING", "TEXT INPUT", "MODES", "CONVERSION", "DESCRIPTION"]]
     for voice in voices:
         rows.append(
             [
@@ -600,6 +744,7 @@ def cmd_voices(args: argparse.Namespace) -> int:
                 voice.tts_model,
                 str(voice.native_sample_rate_hz),
                 "yes" if voice.streaming else "no",
+                "incremental" if voice.streams_text_input else "sentences",
                 _modes(voice),
                 _conversion_text(voice.default_conversion) if voice.HasField("default_conversion") else "-",
                 voice.description,

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar, cast
+from typing import Any, Generic, Literal, Self, TypeVar, cast
 
 import grpc
 import numpy as np
@@ -53,6 +53,17 @@ FLOAT32 = audio_pb2.AUDIO_ENCODING_FLOAT32
 
 # Names accepted by the CLI's --format and by `output_format(...)`.
 ENCODINGS: dict[str, audio_pb2.AudioEncoding] = {"wav": WAV, "pcm16": PCM16, "opus": OGG_OPUS, "float32": FLOAT32}
+
+# Names accepted by the CLI's --text-input and by `streaming_synthesize(text_input_mode=...)`: how StreamingSynthesize
+# hands the text to the model. "auto" is the voice's default (Voice.streams_text_input says which), "sentences"
+# buffers deltas into sentences, "incremental" hands each delta on as it arrives (FAILED_PRECONDITION on a voice
+# that cannot take text in increments).
+TextInputModeName = Literal["auto", "sentences", "incremental"]
+TEXT_INPUT_MODES: dict[str, tts_gateway_pb2.TextInputMode] = {
+    "auto": tts_gateway_pb2.TEXT_INPUT_MODE_UNSPECIFIED,
+    "sentences": tts_gateway_pb2.TEXT_INPUT_MODE_SENTENCES,
+    "incremental": tts_gateway_pb2.TEXT_INPUT_MODE_INCREMENTAL,
+}
 
 F0_METHODS: dict[str, conversion_pb2.F0Method] = {
     name.removeprefix("F0_METHOD_").lower().replace("_", "-"): cast(conversion_pb2.F0Method, value)
@@ -161,6 +172,17 @@ def read_mono(path: str | Path) -> tuple[npt.NDArray[np.float32], int]:
     if not len(samples):
         raise UnreadableAudioError(path, "the file holds no audio samples")
     return samples.mean(axis=1).astype("<f4"), int(rate)
+
+
+def text_input_mode_value(mode: TextInputModeName | str | int) -> tts_gateway_pb2.TextInputMode:
+    """The TextInputMode value of a name in TEXT_INPUT_MODES or of an enum value (ValueError if neither)."""
+    if isinstance(mode, str):
+        if mode not in TEXT_INPUT_MODES:
+            raise ValueError(f"unknown text input mode {mode!r}; choose one of {', '.join(TEXT_INPUT_MODES)}")
+        return TEXT_INPUT_MODES[mode]
+    if mode not in tts_gateway_pb2.TextInputMode.values():
+        raise ValueError(f"unknown TextInputMode value {mode}")
+    return cast(tts_gateway_pb2.TextInputMode, mode)
 
 
 def output_format(encoding: str | int = "wav", sample_rate_hz: int = 0) -> audio_pb2.AudioFormat:
@@ -614,13 +636,21 @@ class TtsClient(_BaseClient):
         options: SynthesisOptions,
         *,
         flush_after_each: bool = False,
+        text_input_mode: TextInputModeName | int = "auto",
         timeout: float | None = None,
     ) -> Iterator[audio_pb2.AudioChunk]:
-        """Sends text incrementally (e.g. LLM tokens); complete sentences are synthesized while more text arrives.
-        The end of `text_pieces` flushes whatever is buffered; `flush_after_each` forces a flush after every piece.
-        A refused call is retried with the pieces taken so far sent again."""
+        """Sends text incrementally (e.g. LLM tokens) while the audio streams back. `text_pieces` is read lazily,
+        on gRPC's own thread, so a live source (a token stream, a pipe) is sent piece by piece as it yields.
+
+        `text_input_mode` (see TEXT_INPUT_MODES) says how the gateway hands the text to the model: "sentences"
+        synthesizes each complete sentence while more text arrives; "incremental" gives every piece to the model at
+        once, so audio can start before the first sentence is complete (voices whose `streams_text_input` is true;
+        others refuse it with FAILED_PRECONDITION); "auto" (the default) is the voice's own default. The end of
+        `text_pieces` flushes whatever is buffered; `flush_after_each` forces a flush after every piece. A refused
+        call is retried with the pieces taken so far sent again."""
         config = tts_gateway_pb2.StreamingSynthesizeConfig()
         options.apply(config)
+        config.text_input_mode = text_input_mode_value(text_input_mode)
         pieces = _Replayable(text_pieces)
 
         def requests(attempt: Iterator[str]) -> Iterator[tts_gateway_pb2.StreamingSynthesizeRequest]:
@@ -789,10 +819,12 @@ __all__: Sequence[str] = [
     "F0_METHODS",
     "MAX_RETRY_DELAY_S",
     "RETRYABLE_CODES",
+    "TEXT_INPUT_MODES",
     "ConversionClient",
     "RetryNotice",
     "StreamStats",
     "SynthesisOptions",
+    "TextInputModeName",
     "TtsClient",
     "UnreadableAudioError",
     "audio_input_from_file",
@@ -803,4 +835,5 @@ __all__: Sequence[str] = [
     "pcm_blocks",
     "read_mono",
     "status_details",
+    "text_input_mode_value",
 ]

@@ -7,6 +7,11 @@
 //   data-ttfa-ms            click to first audio scheduled, in ms
 //   data-stream-seconds     click to the last byte of the stream, in seconds
 //   data-error-code         the `code` of the last JSON error body
+//   data-typed-deltas       "speak as I type": text deltas sent in the current turn
+//
+// "Speak as I type" streams the text box to the WebSocket /v1/audio/speech/stream as it is typed: each completed word
+// is a text delta, Enter or Speak sends the rest and ends the turn. A voice that streams text input (CosyVoice2)
+// starts speaking before the sentence is complete; other voices speak each sentence once it is complete.
 
 const $ = (id) => document.getElementById(id);
 
@@ -101,8 +106,10 @@ function fillVoices(voices) {
     const option = document.createElement("option");
     option.value = voice.id;
     const label = voice.name && voice.name !== voice.id ? `${voice.name} (${voice.id})` : voice.id;
-    option.textContent = voice.available ? label : `${label} — unavailable`;
+    const streams = voice.streams_text_input ? `${label} — streams text input` : label;
+    option.textContent = voice.available ? streams : `${streams} — unavailable`;
     option.dataset.available = String(Boolean(voice.available));
+    option.dataset.streamsTextInput = String(Boolean(voice.streams_text_input));
     if (!voice.available) option.classList.add("unavailable");
     select.append(option);
     if (firstAvailable === null && voice.available) firstAvailable = voice.id;
@@ -131,6 +138,7 @@ function voiceChanged() {
     if (voice.description) notes.push(voice.description);
     if (voice.language) notes.push(voice.language);
     if (voice.sample_rate) notes.push(`${voice.sample_rate} Hz`);
+    if (voice.streams_text_input) notes.push("streams text input: speaks while you type");
     if (voice.default_conversion) notes.push(`converts with ${conversionName(voice.default_conversion)} by default`);
     if (!voice.available) notes.push("unavailable now");
   }
@@ -235,8 +243,11 @@ function stopRecording() {
 // previous one ends, so the pieces join without gaps. A read may end in the middle of a sample; that byte waits
 // for the next read.
 class StreamPlayer {
-  constructor(context, rate, onSamples) {
+  // `after`: a player whose audio this one follows (the previous typed turn), or null.
+  constructor(context, rate, onSamples, after = null) {
     this.context = context;
+    this.after = after;
+    this.stopped = false;
     this.rate = rate;
     this.onSamples = onSamples;
     this.carry = null;
@@ -283,7 +294,8 @@ class StreamPlayer {
     if (this.firstStart === null || this.next < now) {
       // The first buffer, or playback has caught up with the stream: (re)start the chain a little ahead.
       if (this.firstStart !== null) this.underruns += 1;
-      this.chainStart = now + LEAD_S;
+      const follows = this.after && !this.after.stopped ? this.after.next : 0;
+      this.chainStart = Math.max(now + LEAD_S, follows);
       this.chainSamples = 0;
     }
     // Start times come from a sample count, not a running sum of durations, so rounding never accumulates.
@@ -333,6 +345,7 @@ class StreamPlayer {
       source.disconnect();
     }
     this.sources.clear();
+    this.stopped = true;
     this.ended = true;
     this.checkDrained();
   }
@@ -537,6 +550,9 @@ async function speak() {
 }
 
 function stop() {
+  for (const turn of typing.turns) turn.controller.abort();
+  typing.turns.clear();
+  typing.session = null;
   const controller = page.controller;
   if (controller === null) return;
   page.controller = null;
@@ -550,11 +566,235 @@ function stop() {
   setStatus("Stopped.");
 }
 
+// ---- speak as I type: text deltas over the WebSocket ---------------------------------------------------------------
+
+// A word is complete once a space or a punctuation mark follows it.
+const WORD_END = /[\s.,!?;:…]/;
+
+// Text typed since the last delta -> [the completed words, the unfinished rest]. A delta holds at least one
+// non-space character: spaces alone wait for the next word.
+function splitTyped(pending) {
+  let end = 0;
+  for (let i = 0; i < pending.length; i++) if (WORD_END.test(pending[i])) end = i + 1;
+  const delta = pending.slice(0, end);
+  return delta.trim() ? [delta, pending.slice(end)] : ["", pending];
+}
+
+function commonPrefix(a, b) {
+  let n = 0;
+  while (n < a.length && n < b.length && a[n] === b[n]) n += 1;
+  return a.slice(0, n);
+}
+
+const typing = {
+  sent: "", // the start of the text box already sent; an edit inside it sends the edited text again
+  session: null, // the latest turn
+  turns: new Set(), // turns still open or playing
+};
+
+function typingOn() {
+  return $("type-mode").checked;
+}
+
+function typedConfig() {
+  const config = { voice: $("voice").value, response_format: "pcm" };
+  const conversion = $("conversion").value;
+  if (conversion) config.conversion_model = conversion;
+  const pitch = Number($("pitch").value);
+  if (Number.isFinite(pitch) && pitch !== 0) config.pitch_shift = pitch;
+  return config;
+}
+
+function openTypedTurn() {
+  if (page.controller && !page.controller.typed) stop(); // an HTTP stream in flight: typing replaces it
+  clearError();
+  audioContext().resume();
+  const controller = new AbortController();
+  controller.typed = true;
+  page.controller = controller;
+  const previous = typing.session;
+  const turn = {
+    controller,
+    previous,
+    next: null,
+    queue: [], // messages typed before the socket opened
+    pending: [], // audio that waits for the previous turn's audio
+    player: null,
+    deltas: 0,
+    firstDelta: null,
+    firstAudio: null,
+    ended: false,
+    done: false,
+    closed: false,
+    error: null,
+  };
+  if (previous) previous.next = turn;
+  typing.session = turn;
+  typing.turns.add(turn);
+  document.body.dataset.typedDeltas = "0";
+  delete document.body.dataset.ttfaMs;
+  delete document.body.dataset.streamSeconds;
+  showMetrics({ ttfaMs: null, rtf: null, seconds: null, rate: null, requestId: null });
+  $("stop").disabled = false;
+  setState("streaming");
+  setStatus("Speaking as you type…");
+  const url = new URL("/v1/audio/speech/stream", window.location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  const token = $("token").value.trim();
+  if (token) url.searchParams.set("token", token);
+  const socket = new WebSocket(url);
+  socket.binaryType = "arraybuffer";
+  turn.socket = socket;
+  controller.signal.addEventListener("abort", () => {
+    socket.close();
+    if (turn.player) turn.player.stop();
+  });
+  socket.addEventListener("open", () => {
+    socket.send(JSON.stringify(typedConfig()));
+    for (const message of turn.queue) socket.send(message);
+    turn.queue = [];
+  });
+  socket.addEventListener("message", (event) => typedMessage(turn, event.data));
+  socket.addEventListener("close", (event) => typedClosed(turn, event));
+  return turn;
+}
+
+function typedSend(turn, message) {
+  const text = JSON.stringify(message);
+  if (turn.socket.readyState === WebSocket.OPEN) turn.socket.send(text);
+  else turn.queue.push(text);
+}
+
+function sendTypedDelta(text) {
+  let turn = typing.session;
+  if (!turn || turn.ended) turn = openTypedTurn();
+  typedSend(turn, { text });
+  turn.deltas += 1;
+  if (turn.firstDelta === null) turn.firstDelta = performance.now();
+  document.body.dataset.typedDeltas = String(turn.deltas);
+}
+
+function syncTyped() {
+  const value = $("text").value;
+  if (!value.startsWith(typing.sent)) typing.sent = commonPrefix(typing.sent, value);
+  return value;
+}
+
+function typedInput() {
+  if (!typingOn()) return;
+  const value = syncTyped();
+  const [delta] = splitTyped(value.slice(typing.sent.length));
+  if (!delta) return;
+  typing.sent += delta;
+  sendTypedDelta(delta);
+}
+
+// Enter or Speak: the rest of the text goes out and the turn ends (the next word typed starts a new one).
+function endTypedTurn() {
+  const value = syncTyped();
+  const rest = value.slice(typing.sent.length);
+  typing.sent = value;
+  if (rest.trim()) sendTypedDelta(rest);
+  const turn = typing.session;
+  if (!turn || turn.ended) return;
+  typedSend(turn, { type: "end" });
+  turn.ended = true;
+  setStatus("Turn sent; speaking…");
+}
+
+function typedAudio(turn, bytes) {
+  if (turn.previous && !turn.previous.closed) {
+    turn.pending.push(bytes); // never over the previous turn's audio
+    return;
+  }
+  if (!turn.player) {
+    const after = turn.previous ? turn.previous.player : null;
+    turn.player = new StreamPlayer(audioContext(), turn.rate, (samples) => waveform.add(samples), after);
+    waveform.reset(turn.rate);
+    if (typing.session === turn) page.player = turn.player;
+  }
+  if (turn.player.push(bytes) > 0 && turn.firstAudio === null) {
+    turn.firstAudio = performance.now();
+    const ttfa = turn.firstAudio - (turn.firstDelta ?? turn.firstAudio);
+    if (typing.session === turn) {
+      showMetrics({ ttfaMs: ttfa });
+      document.body.dataset.ttfaMs = String(ttfa);
+      setState("playing");
+    }
+  }
+  if (typing.session === turn) showMetrics({ seconds: turn.player.scheduledSeconds });
+}
+
+function typedMessage(turn, data) {
+  if (turn.controller.signal.aborted) return;
+  if (typeof data !== "string") {
+    typedAudio(turn, new Uint8Array(data));
+    return;
+  }
+  const message = JSON.parse(data);
+  if (message.type === "start") {
+    turn.rate = message.sample_rate;
+    if (typing.session === turn) showMetrics({ rate: turn.rate, requestId: message.request_id || "" });
+  } else if (message.type === "done") {
+    turn.done = true;
+  } else if (message.type === "error") {
+    const error = new Error(message.message || "The stream failed.");
+    error.code = message.code || String(message.status || "");
+    error.requestId = message.request_id || "";
+    turn.error = error;
+  }
+}
+
+async function typedClosed(turn, event) {
+  turn.closed = true;
+  const next = turn.next;
+  if (next && !next.controller.signal.aborted) {
+    const waiting = next.pending;
+    next.pending = [];
+    for (const bytes of waiting) typedAudio(next, bytes);
+  }
+  if (turn.controller.signal.aborted) return;
+  const latest = () => typing.session === turn && page.controller === turn.controller;
+  if (turn.error || !turn.done) {
+    typing.turns.delete(turn);
+    if (turn.player) turn.player.stop();
+    if (!latest()) return;
+    showError(turn.error || new Error(`The stream closed before it was done (code ${event.code}).`));
+    setState("error");
+    setStatus("The request failed.");
+    turn.ended = true;
+    page.controller = null;
+    $("stop").disabled = true;
+    return;
+  }
+  if (turn.firstDelta !== null && latest()) {
+    document.body.dataset.streamSeconds = String((performance.now() - turn.firstDelta) / 1000);
+  }
+  if (turn.player) await turn.player.finish();
+  typing.turns.delete(turn);
+  if (!latest() || turn.controller.signal.aborted) return;
+  page.controller = null;
+  $("stop").disabled = true;
+  setState("done");
+  setStatus("Done.");
+}
+
 // ---- wiring ----------------------------------------------------------------------------------------------------
 
 $("speak-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  speak();
+  if (typingOn()) endTypedTurn();
+  else speak();
+});
+$("text").addEventListener("input", typedInput);
+$("text").addEventListener("keydown", (event) => {
+  if (!typingOn() || event.key !== "Enter" || event.shiftKey || event.isComposing) return;
+  event.preventDefault();
+  endTypedTurn();
+});
+$("type-mode").addEventListener("change", () => {
+  if (typingOn()) typing.sent = "";
+  else endTypedTurn();
 });
 $("stop").addEventListener("click", stop);
 $("voice").addEventListener("change", voiceChanged);
@@ -571,7 +811,8 @@ $("token").addEventListener("change", () => {
   loadVoices();
 });
 
-// The player is exposed so a test can feed it bytes split at awkward places on an OfflineAudioContext.
-window.voicePage = Object.freeze({ StreamPlayer });
+// The player is exposed so a test can feed it bytes split at awkward places on an OfflineAudioContext; splitTyped so
+// a test can check how typed text becomes deltas.
+window.voicePage = Object.freeze({ StreamPlayer, splitTyped });
 
 loadVoices();

@@ -268,7 +268,7 @@ CATALOG: tuple[Entry, ...] = (
         licence=Licence("Apache-2.0", "https://huggingface.co/FunAudioLLM/CosyVoice2-0.5B"),
         folder="CosyVoice2-0.5B",
         layout=COSYVOICE2_LAYOUT,
-        enables="ready for the CosyVoice2 backend (not served yet: no cosyvoice2 backend in the registry)",
+        enables="the cosyvoice2 backend: voice cosyvoice2 (zero-shot, cross-lingual, text-in streaming)",
     ),
     Entry(
         name="rvc-base",

@@ -104,6 +104,26 @@ def entry_parameter(repository: Path, model: str, key: str) -> str:
     return config.parameters[key].string_value if key in config.parameters else ""
 
 
+# The published CosyVoice2-0.5B checkpoint directory (FunAudioLLM/CosyVoice2-0.5B) as the backend loads it.
+# spk2info.pt (preset speakers) is optional.
+COSYVOICE2_LAYOUT = Layout(
+    (
+        "cosyvoice2.yaml",
+        "llm.pt",
+        "flow.pt",
+        "hift.pt",
+        "campplus.onnx",
+        "speech_tokenizer_v2.onnx",
+        "CosyVoice-BlankEN/config.json",
+        "CosyVoice-BlankEN/model.safetensors",
+        # The Qwen2 tokenizer CosyVoice's QwenTokenizer loads: published as the slow files (vocab.json, merges.txt);
+        # a fast tokenizer.json (what the tiny writers produce) serves as well.
+        "CosyVoice-BlankEN/tokenizer_config.json",
+        "CosyVoice-BlankEN/vocab.json|CosyVoice-BlankEN/tokenizer.json",
+        "CosyVoice-BlankEN/merges.txt|CosyVoice-BlankEN/tokenizer.json",
+    )
+)
+
 BACKENDS: tuple[Backend, ...] = (
     Backend(
         name="piper",
@@ -159,6 +179,30 @@ BACKENDS: tuple[Backend, ...] = (
         voice_prefix="orpheus-",
         requirements=("requirements-models.txt", "requirements-torch.txt", "requirements-spark.txt"),
         tiny_writer="voice_triton.tiny.orpheus",
+    ),
+    Backend(
+        name="cosyvoice2",
+        title="CosyVoice2-0.5B",
+        models=("cosyvoice2", "cosyvoice2_speech_tokenizer", "cosyvoice2_speaker_embedding", "cosyvoice2_token2wav"),
+        entry_model="cosyvoice2",
+        layout=COSYVOICE2_LAYOUT,
+        models_dir_name="CosyVoice2-0.5B",
+        voices=(
+            (
+                "cosyvoice2",
+                "CosyVoice2: zero-shot, cross-lingual and instruct cloning, text-in streaming (zh, en, ja, ko, yue)",
+                "",
+            ),
+        ),
+        requirements=("requirements-models.txt", "requirements-torch.txt"),
+        tiny_writer="voice_triton.tiny.cosyvoice2",
+        # The random model never ends a piece by itself: a low length bound keeps its pieces short; the tiny
+        # checkpoint's spk2info.pt has these two preset speakers.
+        tiny_params={
+            "max_token_text_ratio": "3",
+            "speakers": "tiny_female,tiny_male",
+            "supported_modes": "zero_shot,cross_lingual,instruct,preset_speaker",
+        },
     ),
 )
 

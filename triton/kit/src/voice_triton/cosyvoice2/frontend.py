@@ -210,12 +210,63 @@ def align_prompt(
     return prompt_feat[:, : token_mel_ratio * n], np.asarray(prompt_tokens)[:n]
 
 
+def _onnx_session(path: Path, providers: Sequence[str] | None, threads: int) -> Any:
+    """One onnxruntime session. Upstream runs both front-end models with one intra-op thread: a serving process runs
+    many requests side by side, and one session grabbing every core for a short reference only slows the others."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    chosen = list(providers) if providers else ["CPUExecutionProvider"]
+    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=chosen)
+
+
+class SpeakerEncoder:
+    """CAM++ (`campplus.onnx`): 16 kHz audio -> 192-d x-vector. Thread-safe (onnxruntime sessions are).
+
+    The input is fed by position, as upstream does: the published name ("input") is not part of any contract, so a
+    re-exported model with another name works too."""
+
+    def __init__(self, path: Path, providers: Sequence[str] | None = None, threads: int = 1) -> None:
+        self.session = _onnx_session(path, providers, threads)
+        self._input = self.session.get_inputs()[0].name
+
+    def __call__(self, wav_16k: np.ndarray | torch.Tensor) -> np.ndarray:
+        feats = kaldi_fbank(wav_16k)
+        # Per-utterance mean normalisation: CAM++ was trained on mean-normalised fbank.
+        feats = feats - feats.mean(axis=0, keepdims=True)
+        (embedding,) = self.session.run(None, {self._input: feats[None].astype(np.float32)})[:1]
+        return np.asarray(embedding, dtype=np.float32).reshape(-1)
+
+
+class SpeechTokenizer:
+    """The V2 speech tokenizer (`speech_tokenizer_v2.onnx`): at most 30 s of 16 kHz audio -> tokens 0..6560 at 25 Hz.
+    Thread-safe; inputs fed by position ("feats", "feats_length" published)."""
+
+    def __init__(self, path: Path, providers: Sequence[str] | None = None, threads: int = 1) -> None:
+        self.session = _onnx_session(path, providers, threads)
+        self._inputs = [i.name for i in self.session.get_inputs()[:2]]
+
+    def __call__(self, wav_16k: np.ndarray | torch.Tensor) -> np.ndarray:
+        audio = _mono(wav_16k)
+        if audio.shape[0] > MAX_TOKENIZER_SECONDS * TOKENIZER_SAMPLE_RATE:
+            raise ValueError(
+                f"reference of {audio.shape[0] / TOKENIZER_SAMPLE_RATE:.1f} s: the speech tokenizer takes at most "
+                f"{MAX_TOKENIZER_SECONDS:.0f} s"
+            )
+        feats = whisper_log_mel(audio).numpy()
+        feed = {self._inputs[0]: feats, self._inputs[1]: np.array([feats.shape[2]], dtype=np.int32)}
+        (tokens,) = self.session.run(None, feed)[:1]
+        return np.asarray(tokens).reshape(-1).astype(np.int64)
+
+
 class CosyVoice2Frontend:
     """The reference features of a CosyVoice2 checkpoint: its two ONNX models, each loaded once, and the prompt mel.
 
-    `providers` are onnxruntime execution providers (CPU by default; the orchestrator may pass CUDA on GPU hosts).
-    Upstream runs both sessions with one intra-op thread: a serving process runs many requests side by side, and
-    one session grabbing every core for a short reference only slows the others. Sessions are thread-safe.
+    `providers` are onnxruntime execution providers (CPU by default; CUDA on GPU hosts). The Triton backend serves
+    the two ONNX models as models of their own (cosyvoice2_speech_tokenizer, cosyvoice2_speaker_embedding) through
+    `SpeechTokenizer` and `SpeakerEncoder`; this class puts the three features side by side for tests and tools.
     """
 
     def __init__(
@@ -226,21 +277,9 @@ class CosyVoice2Frontend:
         providers: Sequence[str] | None = None,
         threads: int = 1,
     ) -> None:
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        chosen = list(providers) if providers else ["CPUExecutionProvider"]
-        self.campplus = onnxruntime.InferenceSession(str(campplus), sess_options=options, providers=chosen)
-        self.speech_tokenizer = onnxruntime.InferenceSession(
-            str(speech_tokenizer), sess_options=options, providers=chosen
-        )
+        self.speaker_encoder = SpeakerEncoder(campplus, providers, threads)
+        self.tokenizer = SpeechTokenizer(speech_tokenizer, providers, threads)
         self.feat_extractor = dict(PUBLISHED_FEAT_EXTRACTOR if feat_extractor is None else feat_extractor)
-        # Inputs by position, as upstream feeds them: the published names ("input"; "feats", "feats_length") are
-        # not part of any contract, so a re-exported model with other names works too.
-        self._campplus_input = self.campplus.get_inputs()[0].name
-        self._tokenizer_inputs = [i.name for i in self.speech_tokenizer.get_inputs()[:2]]
 
     @classmethod
     def from_checkpoint(
@@ -264,24 +303,8 @@ class CosyVoice2Frontend:
 
     def speaker_embedding(self, wav_16k: np.ndarray | torch.Tensor) -> np.ndarray:
         """CAM++'s x-vector [192] (float32) of 16 kHz audio."""
-        feats = kaldi_fbank(wav_16k)
-        # Per-utterance mean normalisation: CAM++ was trained on mean-normalised fbank.
-        feats = feats - feats.mean(axis=0, keepdims=True)
-        (embedding,) = self.campplus.run(None, {self._campplus_input: feats[None].astype(np.float32)})[:1]
-        return np.asarray(embedding, dtype=np.float32).reshape(-1)
+        return self.speaker_encoder(wav_16k)
 
     def speech_tokens(self, wav_16k: np.ndarray | torch.Tensor) -> np.ndarray:
         """Speech tokens (int64, 0..6560, 25 per second) of at most 30 s of 16 kHz audio."""
-        audio = _mono(wav_16k)
-        if audio.shape[0] > MAX_TOKENIZER_SECONDS * TOKENIZER_SAMPLE_RATE:
-            raise ValueError(
-                f"reference of {audio.shape[0] / TOKENIZER_SAMPLE_RATE:.1f} s: the speech tokenizer takes at most "
-                f"{MAX_TOKENIZER_SECONDS:.0f} s"
-            )
-        feats = whisper_log_mel(audio).numpy()
-        feed = {
-            self._tokenizer_inputs[0]: feats,
-            self._tokenizer_inputs[1]: np.array([feats.shape[2]], dtype=np.int32),
-        }
-        (tokens,) = self.speech_tokenizer.run(None, feed)[:1]
-        return np.asarray(tokens).reshape(-1).astype(np.int64)
+        return self.tokenizer(wav_16k)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -269,4 +270,22 @@ def samples_for_tokens(tokens: int, flow: CausalMaskedDiffWithXvec, hift: HiFTGe
     return tokens * flow.token_mel_ratio * hift.upsample_scale
 
 
-__all__ = ["Token2WavSchedule", "Token2WavStream", "decode_whole", "samples_for_tokens"]
+__all__ = ["Token2WavSchedule", "Token2WavStream", "decode_whole", "load_token2wav", "samples_for_tokens"]
+
+
+def load_token2wav(
+    directory: Path, device: torch.device | str = "cpu"
+) -> tuple[CausalMaskedDiffWithXvec, HiFTGenerator]:
+    """The flow and HiFT of a published checkpoint directory: built from its cosyvoice2.yaml, flow.pt and hift.pt
+    loaded strictly (a key or shape that differs from the yaml fails here, naming it)."""
+    from voice_triton.cosyvoice2.config import build_hift, read_config
+    from voice_triton.cosyvoice2.flow import build_flow
+    from voice_triton.cosyvoice2.hift import hift_state_dict
+
+    config = read_config(directory)
+    flow = build_flow(config.flow)
+    flow.load_state_dict(torch.load(Path(directory) / "flow.pt", map_location="cpu", weights_only=True), strict=True)
+    hift = build_hift(config)
+    hift_checkpoint = torch.load(Path(directory) / "hift.pt", map_location="cpu", weights_only=True)
+    hift.load_state_dict(hift_state_dict(hift_checkpoint), strict=True)
+    return flow.to(device).eval(), hift.to(device).eval()

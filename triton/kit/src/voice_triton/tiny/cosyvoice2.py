@@ -16,6 +16,8 @@ directory with the published files, only small:
                                  tokenizer_config.json, vocab.json, merges.txt) that already carries the special tokens
                                  upstream's QwenTokenizer adds at load time (<|endofprompt|>, [breath], <strong>,
                                  [laughter], ...), in its order, so adding them again changes no id
+    <out>/spk2info.pt            two preset speakers (tiny_female: an x-vector only, as SFT speakers are published;
+                                 tiny_male: a saved zero-shot speaker with its prompt), see `spk2info`
     <out>/campplus.onnx          a tiny CAM++ stand-in with the published interface: "input" fbank [B, T, 80]
                                  float -> "output" x-vector [B, 192] float (per-frame projection, tanh, mean and
                                  RMS pooling over time, projection), so different voices give different vectors
@@ -506,7 +508,32 @@ def make_checkpoint(out: Path, seed: int = 0) -> Path:
     torch.save(build_flow(config.flow).state_dict(), out / "flow.pt")
     torch.save(build_hift(config).state_dict(), out / "hift.pt")
     write_onnx_models(out, seed)
+    torch.save(spk2info(vocab_ids=blank, seed=seed), out / "spk2info.pt")
     return out
+
+
+def spk2info(vocab_ids: Path, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Two preset speakers in the two forms upstream's spk2info.pt entries take: `tiny_female` as an SFT speaker (an
+    x-vector `embedding` only), `tiny_male` as a saved zero-shot speaker (prompt text ids, the LLM's and the flow's
+    prompt speech tokens, the prompt mel and both embeddings)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    generator = torch.Generator().manual_seed(seed + 7)
+    tokens = torch.randint(0, SPEECH_TOKEN_SIZE, (1, 20), generator=generator, dtype=torch.int32)
+    prompt_ids = AutoTokenizer.from_pretrained(vocab_ids)("A saved voice.")["input_ids"]
+    male = torch.randn(1, 192, generator=generator)
+    return {
+        "tiny_female": {"embedding": torch.randn(1, 192, generator=generator)},
+        "tiny_male": {
+            "prompt_text": torch.tensor([prompt_ids], dtype=torch.int32),
+            "llm_prompt_speech_token": tokens,
+            "flow_prompt_speech_token": tokens,
+            "prompt_speech_feat": torch.randn(1, 40, 80, generator=generator) - 5.0,
+            "llm_embedding": male,
+            "flow_embedding": male,
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
