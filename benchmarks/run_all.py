@@ -19,9 +19,10 @@ ORDER = [
     "rvc_pool_bench.py",
     "gateway_bench.py",
     "spark_bench.py",
+    "text_stream_bench.py",
     "edge_latency.py",
 ]
-HAS_QUICK = {"gateway_bench.py", "spark_bench.py", "edge_latency.py"}
+HAS_QUICK = {"gateway_bench.py", "spark_bench.py", "text_stream_bench.py", "edge_latency.py"}
 
 
 def main() -> int:

@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.fixtures.gateway",
     "tests.fixtures.spark",
     "tests.fixtures.orpheus",
+    "tests.fixtures.cosyvoice2",
     "tests.fixtures.http_edge",
 ]
 

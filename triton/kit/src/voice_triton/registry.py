@@ -202,6 +202,8 @@ BACKENDS: tuple[Backend, ...] = (
             "max_token_text_ratio": "3",
             "speakers": "tiny_female,tiny_male",
             "supported_modes": "zero_shot,cross_lingual,instruct,preset_speaker",
+            # Tests wait for an idle session to expire.
+            "session_idle_timeout_s": "8",
         },
     ),
 )

@@ -38,10 +38,6 @@ TEXT_BLOCK = 5
 SPEECH_BLOCK = 15
 
 
-class TokenBudgetExceeded(RuntimeError):
-    """The model wrote more speech tokens than the text can need (max_token_text_ratio): it did not end."""
-
-
 @dataclass(frozen=True)
 class Sampling:
     """RAS sampling and the length bounds of upstream's defaults (cosyvoice2.yaml's `sampling`, llm inference)."""
@@ -169,9 +165,6 @@ class BistreamDecoder:
         self.pending = []
         return self.lm.step(inputs, self.state)[0]
 
-    def _budget(self) -> int:
-        return max(SPEECH_BLOCK, int(self.text_tokens * self.sampler.params.max_token_text_ratio))
-
     def _fill_blocks(self) -> bool:
         """Move text blocks (and the prompt's speech tokens) into the input while the model waits for text and 5 text
         ids are queued; True when the model may write speech tokens now."""
@@ -203,8 +196,6 @@ class BistreamDecoder:
                 if token == self.lm.fill_token:  # the model asked for text early: honour it
                     self.waiting_for_text = True
                     break
-                if len(self.out) >= self._budget():
-                    raise TokenBudgetExceeded(f"{len(self.out)} speech tokens for {self.text_tokens} text tokens")
                 self.out.append(token)
                 self.block_speech += 1
                 self.pending.append(self.lm.speech_embedding.weight[token].reshape(1, 1, -1))
@@ -220,6 +211,10 @@ class BistreamDecoder:
         self.finished = True
         if self.text_tokens == 0:
             return
+        # The streaming phase is bounded by its blocks (15 speech tokens per 5 text tokens); the final phase speaks the
+        # text not yet in a block, at most max_token_text_ratio speech tokens per text token of it.
+        rest = len(self.text_queue)
+        budget = len(self.out) + max(SPEECH_BLOCK, int((rest + 1) * self.sampler.params.max_token_text_ratio))
         # Short text: the prompt's speech may not be interleaved yet; the rest goes in as the whole-text form has it.
         if self.text_queue:
             self.pending.append(self._text_embedding(self.text_queue))
@@ -230,7 +225,7 @@ class BistreamDecoder:
             self.prompt_speech = []
         start = len(self.out)
         min_len = int(self.text_tokens * self.sampler.params.min_token_text_ratio)
-        while len(self.out) < self._budget():
+        while len(self.out) < budget:
             logits = self._step()
             # End of speech once the text's minimum is written and the final text has at least one token of its own.
             allowed = self._final_ids if len(self.out) >= max(min_len, start + 1) else self._speech_ids
@@ -251,6 +246,5 @@ __all__ = [
     "Prompt",
     "RasSampler",
     "Sampling",
-    "TokenBudgetExceeded",
     "generate_whole",
 ]
