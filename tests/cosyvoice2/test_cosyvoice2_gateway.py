@@ -69,7 +69,7 @@ class PacedRun:
 
     def _messages(
         self, cfg: tts_gateway_pb2.StreamingSynthesizeConfig
-    ) -> Iterator[tts_gateway_pb2.StreamingSynthesizeRequest]:  # noqa: E501
+    ) -> Iterator[tts_gateway_pb2.StreamingSynthesizeRequest]:
         yield tts_gateway_pb2.StreamingSynthesizeRequest(config=cfg)
         for word in self.words:
             self.sent_at.append(time.perf_counter() - self.started)
