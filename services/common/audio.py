@@ -23,13 +23,18 @@ import soundfile as sf
 import soxr
 from numpy.typing import NDArray
 
+from services.common import g711
 from voice.v1 import audio_pb2
 
 PCM16 = audio_pb2.AUDIO_ENCODING_PCM16
 WAV = audio_pb2.AUDIO_ENCODING_WAV
 OGG_OPUS = audio_pb2.AUDIO_ENCODING_OGG_OPUS
 FLOAT32 = audio_pb2.AUDIO_ENCODING_FLOAT32
+MULAW = audio_pb2.AUDIO_ENCODING_MULAW
+ALAW = audio_pb2.AUDIO_ENCODING_ALAW
 UNSPECIFIED = audio_pb2.AUDIO_ENCODING_UNSPECIFIED
+# G.711 (MULAW, ALAW): the telephone rate, what output at "native" rate (0) becomes.
+TELEPHONE_RATE_HZ = 8000
 
 # Rates libopus can encode at; the Ogg-Opus output contract allows only these.
 OPUS_RATES: tuple[int, ...] = (8000, 12000, 16000, 24000, 48000)
@@ -40,7 +45,17 @@ MAX_OUTPUT_RATE_HZ = 48000
 MIN_INPUT_RATE_HZ = 8000
 MAX_INPUT_RATE_HZ = 192000
 
-_ENCODING_NAMES: dict[int, str] = {PCM16: "PCM16", WAV: "WAV", OGG_OPUS: "OGG_OPUS", FLOAT32: "FLOAT32"}
+_ENCODING_NAMES: dict[int, str] = {
+    PCM16: "PCM16",
+    WAV: "WAV",
+    OGG_OPUS: "OGG_OPUS",
+    FLOAT32: "FLOAT32",
+    MULAW: "MULAW",
+    ALAW: "ALAW",
+}
+_ENCODING_LIST = "PCM16, WAV, OGG_OPUS, FLOAT32, MULAW, ALAW"
+# Headerless encodings: bytes per sample.
+_RAW_WIDTHS: dict[int, int] = {PCM16: 2, FLOAT32: 4, MULAW: 1, ALAW: 1}
 # libsndfile major formats that are RIFF/WAVE files (WAVEX = WAVE_FORMAT_EXTENSIBLE, RF64 = >4 GiB variant).
 _WAV_FORMATS = frozenset({"WAV", "WAVEX", "RF64"})
 # Default Opus bitrates per rate: transparent enough for speech without wasting bandwidth.
@@ -161,7 +176,7 @@ def _decode_raw(data: bytes, encoding: int, sample_rate_hz: int, channels: int) 
             f"sample_rate_hz {sample_rate_hz} is out of range for raw {name} audio; "
             f"use {MIN_INPUT_RATE_HZ}..{MAX_INPUT_RATE_HZ}"
         )
-    width = 2 if encoding == PCM16 else 4
+    width = _RAW_WIDTHS[encoding]
     frame_bytes = width * channels
     if len(data) % frame_bytes:
         if channels == 1:
@@ -171,6 +186,10 @@ def _decode_raw(data: bytes, encoding: int, sample_rate_hz: int, channels: int) 
         raise AudioDecodeError(f"{name} audio must have {what}, got {len(data)}")
     if encoding == PCM16:
         flat = pcm16_to_float(data)
+    elif encoding == MULAW:
+        flat = g711.decode_ulaw(data)
+    elif encoding == ALAW:
+        flat = g711.decode_alaw(data)
     else:
         flat = np.frombuffer(data, dtype="<f4").astype(np.float32)
         if not np.all(np.isfinite(flat)):
@@ -215,7 +234,7 @@ def decode_audio(
 ) -> tuple[NDArray[np.float32], int]:
     """Decode a whole input clip to (mono float32 in [-1, 1], sample rate).
 
-    ``sample_rate_hz`` and ``channels`` describe raw PCM16 / FLOAT32 input (channels interleaved, 0 means 1); WAV and
+    ``sample_rate_hz`` and ``channels`` describe raw PCM16 / FLOAT32 / MULAW / ALAW input (channels interleaved, 0 means 1); WAV and
     Ogg-Opus carry their own and ignore them. Multi-channel audio is down-mixed by averaging. Raises
     ``AudioDecodeError`` for empty, malformed or over-long (``max_seconds``) input.
     """
@@ -225,15 +244,15 @@ def decode_audio(
         raise AudioDecodeError(f"channels must be 0 or more, got {channels}")
     if not data:
         raise AudioDecodeError("audio is empty")
-    if encoding in (PCM16, FLOAT32):
+    if encoding in _RAW_WIDTHS:
         frames = _decode_raw(data, encoding, sample_rate_hz, channels)
         rate = sample_rate_hz
     elif encoding in (WAV, OGG_OPUS):
         frames, rate = _decode_container(data, encoding, max_seconds)
     elif encoding == UNSPECIFIED:
-        raise AudioDecodeError("format.encoding is required: one of PCM16, WAV, OGG_OPUS, FLOAT32")
+        raise AudioDecodeError(f"format.encoding is required: one of {_ENCODING_LIST}")
     else:
-        raise AudioDecodeError(f"unknown audio encoding {encoding}; use one of PCM16, WAV, OGG_OPUS, FLOAT32")
+        raise AudioDecodeError(f"unknown audio encoding {encoding}; use one of {_ENCODING_LIST}")
     _check_length(frames.shape[0], rate, max_seconds)
     return _finish(frames, rate)
 
@@ -299,9 +318,9 @@ def validate_output_format(
     """
     violations: list[tuple[str, str]] = []
     if encoding == UNSPECIFIED:
-        violations.append((f"{field}.encoding", "is required: one of PCM16, WAV, OGG_OPUS, FLOAT32"))
+        violations.append((f"{field}.encoding", f"is required: one of {_ENCODING_LIST}"))
     elif encoding not in _ENCODING_NAMES:
-        violations.append((f"{field}.encoding", f"unknown value {encoding}; use one of PCM16, WAV, OGG_OPUS, FLOAT32"))
+        violations.append((f"{field}.encoding", f"unknown value {encoding}; use one of {_ENCODING_LIST}"))
     if sample_rate_hz == 0:
         return violations
     rate_field = f"{field}.sample_rate_hz"
@@ -317,9 +336,12 @@ def validate_output_format(
 
 def resolve_output_rate(encoding: int, requested_hz: int, native_hz: int) -> int:
     """The rate to encode at: the requested one, or for 0 the native rate; Ogg-Opus rounds a native rate that Opus
-    cannot encode (e.g. Piper's 22050) up to the next Opus rate, capped at 48000."""
+    cannot encode (e.g. Piper's 22050) up to the next Opus rate, capped at 48000; MULAW and ALAW at 0 are 8000 Hz
+    (the telephone rate)."""
     if requested_hz:
         return requested_hz
+    if encoding in (MULAW, ALAW):
+        return TELEPHONE_RATE_HZ
     if encoding == OGG_OPUS and native_hz not in OPUS_RATES:
         return next((r for r in OPUS_RATES if r >= native_hz), OPUS_RATES[-1])
     return native_hz
@@ -384,6 +406,24 @@ class Float32Encoder(AudioEncoder):
     def _encode(self, x: NDArray[np.float32]) -> bytes:
         # Clip so the lossless hop still honours the [-1, 1] contract of the proto.
         return np.clip(x, -1.0, 1.0).astype("<f4").tobytes()
+
+
+class MulawEncoder(AudioEncoder):
+    """G.711 mu-law, one byte per sample, no header."""
+
+    encoding = MULAW
+
+    def _encode(self, x: NDArray[np.float32]) -> bytes:
+        return g711.encode_ulaw(x)
+
+
+class AlawEncoder(AudioEncoder):
+    """G.711 A-law, one byte per sample, no header."""
+
+    encoding = ALAW
+
+    def _encode(self, x: NDArray[np.float32]) -> bytes:
+        return g711.encode_alaw(x)
 
 
 def wav_header(sample_rate_hz: int, data_bytes: int = _UNKNOWN_SIZE) -> bytes:
@@ -537,4 +577,8 @@ def make_encoder(encoding: int, sample_rate_hz: int, *, opus_bitrate: int | None
         return WavEncoder(sample_rate_hz)
     if encoding == OGG_OPUS:
         return OggOpusEncoder(sample_rate_hz, bitrate=opus_bitrate)
-    raise UnsupportedFormat(f"cannot encode {encoding_name(encoding)}; use one of PCM16, WAV, OGG_OPUS, FLOAT32")
+    if encoding == MULAW:
+        return MulawEncoder(sample_rate_hz)
+    if encoding == ALAW:
+        return AlawEncoder(sample_rate_hz)
+    raise UnsupportedFormat(f"cannot encode {encoding_name(encoding)}; use one of {_ENCODING_LIST}")

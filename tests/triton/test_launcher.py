@@ -93,7 +93,9 @@ def test_without_checkpoints_only_piper_is_planned_and_each_other_backend_says_w
     launch: ModuleType, clean_env: None
 ) -> None:
     plan = launch.plan_launch(launch.parse_args([]), REPOSITORY)
-    assert plan.backends == ["piper"] and plan.models == ["piper_tts", "piper_tts_whole"]
+    # The embedded backends: Piper (speech out) and PocketSphinx (speech in).
+    assert plan.backends == ["piper", "pocketsphinx"]
+    assert plan.models == ["piper_tts", "piper_tts_whole", "pocketsphinx"]
     others = [backend.name for backend in registry.BACKENDS if not backend.embedded]
     assert sorted(plan.skipped) == sorted(others)
     assert all("no checkpoint" in why for why in plan.skipped.values())
@@ -109,7 +111,7 @@ def test_an_incomplete_checkpoint_is_reported_with_what_is_missing(
     plan = launch.plan_launch(
         launch.parse_args([f"--checkpoint=spark={spark}", f"--orpheus-checkpoint={orpheus}"]), REPOSITORY
     )
-    assert plan.backends == ["piper", "orpheus"]
+    assert plan.backends == ["piper", "pocketsphinx", "orpheus"]
     assert "orpheus_tts" in plan.models and "spark_tts" not in plan.models
     assert plan.skipped["spark"].endswith("missing: BiCodec/model.safetensors, LLM/config.json")
     assert plan.overrides["orpheus_tts"]["checkpoint_dir"] == str(orpheus)
@@ -122,7 +124,7 @@ def test_models_dir_serves_the_backends_found_under_their_registered_names(
     complete_layout(spark, tmp_path / spark.models_dir_name)
     (tmp_path / "unrelated").mkdir()
     plan = launch.plan_launch(launch.parse_args([f"--models-dir={tmp_path}", "--spark-param=top_k=7"]), REPOSITORY)
-    assert plan.backends == ["piper", "spark"]
+    assert plan.backends == ["piper", "pocketsphinx", "spark"]
     for model in spark.models:
         assert plan.overrides[model]["checkpoint_dir"] == str(tmp_path / spark.models_dir_name)
     assert plan.overrides["spark_tts"]["top_k"] == "7"

@@ -135,6 +135,15 @@ BACKENDS: tuple[Backend, ...] = (
         requirements=("requirements-models.txt",),
     ),
     Backend(
+        # Speech in: the embedded default recognition model (its weights ship in the pocketsphinx wheel).
+        name="pocketsphinx",
+        title="CMU PocketSphinx (en-US, embedded default recognition)",
+        models=("pocketsphinx",),
+        entry_model="pocketsphinx",
+        voices=(),
+        requirements=("requirements-models.txt",),
+    ),
+    Backend(
         name="spark",
         title="Spark-TTS-0.5B",
         models=("spark_tts", "spark_audio_tokenizer", "spark_vocoder"),
