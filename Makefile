@@ -10,6 +10,7 @@ PROTOS := $(wildcard proto/voice/v1/*.proto)
 # buf breaking compares the contract with main (on main itself: with the last commit).
 BREAKING_BASE ?= $(shell git merge-base HEAD main 2>/dev/null || echo HEAD)
 DEV_REQS := requirements-dev.txt requirements-parity.txt services/common/requirements.txt services/tts_gateway/requirements.txt \
+            services/tts_gateway/requirements-nodeps.txt \
             services/rvc_service/requirements.txt services/rvc_service/requirements-base.txt \
             services/http_edge/requirements.txt
 # The repository's own distributions: the services, the client, the test helpers, the benchmarks (each pyproject.toml).
@@ -26,6 +27,8 @@ $(VENV)/.installed: $(DEV_REQS) $(OWN_PACKAGES)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	# The parity test's reference implementation pins versions that clash with ours; only its network is used.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-parity.txt
+	# silero-vad ships the gateway's VAD model; its metadata would pull torch (see the file's header).
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r services/tts_gateway/requirements-nodeps.txt
 	$(PY) services/rvc_service/torchaudio_cpu.py
 	# Our own packages, editable and without dependencies (every dependency is pinned above). Installed packages,
 	# not the repository root on sys.path: the root's triton/ folder would pass for the OpenAI Triton compiler.

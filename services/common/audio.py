@@ -234,8 +234,8 @@ def decode_audio(
 ) -> tuple[NDArray[np.float32], int]:
     """Decode a whole input clip to (mono float32 in [-1, 1], sample rate).
 
-    ``sample_rate_hz`` and ``channels`` describe raw PCM16 / FLOAT32 / MULAW / ALAW input (channels interleaved, 0 means 1); WAV and
-    Ogg-Opus carry their own and ignore them. Multi-channel audio is down-mixed by averaging. Raises
+    ``sample_rate_hz`` and ``channels`` describe raw PCM16 / FLOAT32 / MULAW / ALAW input (channels interleaved, 0
+    means 1); WAV and Ogg-Opus carry their own and ignore them. Multi-channel audio is down-mixed by averaging. Raises
     ``AudioDecodeError`` for empty, malformed or over-long (``max_seconds``) input.
     """
     if channels == 0:

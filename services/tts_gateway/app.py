@@ -18,18 +18,23 @@ from services.common.server import (
 )
 from services.common.tracing import configure_tracing, shutdown_tracing
 from services.tts_gateway.admission import RealTimeAdmission
+from services.tts_gateway.asr_client import TritonAsr
+from services.tts_gateway.endpointing import EndpointerSettings
+from services.tts_gateway.recognition import RecognitionServicer, RecognitionSettings
 from services.tts_gateway.rvc_client import RvcClient
 from services.tts_gateway.saved_voices import SavedVoiceStore
 from services.tts_gateway.servicer import TtsGatewayServicer
 from services.tts_gateway.stats import SAVED_VOICES, LatencyWindows
 from services.tts_gateway.triton_client import TritonTts
 from services.tts_gateway.upstreams import UpstreamMonitor
+from services.tts_gateway.vad import make_vad
 from services.tts_gateway.validation import Limits, MiB, ReferenceCache, RequestValidator
 from services.tts_gateway.voices import DEFAULT_VOICES_PATH, VoiceCatalog, load_voice_specs
-from voice.v1 import tts_gateway_pb2, tts_gateway_pb2_grpc
+from voice.v1 import recognition_pb2, recognition_pb2_grpc, tts_gateway_pb2, tts_gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = tts_gateway_pb2.DESCRIPTOR.services_by_name["TtsGatewayService"].full_name
+RECOGNITION_SERVICE_NAME = recognition_pb2.DESCRIPTOR.services_by_name["RecognitionService"].full_name
 
 
 def make_parser() -> EnvArgumentParser:
@@ -77,7 +82,43 @@ def make_parser() -> EnvArgumentParser:
         "--max-saved-voices-mb", type=float, default=256.0, help="most disk the saved voices may take, MiB"
     )
     parser.add_option("--probe-interval", type=float, default=0.5, help="seconds between upstream health probes")
+    add_recognition_arguments(parser)
     return parser
+
+
+def add_recognition_arguments(parser: EnvArgumentParser) -> None:
+    parser.add_option(
+        "--default-recognition-model",
+        default="pocketsphinx",
+        help="recognition model used when a request names none; when Triton does not serve it, the first one found",
+    )
+    parser.add_option(
+        "--vad",
+        default="silero",
+        choices=["silero", "energy"],
+        help="voice-activity detector that cuts audio into utterances: silero (Silero VAD's packaged ONNX model) or "
+        "energy (a level threshold, for clean audio)",
+    )
+    parser.add_option(
+        "--end-of-utterance-silence",
+        type=float,
+        default=0.6,
+        help="seconds of silence after speech that end an utterance",
+    )
+    parser.add_option(
+        "--max-utterance-seconds",
+        type=float,
+        default=30.0,
+        help="an utterance is ended (and recognised) when it reaches this length",
+    )
+    parser.add_option(
+        "--interim-interval",
+        type=float,
+        default=0.5,
+        help="seconds of new speech between interim results (StreamingRecognize with interim_results)",
+    )
+    parser.add_option("--max-recognize-seconds", type=float, default=600.0, help="longest Recognize clip, seconds")
+    parser.add_option("--max-recognize-mb", type=float, default=8.0, help="largest Recognize clip (encoded), MiB")
 
 
 @dataclass
@@ -131,6 +172,24 @@ def build_gateway(args: argparse.Namespace) -> Gateway:
     )
     host.add_service(
         SERVICE_NAME, lambda server: tts_gateway_pb2_grpc.add_TtsGatewayServiceServicer_to_server(servicer, server)
+    )
+    make_vad(args.vad)  # fail at start-up, not on the first call, when the detector cannot be built
+    recognition = RecognitionServicer(
+        TritonAsr(triton),
+        RecognitionSettings(
+            default_model=args.default_recognition_model,
+            vad=args.vad,
+            endpointer=EndpointerSettings(
+                end_silence_s=args.end_of_utterance_silence, max_utterance_s=args.max_utterance_seconds
+            ),
+            interim_interval_s=args.interim_interval,
+            max_recognize_seconds=args.max_recognize_seconds,
+            max_recognize_bytes=int(args.max_recognize_mb * MiB),
+        ),
+    )
+    host.add_service(
+        RECOGNITION_SERVICE_NAME,
+        lambda server: recognition_pb2_grpc.add_RecognitionServiceServicer_to_server(recognition, server),
     )
 
     async def shutdown() -> None:

@@ -70,17 +70,17 @@ class Endpointer:
             raise ValueError("; ".join(problems))
         self.frame_s = frame_s
         s = self.settings
-        self._min_speech = max(1, round(s.min_speech_s / frame_s))
+        self.min_speech_frames = max(1, round(s.min_speech_s / frame_s))
         self._end_silence = max(1, round(s.end_silence_s / frame_s))
-        self._pre_roll = round(s.pre_roll_s / frame_s)
+        self.pre_roll_frames = round(s.pre_roll_s / frame_s)
         self._post_roll = round(s.post_roll_s / frame_s)
-        self._max_frames = max(self._min_speech + 1, round(s.max_utterance_s / frame_s))
+        self._max_frames = max(self.min_speech_frames + 1, round(s.max_utterance_s / frame_s))
         self.frames = 0  # frames pushed so far
         self.in_speech = False
         self.start_frame = 0  # of the utterance in progress (pre-roll included)
         self._run = 0  # consecutive frames over start_threshold while not in speech
         self._last_speech = 0  # last frame (exclusive) at or above end_threshold in the utterance
-        self._earliest = 0  # an utterance never starts before the previous one ended
+        self.earliest_frame = 0  # an utterance never starts before the previous one ended
 
     def push(self, probability: float) -> list[SpeechStart | UtteranceEnd]:
         s = self.settings
@@ -89,10 +89,10 @@ class Endpointer:
         events: list[SpeechStart | UtteranceEnd] = []
         if not self.in_speech:
             self._run = self._run + 1 if probability >= s.start_threshold else 0
-            if self._run >= self._min_speech:
+            if self._run >= self.min_speech_frames:
                 self.in_speech = True
                 first = index + 1 - self._run
-                self.start_frame = max(self._earliest, first - self._pre_roll)
+                self.start_frame = max(self.earliest_frame, first - self.pre_roll_frames)
                 self._last_speech = index + 1
                 self._run = 0
                 events.append(SpeechStart(self.start_frame * self.frame_s))
@@ -113,7 +113,7 @@ class Endpointer:
 
     def _end(self, end_frame: int, reason: str) -> UtteranceEnd:
         self.in_speech = False
-        self._earliest = end_frame
+        self.earliest_frame = end_frame
         self._run = 0
         return UtteranceEnd(self.start_frame, end_frame, reason)
 
@@ -167,9 +167,10 @@ class Segmenter:
         whole = audio.size - audio.size % self.frame_samples
         self._pending = audio[whole:]
         out: list[SpeechStart | Utterance] = []
+        # One copy per feed (not per frame): events only ever reach frames already pushed.
+        self._buffer = np.concatenate([self._buffer, audio[:whole]])
         for offset in range(0, whole, self.frame_samples):
             frame = audio[offset : offset + self.frame_samples]
-            self._buffer = np.concatenate([self._buffer, frame])
             out += self._handle(self.endpointer.push(self.vad(frame)))
         self._trim()
         return out
@@ -206,8 +207,10 @@ class Segmenter:
         if self.in_speech:
             keep_from = self.endpointer.start_frame * self.frame_samples
         else:
-            keep_from = (self.endpointer.frames - self.endpointer._pre_roll - 1) * self.frame_samples
-            keep_from = max(keep_from, self.endpointer._earliest * self.frame_samples)
+            # A start may reach back over the frames of its speech run plus the pre-roll.
+            reach = self.endpointer.min_speech_frames + self.endpointer.pre_roll_frames
+            keep_from = (self.endpointer.frames - reach) * self.frame_samples
+            keep_from = max(keep_from, self.endpointer.earliest_frame * self.frame_samples)
         drop = keep_from - self._buffer_start
         if drop > 0:
             self._buffer = self._buffer[drop:]

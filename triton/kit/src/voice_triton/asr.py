@@ -117,7 +117,7 @@ def words_from_pieces(
     text, start, end, group = "", 0.0, 0.0, []  # type: ignore[var-annotated]
     for piece, t0, t1, prob in zip(pieces, starts, ends, probs, strict=True):
         if (piece[:1].isspace() or not text) and text.strip():
-            words.append(Word(text.strip(), round(start, 3), round(end, 3), round(float(np.mean(group)), 4)))
+            words.append(Word(text.strip(), round(start, 3), round(end, 3), round(float(np.mean(group)), 6)))
             text, group = "", []
         if not text:
             start = t0
@@ -125,7 +125,7 @@ def words_from_pieces(
         end = max(t1, t0)
         group.append(prob)
     if text.strip():
-        words.append(Word(text.strip(), round(start, 3), round(end, 3), round(float(np.mean(group)), 4)))
+        words.append(Word(text.strip(), round(start, 3), round(end, 3), round(float(np.mean(group)), 6)))
     return words
 
 

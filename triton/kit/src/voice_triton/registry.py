@@ -215,6 +215,49 @@ BACKENDS: tuple[Backend, ...] = (
             "session_idle_timeout_s": "8",
         },
     ),
+    Backend(
+        name="whisper",
+        title="Whisper",
+        models=("whisper",),
+        entry_model="whisper",
+        layout=Layout(
+            (
+                "config.json",
+                "generation_config.json",
+                "preprocessor_config.json",
+                "tokenizer_config.json",
+                "tokenizer.json|vocab.json",
+                "tokenizer.json|merges.txt",
+                "model.safetensors|model.safetensors.index.json|pytorch_model.bin",
+            )
+        ),
+        models_dir_name="whisper-large-v3-turbo",
+        # Recognition: no gateway voices.
+        voices=(),
+        requirements=("requirements-models.txt", "requirements-torch.txt"),
+        tiny_writer="voice_triton.tiny.whisper",
+        # A few tokens per 30 s window and a short limit keep the random model's requests quick in tests.
+        tiny_params={"max_new_tokens": "8", "max_audio_seconds": "120"},
+    ),
+    Backend(
+        name="voxtral",
+        title="Voxtral Mini 3B",
+        models=("voxtral",),
+        entry_model="voxtral",
+        layout=Layout(
+            (
+                "config.json",
+                "preprocessor_config.json",
+                "tekken.json",
+                "model.safetensors|model.safetensors.index.json",
+            )
+        ),
+        models_dir_name="Voxtral-Mini-3B-2507",
+        voices=(),
+        requirements=("requirements-models.txt", "requirements-torch.txt"),
+        tiny_writer="voice_triton.tiny.voxtral",
+        tiny_params={"max_new_tokens": "8", "max_audio_seconds": "120"},
+    ),
 )
 
 
