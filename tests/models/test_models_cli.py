@@ -72,7 +72,7 @@ def test_list_names_every_model_with_its_pin_licence_and_voices(cli: Cli, models
     assert rows["rvc-base"]["directory"] == str(models_dir / "rvc")
     text = cli("list").stdout
     assert "pull needs --accept-license" in text and "(gated: needs a token)" in text
-    assert "ready for the CosyVoice2 backend" in text
+    assert rows["cosyvoice2-0.5b"]["voices"] == ["cosyvoice2"]
 
 
 def test_pull_fetches_only_what_the_backend_loads_at_the_pinned_commit(

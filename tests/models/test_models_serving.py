@@ -55,7 +55,7 @@ def test_a_pulled_checkpoint_is_served_and_clones_a_voice_while_a_broken_one_is_
         text = log.read_text(errors="replace")
         assert f"backend orpheus: not served: failed to load: {broken.entry_model}:" in text
         assert next(line for line in text.splitlines() if line.startswith("triton ready")).endswith(
-            "backends=piper,spark"
+            "backends=piper,pocketsphinx,spark"
         )
         gateway = start_spark_gateway(triton, rvc_service.address, tmp_path)
         try:

@@ -21,6 +21,8 @@ import grpc
 import numpy as np
 import pytest
 import soxr
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common import g711
 from tests.fixtures.gateway import GatewayProcess, start_gateway
@@ -73,6 +75,14 @@ def test_list_models_names_pocketsphinx_first(channel: grpc.Channel) -> None:
     assert models[0].name == "pocketsphinx"
     assert models[0].sample_rate_hz == 16000 and models[0].language_codes == ["en-US"]
     assert models[0].word_time_offsets and models[0].available
+    # Served beside TtsGatewayService: in health and reflection under its own name.
+    health = health_pb2_grpc.HealthStub(channel)
+    status = health.Check(health_pb2.HealthCheckRequest(service="voice.v1.RecognitionService"), timeout=10).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    ask = reflection_pb2.ServerReflectionRequest(list_services="")
+    listed = next(iter(reflection.ServerReflectionInfo(iter([ask]), timeout=10)))
+    assert "voice.v1.RecognitionService" in {s.name for s in listed.list_services_response.service}
 
 
 def test_joe_through_the_stack_is_transcribed_within_the_wer_bound(

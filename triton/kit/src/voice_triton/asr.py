@@ -34,18 +34,21 @@ class AsrSettings:
     word_time_offsets: bool
 
     @classmethod
-    def from_params(cls, params: ModelParams, languages: Sequence[str]) -> AsrSettings:
-        """`languages`: what the checkpoint supports; the `language_codes` parameter may narrow it (first = default)."""
+    def from_params(cls, params: ModelParams, languages: Sequence[str], strict: bool = True) -> AsrSettings:
+        """`languages`: what the checkpoint supports; the `language_codes` parameter may narrow it (first = default).
+        A configured code the checkpoint lacks fails the load, or with `strict` False is left out (one config serving
+        checkpoints of a family with fewer languages, such as Whisper's 99 before large-v3's 100)."""
         configured = [normalize_code(code) for code in params.names("language_codes")]
         unknown = [code for code in configured if code not in languages]
-        if unknown:
+        if unknown and strict:
             raise ConfigError(
                 f"{params.model_name}: config parameter language_codes names languages the checkpoint lacks: "
-                f"{', '.join(unknown)}"
+                f"{', '.join(unknown)} (it has {', '.join(languages)})"
             )
+        kept = [code for code in configured if code in languages]
         return cls(
             sample_rate_hz=params.integer("sample_rate_hz", 16000, 16000, 16000),
-            languages=tuple(configured or languages),
+            languages=tuple(kept or languages),
             max_audio_seconds=params.number("max_audio_seconds", 1800.0, 1.0, 86400.0),
             word_time_offsets=params.flag("word_time_offsets", False),
         )

@@ -4,7 +4,7 @@ An entry names a Hugging Face repository, the commit it is pinned to, the files 
 backend loads), roughly how much that is, its licence, whether the Hub gates it, and the folder it fills under the
 models directory. An entry that fills a backend of the registry (`voice_triton.registry`) takes its folder name and
 its completeness check from that backend, so the launcher and `voice-models` judge a checkpoint the same way; the
-others (the RVC base assets, SNAC inside the Orpheus folder, CosyVoice2 until its backend exists) carry a layout of
+others (the RVC base assets, SNAC inside the Orpheus folder) carry a layout of
 their own.
 
 `voice-models pull` leaves a download record beside the files (`<folder>/.cache/voice-models/<entry>.json`: the
@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from voice_triton import registry
-from voice_triton.cosyvoice2 import LAYOUT as COSYVOICE2_LAYOUT
 from voice_triton.registry import Layout
 
 COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -266,9 +265,53 @@ CATALOG: tuple[Entry, ...] = (
         ),
         size_bytes=4_360_272_348,
         licence=Licence("Apache-2.0", "https://huggingface.co/FunAudioLLM/CosyVoice2-0.5B"),
-        folder="CosyVoice2-0.5B",
-        layout=COSYVOICE2_LAYOUT,
-        enables="the cosyvoice2 backend: voice cosyvoice2 (zero-shot, cross-lingual, text-in streaming)",
+        backend="cosyvoice2",
+    ),
+    Entry(
+        name="whisper-large-v3-turbo",
+        title="Whisper large-v3-turbo: multilingual speech recognition, 100 languages (16 kHz)",
+        repo_id="openai/whisper-large-v3-turbo",
+        revision="41f01f3fe87f28c78e2fbf8b568835947dd65ed9",
+        revision_source="the commit public projects pin (snapshot_download revision=, tree/<commit> links)",
+        # What WhisperForConditionalGeneration and WhisperProcessor load (not the flax/pytorch duplicates).
+        files=(
+            "config.json",
+            "generation_config.json",
+            "preprocessor_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "vocab.json",
+            "merges.txt",
+            "added_tokens.json",
+            "special_tokens_map.json",
+            "normalizer.json",
+            "model.safetensors",
+        ),
+        # model.safetensors 1,617,824,864 bytes (fp16, 809 M parameters) plus the tokenizer and configs.
+        size_bytes=1_622_400_000,
+        licence=Licence("MIT", "https://huggingface.co/openai/whisper-large-v3-turbo"),
+        backend="whisper",
+    ),
+    Entry(
+        name="voxtral-mini-3b-2507",
+        title="Voxtral Mini 3B (2507): speech recognition and audio understanding, 8 languages (16 kHz)",
+        repo_id="mistralai/Voxtral-Mini-3B-2507",
+        revision="3060fe34b35ba5d44202ce9ff3c097642914f8f3",
+        revision_source="the commit public projects pin (snapshot paths, MODEL_REVISION, commit links)",
+        # The transformers layout (two bf16 shards) and the Tekken tokenizer; not the Mistral-format duplicate
+        # (consolidated.safetensors, params.json), which would double the download.
+        files=(
+            "config.json",
+            "generation_config.json",
+            "preprocessor_config.json",
+            "tekken.json",
+            "model.safetensors.index.json",
+            "model*.safetensors",
+        ),
+        # 4.7 B parameters in bf16 plus tekken.json (14,894,206 bytes).
+        size_bytes=9_370_000_000,
+        licence=Licence("Apache-2.0", "https://huggingface.co/mistralai/Voxtral-Mini-3B-2507"),
+        backend="voxtral",
     ),
     Entry(
         name="rvc-base",

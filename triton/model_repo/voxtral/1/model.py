@@ -6,10 +6,11 @@ VoxtralProcessor needs the mistral-common package for its tokenizer, so the proc
 from the published files instead: the WhisperFeatureExtractor of preprocessor_config.json, with the audio padded to
 whole 30 s chunks and the mel frames cut into one encoder input per chunk (the processor's `_retrieve_input_features`),
 and the transcription request's prompt built from tekken.json by voice_triton.tekken
-(`<s>[INST][BEGIN_AUDIO][AUDIO]xN[/INST]lang:xx[TRANSCRIBE]`, 375 [AUDIO] per chunk), which the tests check against
-mistral-common's own encoding where it is installed. Long audio (up to `max_audio_seconds`, 30 min as published) is
-one request of several chunks, as Voxtral is meant to take it. Greedy decoding until </s>. Without a language the
-model detects it and the `language` output is "" (Voxtral does not say which); no word timings
+(`<s>[INST][BEGIN_AUDIO][AUDIO]xN[/INST]lang:xx[TRANSCRIBE]`, 375 [AUDIO] per chunk): token for token what
+mistral-common 1.13.1's `encode_transcription` gives for the same tekken.json (compared once for 5, 31 and 70 s, with
+and without a language; tests/asr_models keeps those ids). Long audio (up to `max_audio_seconds`, 30 min as
+published) is one request of several chunks, as Voxtral is meant to take it. Greedy decoding until </s>. Without a
+language the model detects it and the `language` output is "" (Voxtral does not say which); no word timings
 (`word_time_offsets` false); confidence is the mean probability of the chosen tokens.
 """
 

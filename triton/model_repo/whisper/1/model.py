@@ -44,7 +44,7 @@ class TritonPythonModel(PlainModel):
         self.id_to_lang = {
             token_id: token.strip("<|>") for token, token_id in sorted(lang_to_id.items(), key=lambda x: x[1])
         }
-        self.settings = AsrSettings.from_params(params, list(self.id_to_lang.values()))
+        self.settings = AsrSettings.from_params(params, list(self.id_to_lang.values()), strict=False)
         self.timings = self.settings.word_time_offsets and bool(getattr(generation, "alignment_heads", None))
         self.max_new_tokens = params.integer("max_new_tokens", 440, 1, 444)
         self.eos = int(
