@@ -25,6 +25,7 @@ from services.tts_gateway.rvc_client import RvcClient
 from services.tts_gateway.saved_voices import SavedVoiceStore
 from services.tts_gateway.servicer import TtsGatewayServicer
 from services.tts_gateway.stats import SAVED_VOICES, LatencyWindows
+from services.tts_gateway.transcripts import ReferenceTranscripts, TritonRecognizer
 from services.tts_gateway.triton_client import TritonTts
 from services.tts_gateway.upstreams import UpstreamMonitor
 from services.tts_gateway.vad import make_vad
@@ -33,6 +34,7 @@ from services.tts_gateway.voices import DEFAULT_VOICES_PATH, VoiceCatalog, load_
 from voice.v1 import recognition_pb2, recognition_pb2_grpc, tts_gateway_pb2, tts_gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
+TRANSCRIPTS_OFF = "off"
 SERVICE_NAME = tts_gateway_pb2.DESCRIPTOR.services_by_name["TtsGatewayService"].full_name
 RECOGNITION_SERVICE_NAME = recognition_pb2.DESCRIPTOR.services_by_name["RecognitionService"].full_name
 
@@ -117,6 +119,16 @@ def add_recognition_arguments(parser: EnvArgumentParser) -> None:
         default=0.5,
         help="seconds of new speech between interim results (StreamingRecognize with interim_results)",
     )
+    parser.add_option(
+        "--transcript-model",
+        default="",
+        help="recognition model that transcribes zero-shot references sent without reference_text (and CreateVoice "
+        "references without one); empty: the recognition service's default model; 'off': transcribe none (an empty "
+        "zero-shot reference_text is refused)",
+    )
+    parser.add_option(
+        "--transcript-cache-size", type=int, default=256, help="reference transcripts kept (LRU; 0 keeps none)"
+    )
     parser.add_option("--max-recognize-seconds", type=float, default=600.0, help="longest Recognize clip, seconds")
     parser.add_option("--max-recognize-mb", type=float, default=8.0, help="largest Recognize clip (encoded), MiB")
 
@@ -150,7 +162,29 @@ def build_gateway(args: argparse.Namespace) -> Gateway:
         max_stream_text_chars=args.max_stream_text_chars,
         max_reference_bytes=int(args.max_reference_mb * MiB),
     )
-    validator = RequestValidator(catalog, limits, ReferenceCache(args.reference_cache_size))
+    make_vad(args.vad)  # fail at start-up, not on the first call, when the detector cannot be built
+    asr = TritonAsr(triton)
+    recognition = RecognitionServicer(
+        asr,
+        RecognitionSettings(
+            default_model=args.default_recognition_model,
+            vad=args.vad,
+            endpointer=EndpointerSettings(
+                end_silence_s=args.end_of_utterance_silence, max_utterance_s=args.max_utterance_seconds
+            ),
+            interim_interval_s=args.interim_interval,
+            max_recognize_seconds=args.max_recognize_seconds,
+            max_recognize_bytes=int(args.max_recognize_mb * MiB),
+        ),
+    )
+    transcripts = None
+    if args.transcript_model != TRANSCRIPTS_OFF:
+        transcripts = ReferenceTranscripts(
+            TritonRecognizer(asr, recognition.resolve_model, args.transcript_model),
+            capacity=args.transcript_cache_size,
+            max_chars=limits.max_reference_text_chars,
+        )
+    validator = RequestValidator(catalog, limits, ReferenceCache(args.reference_cache_size), transcripts)
 
     async def set_serving(serving: bool) -> None:
         await host.set_serving(serving, SERVICE_NAME)
@@ -172,20 +206,6 @@ def build_gateway(args: argparse.Namespace) -> Gateway:
     )
     host.add_service(
         SERVICE_NAME, lambda server: tts_gateway_pb2_grpc.add_TtsGatewayServiceServicer_to_server(servicer, server)
-    )
-    make_vad(args.vad)  # fail at start-up, not on the first call, when the detector cannot be built
-    recognition = RecognitionServicer(
-        TritonAsr(triton),
-        RecognitionSettings(
-            default_model=args.default_recognition_model,
-            vad=args.vad,
-            endpointer=EndpointerSettings(
-                end_silence_s=args.end_of_utterance_silence, max_utterance_s=args.max_utterance_seconds
-            ),
-            interim_interval_s=args.interim_interval,
-            max_recognize_seconds=args.max_recognize_seconds,
-            max_recognize_bytes=int(args.max_recognize_mb * MiB),
-        ),
     )
     host.add_service(
         RECOGNITION_SERVICE_NAME,

@@ -23,6 +23,7 @@ from services.common.errors import (
     Unavailable,
     clip,
 )
+from services.common.request_id import resolve_request_id
 from services.common.version import VERSION
 from services.tts_gateway import stats
 from services.tts_gateway.admission import RealTimeAdmission
@@ -40,8 +41,8 @@ from services.tts_gateway.text import (
 )
 from services.tts_gateway.triton_client import TritonTts
 from services.tts_gateway.upstreams import UpstreamMonitor
-from services.tts_gateway.validation import RequestValidator
-from services.tts_gateway.voices import VoiceCatalog
+from services.tts_gateway.validation import DecodedReference, RequestValidator
+from services.tts_gateway.voices import Voice, VoiceCatalog
 from voice.v1 import audio_pb2, tts_gateway_pb2, tts_gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -365,6 +366,9 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
                 resource_name=request.base_voice,
             )
         reference_text = request.reference_text.strip()
+        taken = request.name in store or request.name in self.catalog.configured_names()
+        if not reference_text and not taken:  # a taken name is refused below (AlreadyExists): no recognition for it
+            reference_text = await self._transcript_for_saved_voice(reference, base)
         mode = MODE_ZERO_SHOT if reference_text else MODE_CROSS_LINGUAL
         if mode not in base.model.supported_modes:
             able = self.catalog.with_mode(mode)
@@ -388,6 +392,23 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         log.info("saved voice %s created (base %s, %.1f s)", saved.name, base.name, saved.duration_s)
         voice = self._annotate(self.catalog.from_saved(saved).to_proto())
         return tts_gateway_pb2.CreateVoiceResponse(voice=voice)
+
+    async def _transcript_for_saved_voice(self, reference: DecodedReference, base: Voice) -> str:
+        """CreateVoice without reference_text on a base voice that clones zero-shot: the reference's transcript from
+        the gateway's recognition. When none can be had, "" (the previous behaviour: a cross-lingual voice) if the
+        base voice clones cross-lingually, else INVALID_ARGUMENT on reference_text."""
+        if MODE_ZERO_SHOT not in base.model.supported_modes:
+            return ""  # cross-lingual only (or no cloning at all, refused below): nothing to transcribe for
+        cross_lingual = MODE_CROSS_LINGUAL in base.model.supported_modes
+        if self.validator.transcripts is None and cross_lingual:
+            return ""
+        try:
+            return await self.validator.transcribe_reference(reference, base, "reference_text", resolve_request_id(""))
+        except InvalidArgument:
+            if not cross_lingual:
+                raise
+            log.info("saved voice without a transcript: the reference could not be transcribed; cloning cross-lingual")
+            return ""
 
     async def GetVoice(
         self,

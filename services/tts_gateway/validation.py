@@ -24,6 +24,7 @@ from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.request_id import resolve_request_id
 from services.tts_gateway.domain import (
     CLONING_MODES,
+    MODE_CROSS_LINGUAL,
     MODE_INSTRUCT,
     MODE_PRESET,
     MODE_VOICE_DESIGN,
@@ -34,6 +35,7 @@ from services.tts_gateway.domain import (
 from services.tts_gateway.saved_voices import reference_problems
 from services.tts_gateway.synthesis_request import SynthesisRequest, WireRequest
 from services.tts_gateway.text import NOTHING_TO_SPEAK, control_character_problem, is_pronounceable
+from services.tts_gateway.transcripts import ReferenceTranscripts, TranscriptUnavailable, untranscribed_problem
 from services.tts_gateway.voices import Voice, VoiceCatalog
 from voice.v1 import audio_pb2, conversion_pb2, tts_gateway_pb2
 
@@ -195,10 +197,23 @@ def design_violations(design: tts_gateway_pb2.VoiceDesign, inputs: TtsInputs) ->
     return violations
 
 
-def reference_text_violations(zero_shot: tts_gateway_pb2.ZeroShot, inputs: TtsInputs, max_chars: int) -> Violations:
-    """Check the zero-shot transcript and put it into `inputs`."""
+def reference_text_violations(
+    zero_shot: tts_gateway_pb2.ZeroShot,
+    inputs: TtsInputs,
+    max_chars: int,
+    *,
+    transcribes: bool = False,
+    may_transcribe: bool = False,
+) -> Violations:
+    """Check the zero-shot transcript and put it into `inputs`. Empty is left for the gateway to transcribe once the
+    voice is known when `may_transcribe` (the gateway `transcribes` references and this one decoded)."""
     text = zero_shot.reference_text.strip()
     inputs.reference_text = text
+    if not text and may_transcribe:
+        return []
+    if not text and transcribes:  # the gateway would have transcribed it, but the reference audio was refused
+        reason = "zero_shot.reference_audio was refused"
+        return [("zero_shot.reference_text", untranscribed_problem(reason, cross_lingual=False))]
     if not 1 <= len(text) <= max_chars:
         return [("zero_shot.reference_text", f"must be 1..{max_chars} characters")]
     return []
@@ -307,10 +322,34 @@ def speaker_index(request: SynthesisRequest, voice: Voice, mode: str) -> int | N
 
 
 class RequestValidator:
-    def __init__(self, catalog: VoiceCatalog, limits: Limits, references: ReferenceCache) -> None:
+    def __init__(
+        self,
+        catalog: VoiceCatalog,
+        limits: Limits,
+        references: ReferenceCache,
+        transcripts: ReferenceTranscripts | None = None,
+    ) -> None:
         self.catalog = catalog
         self.limits = limits
         self.references = references
+        self.transcripts = transcripts  # None: an empty zero-shot reference_text is refused, as before recognition
+
+    async def transcribe_reference(self, reference: DecodedReference, voice: Voice, field: str, request_id: str) -> str:
+        """The transcript of a reference for a zero-shot clone on `voice` that came without one. Raises
+        InvalidArgument on `field` when there is no transcriber or the reference could not be transcribed."""
+        cross_lingual = MODE_CROSS_LINGUAL in voice.supported_modes
+        if self.transcripts is None:
+            reason = "this gateway transcribes no references"
+            raise InvalidArgument([(field, untranscribed_problem(reason, cross_lingual=cross_lingual))])
+        try:
+            return await self.transcripts.transcript(
+                reference.samples,
+                reference.sample_rate_hz,
+                language=voice.model.language_code,
+                request_id=request_id,
+            )
+        except TranscriptUnavailable as exc:
+            raise InvalidArgument([(field, untranscribed_problem(exc.reason, cross_lingual=cross_lingual))]) from None
 
     # ---- reference audio ---------------------------------------------------------------------------------------
 
@@ -378,7 +417,13 @@ class RequestValidator:
         if mode in CLONING_MODES:
             violations, reference = await self._request_reference(request)
         if mode == MODE_ZERO_SHOT:
-            violations += reference_text_violations(request.zero_shot, inputs, self.limits.max_reference_text_chars)
+            violations += reference_text_violations(
+                request.zero_shot,
+                inputs,
+                self.limits.max_reference_text_chars,
+                transcribes=self.transcripts is not None,
+                may_transcribe=self.transcripts is not None and reference is not None,
+            )
         elif mode == MODE_VOICE_DESIGN:
             violations += design_violations(request.voice_design, inputs)
         elif mode == MODE_INSTRUCT:
@@ -420,6 +465,10 @@ class RequestValidator:
         incremental_text = resolve_text_input(self.catalog, voice, request)
         inputs.noise_scale, inputs.noise_w = voice.spec.noise_scale, voice.spec.noise_w
         inputs.speaker_id = speaker_index(request, voice, mode)
+        if mode == MODE_ZERO_SHOT and not inputs.reference_text and reference is not None:
+            inputs.reference_text = await self.transcribe_reference(
+                reference, voice, "zero_shot.reference_text", request_id
+            )
         if reference is not None:
             inputs.reference_wav = await self._reference_for_model(reference, voice.model.reference_sample_rate_hz)
         fmt = request.output_format
