@@ -463,6 +463,21 @@ async function main() {
   }
 }
 
-main().then((code) => {
-  process.exitCode = code;
-});
+// transcribe.js shares the connection, error and retry helpers.
+module.exports = {
+  EXIT_CODES,
+  UsageError,
+  protoRoot,
+  statusDetails,
+  retryDelay,
+  statusName,
+  endLine,
+  progress,
+  seconds,
+};
+
+if (require.main === module) {
+  main().then((code) => {
+    process.exitCode = code;
+  });
+}

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.clients.audio_checks import assert_speech_like, read_finalized_wav
-from tests.clients.conftest import REPO_ROOT, Stack, client_env
+from tests.clients.conftest import REPO_ROOT, Cli, Stack, client_env
 from tests.clients.fake_gateway import SAMPLE_RATE, FakeOverloadedGateway, Refusal
+from tests.recognition.wer import wer
 from voice.v1 import tts_gateway_pb2
 
 NODE_DIR = REPO_ROOT / "clients" / "node"
@@ -229,3 +230,41 @@ def test_packed_client_installs_and_runs_outside_the_repository(
     samples, rate = read_finalized_wav((app / "packed.wav").read_bytes())
     assert rate == plain_voice.native_sample_rate_hz
     assert_speech_like(samples, rate, text)
+
+
+TRANSCRIBE_TEXT = "The weather is going to be sunny and warm tomorrow. Please call me back when you get home tonight."
+
+
+@pytest.fixture(scope="module")
+def joe_wav(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("node-transcribe") / "joe.wav"
+    result = cli("say", TRANSCRIBE_TEXT, "--voice", "joe", "-o", str(out), "-q")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.mark.parametrize("extra", [[], ["--words"], ["--stream", "--interim"]])
+def test_node_transcribe_hears_the_words(node_client: list[str], stack: Stack, joe_wav: Path, extra: list[str]) -> None:
+    transcribe = [node_client[0], str(NODE_DIR / "transcribe.js")]
+    done = run_node([*transcribe, str(joe_wav), *extra], stack.tts_target)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    finals = [line for line in lines if line and not line.startswith(("[interim] ", "  "))]
+    error = wer(TRANSCRIBE_TEXT, " ".join(finals))
+    assert error < 0.35, (error, lines)
+    if "--interim" in extra:
+        assert any(line.startswith("[interim] ") for line in lines), lines
+        assert "after the end of the audio" in done.stderr
+    if "--words" in extra:
+        assert sum(line.startswith("  ") for line in lines) >= 10, lines
+    assert "utterances in" in lines_of(done.stderr)[-1]
+
+
+def test_node_transcribe_errors(node_client: list[str], stack: Stack, joe_wav: Path, tmp_path: Path) -> None:
+    transcribe = [node_client[0], str(NODE_DIR / "transcribe.js")]
+    unknown = run_node([*transcribe, str(joe_wav), "--model", "no-such-model", "--stream"], stack.tts_target)
+    assert unknown.returncode == 3, unknown.stderr
+    assert lines_of(unknown.stderr)[0].startswith("error: NOT_FOUND: "), unknown.stderr
+    missing = run_node([*transcribe, str(tmp_path / "missing.wav")], stack.tts_target)
+    assert missing.returncode == 2, missing.stderr
+    assert "cannot read" in missing.stderr and "No such file or directory" in missing.stderr

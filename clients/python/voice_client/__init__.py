@@ -1,12 +1,15 @@
-"""Python client for the voice.v1 services: `TtsClient`, `ConversionClient` and the `voice-cli` command line."""
+"""Python client for the voice.v1 services: `TtsClient`, `RecognitionClient`, `ConversionClient` and the
+`voice-cli` command line."""
 
 from voice_client.client import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_RVC_TARGET,
     DEFAULT_TTS_TARGET,
     MAX_RETRY_DELAY_S,
+    RAW_ENCODINGS,
     TEXT_INPUT_MODES,
     ConversionClient,
+    RecognitionClient,
     RetryNotice,
     StreamStats,
     SynthesisOptions,
@@ -18,7 +21,9 @@ from voice_client.client import (
     describe_rpc_error,
     exit_code_for,
     output_format,
+    raw_format,
     read_mono,
+    recognition_config,
     text_input_mode_value,
 )
 from voice_client.rpc_details import retry_delay_seconds, status_details
@@ -28,8 +33,10 @@ __all__ = [
     "DEFAULT_RVC_TARGET",
     "DEFAULT_TTS_TARGET",
     "MAX_RETRY_DELAY_S",
+    "RAW_ENCODINGS",
     "TEXT_INPUT_MODES",
     "ConversionClient",
+    "RecognitionClient",
     "RetryNotice",
     "StreamStats",
     "SynthesisOptions",
@@ -41,7 +48,9 @@ __all__ = [
     "describe_rpc_error",
     "exit_code_for",
     "output_format",
+    "raw_format",
     "read_mono",
+    "recognition_config",
     "retry_delay_seconds",
     "status_details",
     "text_input_mode_value",

@@ -5,6 +5,9 @@
     llm ... | voice-cli say --incremental - --voice NAME -o out.wav      # speaks while the text is being written
     voice-cli voices | status | models
     voice-cli convert in.wav -o out.wav --model NAME --pitch 3
+    voice-cli transcribe hello.wav [--words | --json]                    # speech to text (Recognize)
+    arecord -f S16_LE -r 16000 | voice-cli transcribe --stream - --rate 16000 --interim   # live, StreamingRecognize
+    voice-cli recognition-models
 
 (`python -m voice_client ...` is the same.) Progress and the final timing line go to stderr; audio goes to the output
 file or stdout. A failure prints ONE line, `voice-cli: error: CODE: message [field: violation; ...]` for a failed call
@@ -28,7 +31,7 @@ from typing import Any, BinaryIO, TextIO, TypeVar, cast
 import grpc
 from google.protobuf import json_format
 
-from voice.v1 import audio_pb2, conversion_pb2, tts_gateway_pb2, voice_conversion_pb2
+from voice.v1 import audio_pb2, conversion_pb2, recognition_pb2, tts_gateway_pb2, voice_conversion_pb2
 from voice_client.client import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_RVC_TARGET,
@@ -37,8 +40,11 @@ from voice_client.client import (
     EXIT_LOCAL_ERROR,
     EXIT_OK,
     F0_METHODS,
+    RAW_ENCODINGS,
+    RAW_SAMPLE_BYTES,
     TEXT_INPUT_MODES,
     ConversionClient,
+    RecognitionClient,
     RetryNotice,
     StreamStats,
     SynthesisOptions,
@@ -50,6 +56,8 @@ from voice_client.client import (
     describe_rpc_error,
     exit_code_for,
     pcm_blocks,
+    raw_blocks,
+    raw_format,
     read_mono,
 )
 from voice_client.wav import WavFileWriter, WavStreamError
@@ -196,7 +204,8 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Client for voice.v1.TtsGatewayService and voice.v1.VoiceConversionService.",
+        description="Client for voice.v1.TtsGatewayService, voice.v1.RecognitionService and "
+        "voice.v1.VoiceConversionService.",
         epilog="Exit status: 0 ok, 1 local error, 2 usage or INVALID_ARGUMENT, 3 NOT_FOUND, 4 FAILED_PRECONDITION, "
         "5 UNAVAILABLE or DEADLINE_EXCEEDED, 6 RESOURCE_EXHAUSTED, 7 UNAUTHENTICATED or PERMISSION_DENIED, "
         "8 other server errors, 130 interrupted.",
@@ -276,6 +285,63 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", parents=[connection], help="list conversion models (--rvc-target)")
     models.add_argument("--json", action="store_true", help="print the ListModels response as JSON")
     models.set_defaults(handler=cmd_models)
+
+    transcribe = commands.add_parser(
+        "transcribe",
+        parents=[connection],
+        help="speech to text: transcribe a recording, or stream audio from stdin",
+        description="Prints one line per utterance (final results) on stdout; the timing line goes to stderr.",
+    )
+    transcribe.add_argument(
+        "input",
+        help="audio: WAV, Ogg-Opus or anything libsndfile reads; raw audio (.pcm/.raw, or --encoding) needs --rate; "
+        "- reads stdin (raw audio; with --stream sent as it arrives)",
+    )
+    transcribe.add_argument(
+        "--model", default="", help="recognition model (see `recognition-models`; default: the server's)"
+    )
+    transcribe.add_argument("--language", default="", help="BCP-47 language, e.g. en-US (default: the model's)")
+    transcribe.add_argument(
+        "--encoding", choices=list(RAW_ENCODINGS), help="the input is raw (headerless) audio in this encoding"
+    )
+    transcribe.add_argument("--rate", type=int, help="sample rate of raw input in Hz (8000..48000)")
+    transcribe.add_argument(
+        "--words", action="store_true", help="ask for word timings and print each word as '  START END WORD'"
+    )
+    transcribe.add_argument(
+        "--json",
+        action="store_true",
+        help="print the RecognizeResponse as JSON (with --stream: each StreamingRecognizeResponse, one per line)",
+    )
+    transcribe.add_argument("--request-id", default="", help="request id echoed back")
+    transcribe.add_argument("-q", "--quiet", action="store_true", help="no timing line on stderr, only errors")
+    live = transcribe.add_argument_group("streaming")
+    live.add_argument(
+        "--stream",
+        action="store_true",
+        help="use StreamingRecognize: the audio goes up in 100 ms chunks, final lines are printed as they come",
+    )
+    live.add_argument(
+        "--realtime", action="store_true", help="with --stream: send a file at real-time pace (stdin: as it arrives)"
+    )
+    live.add_argument(
+        "--interim",
+        action="store_true",
+        help="with --stream: print interim results too (on a terminal they overwrite the line; else as lines "
+        "starting with '[interim] ')",
+    )
+    live.add_argument(
+        "--single-utterance", action="store_true", help="with --stream: stop after the first utterance's final result"
+    )
+    transcribe.set_defaults(handler=cmd_transcribe)
+
+    recognition_models = commands.add_parser(
+        "recognition-models", parents=[connection], help="list the gateway's speech recognition models"
+    )
+    recognition_models.add_argument(
+        "--json", action="store_true", help="print the ListRecognitionModels response as JSON"
+    )
+    recognition_models.set_defaults(handler=cmd_recognition_models)
     return parser
 
 
@@ -540,7 +606,7 @@ class LiveText:
             raise self.error
 
 
-def _paced(pieces: Iterable[str], per_second: float) -> Iterator[str]:
+def _paced(pieces: Iterable[_V], per_second: float) -> Iterator[_V]:
     """`pieces` at `per_second` a second: piece i is handed on no earlier than i / per_second after the first (so
     n pieces take at least (n - 1) / per_second); 0 is as fast as they come."""
     if per_second <= 0:
@@ -818,6 +884,268 @@ def cmd_models(args: argparse.Namespace) -> int:
                 "yes" if model.has_index else "no",
                 str(model.speaker_count),
                 f"{model.size_bytes / 1e6:.1f} MB" if model.size_bytes else "-",
+            ]
+        )
+    _print_table(rows)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Speech to text
+# --------------------------------------------------------------------------------------------------------------------
+
+CHUNK_SECONDS = 0.1  # what --stream sends per StreamingRecognize message
+_CONTAINERS = (b"RIFF", b"OggS")
+
+
+class LiveAudio:
+    """Raw audio read from a file descriptor (stdin) as it arrives, by a thread, handed on in blocks of
+    `block_bytes` (the last one shorter, cut to whole samples of `sample_bytes`). Iterating yields the blocks and
+    ends at end of file; a failed read ends them early and sets `error` (see `raise_error`)."""
+
+    def __init__(self, fd: int, block_bytes: int, sample_bytes: int) -> None:
+        self.error: UsageError | None = None
+        self._blocks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._read, args=(fd, block_bytes, sample_bytes), name="voice-cli-audio-reader", daemon=True
+        )
+        self._thread.start()
+
+    def _read(self, fd: int, block_bytes: int, sample_bytes: int) -> None:
+        pending = b""
+        try:
+            while True:
+                try:
+                    data = os.read(fd, block_bytes)
+                except OSError as error:
+                    self.error = UsageError(f"cannot read the audio from stdin: {error.strerror or error}")
+                    return
+                if not data:
+                    tail = len(pending) - len(pending) % sample_bytes
+                    if tail:
+                        self._blocks.put(pending[:tail])
+                    return
+                pending += data
+                while len(pending) >= block_bytes:
+                    self._blocks.put(pending[:block_bytes])
+                    pending = pending[block_bytes:]
+        finally:
+            self._blocks.put(None)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while (block := self._blocks.get()) is not None:
+            yield block
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def _raw_input(args: argparse.Namespace) -> tuple[int, int] | None:
+    """(encoding, rate) when the input is raw audio, else None; a UsageError when raw audio has no --rate."""
+    suffix = Path(args.input).suffix.lower()
+    raw = bool(args.encoding) or suffix in (".pcm", ".raw") or (args.input == "-" and args.stream)
+    if not raw:
+        if args.rate:
+            raise UsageError("--rate is for raw input (.pcm/.raw, stdin, or --encoding); a file's header says its rate")
+        return None
+    if not args.rate:
+        where = "stdin" if args.input == "-" else args.input
+        raise UsageError(f"raw audio from {where} needs --rate (and --encoding unless it is pcm16)")
+    if not 8000 <= args.rate <= 48000:
+        raise UsageError(f"--rate must be 8000..48000 Hz, got {args.rate}")
+    return int(RAW_ENCODINGS[args.encoding or "pcm16"]), int(args.rate)
+
+
+def _read_input_bytes(args: argparse.Namespace) -> bytes:
+    if args.input == "-":
+        data = sys.stdin.buffer.read()
+        if not data:
+            raise UsageError("cannot read the audio from stdin: it is empty")
+        return data
+    return _read_local(Path(args.input))
+
+
+def _check_transcribe(args: argparse.Namespace) -> None:
+    if not args.stream:
+        for flag, value in (
+            ("--realtime", args.realtime),
+            ("--interim", args.interim),
+            ("--single-utterance", args.single_utterance),
+        ):
+            if value:
+                raise UsageError(f"{flag} needs --stream")
+    if args.realtime and args.input == "-":
+        raise UsageError("--realtime paces a file; stdin is sent as it arrives")
+    if args.input != "-" and Path(args.input).is_dir():
+        raise UsageError(f"cannot read {args.input}: Is a directory")
+
+
+def _offset(duration: Any) -> float:
+    return float(duration.ToTimedelta().total_seconds())
+
+
+class TranscriptPrinter:
+    """Writes results to stdout: final transcripts one line each (word lines under them with --words); interim ones,
+    when asked for, overwrite the current line on a terminal, else go out as '[interim] ' lines."""
+
+    def __init__(self, stream: TextIO, *, words: bool, interim: bool) -> None:
+        self.stream = stream
+        self.words = words
+        self.interim = interim
+        self.tty = stream.isatty()
+        self._open = False  # an interim line is on the terminal without its newline
+
+    def result(self, result: recognition_pb2.SpeechRecognitionResult) -> None:
+        best = result.alternatives[0] if result.alternatives else recognition_pb2.SpeechRecognitionAlternative()
+        if not result.is_final:
+            if self.interim:
+                if self.tty:
+                    self.stream.write(f"\r\033[K{best.transcript}")
+                    self._open = True
+                else:
+                    self.stream.write(f"[interim] {best.transcript}\n")
+                self.stream.flush()
+            return
+        self.stream.write(("\r\033[K" if self._open else "") + best.transcript + "\n")
+        self._open = False
+        if self.words:
+            for word in best.words:
+                self.stream.write(f"  {_offset(word.start_offset):7.3f} {_offset(word.end_offset):7.3f}  {word.word}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._open:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self._open = False
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    _check_transcribe(args)
+    raw = _raw_input(args)
+    progress = Progress(sys.stderr, not args.quiet)
+    kwargs = _client_kwargs(args, progress)
+    common = {
+        "model": args.model,
+        "language_code": args.language,
+        "word_time_offsets": bool(args.words),
+        "request_id": args.request_id,
+    }
+    if not args.stream:
+        # The input is read (and, for formats other than WAV/Ogg, decoded) before any call is made.
+        if raw is not None:
+            audio = audio_pb2.AudioInput(audio=_read_input_bytes(args), format=raw_format(*raw))
+        elif args.input == "-":
+            data = _read_input_bytes(args)
+            if data[:4] not in _CONTAINERS:
+                raise UsageError("audio from stdin without a WAV or Ogg header needs --rate (and --encoding)")
+            container = audio_pb2.AUDIO_ENCODING_WAV if data[:4] == b"RIFF" else audio_pb2.AUDIO_ENCODING_OGG_OPUS
+            audio = audio_pb2.AudioInput(audio=data, format=audio_pb2.AudioFormat(encoding=container))
+        else:
+            audio = audio_input_from_file(args.input)
+        started = time.monotonic()
+        with RecognitionClient(args.target, **kwargs) as client:
+            response = client.recognize(audio, **common)
+        elapsed = time.monotonic() - started
+        if args.json:
+            print(json_format.MessageToJson(response))
+        else:
+            printer = TranscriptPrinter(sys.stdout, words=args.words, interim=False)
+            for result in response.results:
+                printer.result(result)
+        audio_s = _offset(response.audio_duration)
+        rtf = f"RTF {elapsed / audio_s:.3f}" if audio_s > 0 else "RTF n/a"
+        progress.done(
+            f"{len(response.results)} utterances in {audio_s:.2f} s of audio, model {response.model or '?'}; "
+            f"round trip {elapsed:.3f} s, {rtf} [request_id={response.request_id}]"
+        )
+        return EXIT_OK
+
+    reader: LiveAudio | None = None
+    encoding: int
+    rate: int
+    if args.input == "-":
+        assert raw is not None
+        encoding, rate = raw
+        sample_bytes = RAW_SAMPLE_BYTES[encoding]
+        if sys.stdin.isatty():
+            raise UsageError("transcribe --stream - reads raw audio from a pipe, e.g. arecord -f S16_LE -r 16000 |")
+        reader = LiveAudio(sys.stdin.fileno(), int(rate * CHUNK_SECONDS) * sample_bytes, sample_bytes)
+        chunks: Iterable[bytes] = reader
+    elif raw is not None:
+        encoding, rate = raw
+        chunks = raw_blocks(_read_input_bytes(args), encoding, rate, CHUNK_SECONDS)
+    else:
+        samples, rate = read_mono(args.input)
+        encoding = audio_pb2.AUDIO_ENCODING_PCM16
+        chunks = pcm_blocks(samples, rate, CHUNK_SECONDS)
+    if args.realtime:
+        chunks = _paced(chunks, 1.0 / CHUNK_SECONDS)
+    sent: list[float] = []
+
+    def marked(blocks: Iterable[bytes]) -> Iterator[bytes]:
+        yield from blocks
+        sent.append(time.monotonic())  # the end of the audio: the call is half-closed next
+
+    printer = TranscriptPrinter(sys.stdout, words=args.words, interim=args.interim)
+    started = time.monotonic()
+    finals = 0
+    last_final_at: float | None = None
+    received = 0.0
+    request_id = ""
+    try:
+        with RecognitionClient(args.target, **kwargs) as client:
+            responses = client.streaming_recognize(
+                marked(chunks),
+                input_format=raw_format(encoding, rate),
+                interim_results=bool(args.interim),
+                single_utterance=bool(args.single_utterance),
+                **common,
+            )
+            for message in responses:
+                if reader is not None:
+                    reader.raise_error()
+                request_id = message.request_id or request_id
+                received = _offset(message.total_audio_received) or received
+                if args.json:
+                    sys.stdout.write(json_format.MessageToJson(message, indent=None) + "\n")
+                    sys.stdout.flush()
+                for result in message.results:
+                    if result.is_final:
+                        finals += 1
+                        last_final_at = time.monotonic()
+                    if not args.json:
+                        printer.result(result)
+            if reader is not None:
+                reader.raise_error()
+    finally:
+        printer.close()
+    elapsed = time.monotonic() - started
+    line = f"{finals} utterances in {received:.2f} s of audio; {elapsed:.3f} s"
+    if sent and last_final_at is not None:
+        line += f", last final {max(0.0, last_final_at - sent[0]):.3f} s after the end of the audio"
+    progress.done(line + (f" [request_id={request_id}]" if request_id else ""))
+    return EXIT_OK
+
+
+def cmd_recognition_models(args: argparse.Namespace) -> int:
+    with RecognitionClient(args.target, **_client_kwargs(args, Progress(sys.stderr, True))) as client:
+        models = client.list_models()
+    if args.json:
+        response = recognition_pb2.ListRecognitionModelsResponse(models=models)
+        print(json_format.MessageToJson(response, always_print_fields_with_no_presence=True))
+        return EXIT_OK
+    rows = [["NAME", "LANGUAGES", "RATE", "WORD TIMES", "AVAILABLE", "DESCRIPTION"]]
+    for model in models:
+        rows.append(
+            [
+                model.name,
+                ",".join(model.language_codes) or "-",
+                str(model.sample_rate_hz or "-"),
+                "yes" if model.word_time_offsets else "no",
+                "yes" if model.available else "no",
+                model.description,
             ]
         )
     _print_table(rows)

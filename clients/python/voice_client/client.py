@@ -1,6 +1,7 @@
 """Typed wrappers around the voice.v1 gRPC services, in the spirit of NVIDIA Riva's python-clients.
 
-`TtsClient` talks to `voice.v1.TtsGatewayService`, `ConversionClient` to `voice.v1.VoiceConversionService`. Both take
+`TtsClient` talks to `voice.v1.TtsGatewayService`, `RecognitionClient` to `voice.v1.RecognitionService` (served by
+the gateway process, on the same port), `ConversionClient` to `voice.v1.VoiceConversionService`. All take
 a target ("host:port") plus optional TLS, bearer token and per-call timeout, return the generated protobuf messages
 unchanged (so every field of the contract is available), and raise `grpc.RpcError` on failure; `describe_rpc_error`
 turns such an error into one readable line, `exit_code_for` into a process exit status.
@@ -30,6 +31,8 @@ import soundfile as sf
 from voice.v1 import (
     audio_pb2,
     conversion_pb2,
+    recognition_pb2,
+    recognition_pb2_grpc,
     tts_gateway_pb2,
     tts_gateway_pb2_grpc,
     voice_conversion_pb2,
@@ -50,9 +53,15 @@ PCM16 = audio_pb2.AUDIO_ENCODING_PCM16
 WAV = audio_pb2.AUDIO_ENCODING_WAV
 OGG_OPUS = audio_pb2.AUDIO_ENCODING_OGG_OPUS
 FLOAT32 = audio_pb2.AUDIO_ENCODING_FLOAT32
+MULAW = audio_pb2.AUDIO_ENCODING_MULAW
+ALAW = audio_pb2.AUDIO_ENCODING_ALAW
 
 # Names accepted by the CLI's --format and by `output_format(...)`.
 ENCODINGS: dict[str, audio_pb2.AudioEncoding] = {"wav": WAV, "pcm16": PCM16, "opus": OGG_OPUS, "float32": FLOAT32}
+
+# Raw (headerless) encodings a recognition stream (and the CLI's transcribe --encoding) takes, with bytes per sample.
+RAW_ENCODINGS: dict[str, audio_pb2.AudioEncoding] = {"pcm16": PCM16, "float32": FLOAT32, "mulaw": MULAW, "alaw": ALAW}
+RAW_SAMPLE_BYTES: dict[int, int] = {PCM16: 2, FLOAT32: 4, MULAW: 1, ALAW: 1}
 
 # Names accepted by the CLI's --text-input and by `streaming_synthesize(text_input_mode=...)`: how StreamingSynthesize
 # hands the text to the model. "auto" is the voice's default (Voice.streams_text_input says which), "sentences"
@@ -519,7 +528,7 @@ class _BaseClient:
         start: Callable[[Iterator[_T] | None, float | None], grpc.Call],
         timeout: float | None,
         requests: _Replayable[_T] | None = None,
-    ) -> Iterator[audio_pb2.AudioChunk]:
+    ) -> Iterator[Any]:
         """Iterate a response stream, retrying a refusal that came before any response message. If the consumer
         stops early (break, exception, GC), the RPC is cancelled so the server stops working for nobody."""
         deadline = self._deadline(timeout)
@@ -712,6 +721,103 @@ class TtsClient(_BaseClient):
         return voice
 
 
+def recognition_config(
+    model: str = "", language_code: str = "", *, word_time_offsets: bool = False
+) -> recognition_pb2.RecognitionConfig:
+    """A RecognitionConfig: `model` "" is the server's default model, `language_code` "" the model's default."""
+    return recognition_pb2.RecognitionConfig(
+        model=model, language_code=language_code, enable_word_time_offsets=word_time_offsets
+    )
+
+
+def raw_format(encoding: str | int, sample_rate_hz: int) -> audio_pb2.AudioFormat:
+    """The AudioFormat of raw mono audio: `encoding` a name in RAW_ENCODINGS or an AudioEncoding value."""
+    value = RAW_ENCODINGS[encoding] if isinstance(encoding, str) else cast(audio_pb2.AudioEncoding, encoding)
+    return audio_pb2.AudioFormat(encoding=value, sample_rate_hz=sample_rate_hz, channels=1)
+
+
+class RecognitionClient(_BaseClient):
+    """Client of voice.v1.RecognitionService (speech to text), served by the gateway process on its port.
+
+    >>> with RecognitionClient("127.0.0.1:50051") as asr:
+    ...     response = asr.recognize(audio_input_from_file("hello.wav"))
+    ...     print([r.alternatives[0].transcript for r in response.results])
+    """
+
+    DEFAULT_TARGET = DEFAULT_TTS_TARGET
+    SERVICE = recognition_pb2.DESCRIPTOR.services_by_name["RecognitionService"].full_name
+
+    def __init__(self, target: str | None = None, **kwargs: Any) -> None:
+        super().__init__(target, **kwargs)
+        self.stub = recognition_pb2_grpc.RecognitionServiceStub(self.channel)
+
+    def recognize(
+        self,
+        audio: audio_pb2.AudioInput,
+        *,
+        model: str = "",
+        language_code: str = "",
+        word_time_offsets: bool = False,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> recognition_pb2.RecognizeResponse:
+        """Transcribes a whole clip (WAV, Ogg-Opus, or raw PCM16/FLOAT32/MULAW/ALAW with its rate): one final result
+        per utterance, in order. A refusal with a RetryInfo delay is retried (the call is idempotent)."""
+        request = recognition_pb2.RecognizeRequest(
+            request_id=request_id,
+            config=recognition_config(model, language_code, word_time_offsets=word_time_offsets),
+            audio=audio,
+        )
+        response: recognition_pb2.RecognizeResponse = self._unary("Recognize", self.stub.Recognize, request, timeout)
+        return response
+
+    def streaming_recognize(
+        self,
+        chunks: Iterable[bytes],
+        *,
+        input_format: audio_pb2.AudioFormat,
+        model: str = "",
+        language_code: str = "",
+        word_time_offsets: bool = False,
+        interim_results: bool = False,
+        single_utterance: bool = False,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> Iterator[recognition_pb2.StreamingRecognizeResponse]:
+        """Sends raw audio `chunks` in `input_format` (see `raw_format`) while results stream back: SPEECH_START
+        events, interim results (with `interim_results`), and a final result at each END_OF_UTTERANCE. `chunks` is
+        read lazily on gRPC's own thread, so a live source (a microphone, a pipe) is sent as it yields; its end
+        half-closes the call, which finalises the utterance in progress. As for the other streaming calls, a refusal
+        that comes before any response is retried with the chunks taken so far sent again. Leaving the loop early
+        cancels the call."""
+        config = recognition_pb2.StreamingRecognitionConfig(
+            request_id=request_id,
+            config=recognition_config(model, language_code, word_time_offsets=word_time_offsets),
+            audio_format=input_format,
+            interim_results=interim_results,
+            single_utterance=single_utterance,
+        )
+        replayable = _Replayable(chunks)
+
+        def requests(attempt: Iterator[bytes]) -> Iterator[recognition_pb2.StreamingRecognizeRequest]:
+            yield recognition_pb2.StreamingRecognizeRequest(config=config)
+            for chunk in attempt:
+                if chunk:
+                    yield recognition_pb2.StreamingRecognizeRequest(audio=chunk)
+
+        def start(attempt: Iterator[bytes] | None, remaining: float | None) -> grpc.Call:
+            assert attempt is not None
+            call = self.stub.StreamingRecognize(requests(attempt), metadata=self._metadata, timeout=remaining)
+            return call  # type: ignore[no-any-return]
+
+        return self._stream("StreamingRecognize", start, timeout, replayable)
+
+    def list_models(self, *, timeout: float | None = None) -> list[recognition_pb2.RecognitionModel]:
+        """The recognition models the server serves, its default first."""
+        request = recognition_pb2.ListRecognitionModelsRequest()
+        return list(self._unary("ListRecognitionModels", self.stub.ListRecognitionModels, request, timeout).models)
+
+
 class ConversionClient(_BaseClient):
     """Client of voice.v1.VoiceConversionService (RVC checkpoints and the built-in WORLD voices)."""
 
@@ -807,6 +913,14 @@ def pcm_blocks(samples: npt.NDArray[np.float32], rate: int, block_seconds: float
         yield pcm[start : start + step].tobytes()
 
 
+def raw_blocks(data: bytes, encoding: str | int, rate: int, block_seconds: float = 0.1) -> Iterator[bytes]:
+    """Raw audio bytes in `encoding` (see RAW_ENCODINGS) cut into blocks of `block_seconds` (whole samples)."""
+    value = RAW_ENCODINGS[encoding] if isinstance(encoding, str) else int(encoding)
+    step = max(1, int(rate * block_seconds)) * RAW_SAMPLE_BYTES[value]
+    for start in range(0, len(data), step):
+        yield data[start : start + step]
+
+
 __all__: Sequence[str] = [
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_RVC_TARGET",
@@ -818,9 +932,12 @@ __all__: Sequence[str] = [
     "EXIT_OTHER_RPC_ERROR",
     "F0_METHODS",
     "MAX_RETRY_DELAY_S",
+    "RAW_ENCODINGS",
+    "RAW_SAMPLE_BYTES",
     "RETRYABLE_CODES",
     "TEXT_INPUT_MODES",
     "ConversionClient",
+    "RecognitionClient",
     "RetryNotice",
     "StreamStats",
     "SynthesisOptions",
@@ -833,7 +950,10 @@ __all__: Sequence[str] = [
     "exit_code_for",
     "output_format",
     "pcm_blocks",
+    "raw_blocks",
+    "raw_format",
     "read_mono",
+    "recognition_config",
     "status_details",
     "text_input_mode_value",
 ]
