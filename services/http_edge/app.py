@@ -116,6 +116,23 @@ def make_parser() -> EnvArgumentParser:
         help="idle seconds a /tts or /stream session's reference is kept",
     )
     parser.add_option("--bistream-max-sessions", type=int, default=256, help="session references kept (LRU)")
+    parser.add_option(
+        "--chat-url",
+        default=None,
+        help="OpenAI-compatible chat-completions URL (e.g. http://127.0.0.1:11434/v1/chat/completions) that answers "
+        "/v1/talk utterances; without it /v1/talk echoes the transcript",
+    )
+    parser.add_option("--chat-model", default="", help="model named in chat requests (empty: the endpoint's default)")
+    parser.add_option(
+        "--chat-system-prompt",
+        default="You are a helpful voice assistant. Answer briefly, in plain spoken sentences without markup.",
+        help="system message of every /v1/talk conversation (empty: none)",
+    )
+    parser.add_option("--chat-api-key", default=None, help="bearer token for the chat endpoint (env EDGE_CHAT_API_KEY)")
+    parser.add_option("--chat-timeout", type=float, default=60.0, help="deadline of one chat answer, s")
+    parser.add_option(
+        "--chat-max-history", type=int, default=20, help="messages of a /v1/talk conversation kept as context"
+    )
     parser.add_option("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
     parser.add_option("--log-format", default="json", choices=["json", "text"], help="log line format")
     return parser
@@ -131,6 +148,12 @@ class Settings:
     bistream_voice: str | None = None
     bistream_session_ttl_s: float = 600.0
     bistream_max_sessions: int = 256
+    chat_url: str | None = None
+    chat_model: str = ""
+    chat_system_prompt: str = ""
+    chat_api_key: str | None = None
+    chat_timeout_s: float = 60.0
+    chat_max_history: int = 20
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -142,6 +165,12 @@ class Settings:
             bistream_voice=args.bistream_voice or None,
             bistream_session_ttl_s=args.bistream_session_ttl,
             bistream_max_sessions=args.bistream_max_sessions,
+            chat_url=args.chat_url or None,
+            chat_model=args.chat_model,
+            chat_system_prompt=args.chat_system_prompt,
+            chat_api_key=args.chat_api_key or None,
+            chat_timeout_s=args.chat_timeout,
+            chat_max_history=args.chat_max_history,
         )
 
 
@@ -470,6 +499,7 @@ async def read_form(request: Request, max_body: int) -> Any:
 
 def create_app(settings: Settings, upstreams_factory: Callable[[], Upstreams]) -> FastAPI:
     from services.http_edge.bistream import Bistream, is_json  # imports this module's helpers
+    from services.http_edge.talk import Talk
 
     state: dict[str, Upstreams] = {}
 
@@ -495,6 +525,7 @@ def create_app(settings: Settings, upstreams_factory: Callable[[], Upstreams]) -
 
     bistream = Bistream(settings, up, gateway_md)
     app.include_router(bistream.router)
+    app.include_router(Talk(settings, up, gateway_md).router)
 
     @app.exception_handler(EdgeError)
     async def on_edge_error(request: Request, error: EdgeError) -> JSONResponse:

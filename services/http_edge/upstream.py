@@ -12,7 +12,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.channels import UPSTREAM_CHANNEL_OPTIONS, UpstreamChannel, credentials_from_args, open_channel
 from services.common.request_id import REQUEST_ID_METADATA_KEY
-from voice.v1 import tts_gateway_pb2, tts_gateway_pb2_grpc, voice_conversion_pb2, voice_conversion_pb2_grpc
+from voice.v1 import (
+    recognition_pb2_grpc,
+    tts_gateway_pb2,
+    tts_gateway_pb2_grpc,
+    voice_conversion_pb2,
+    voice_conversion_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,11 @@ class Upstreams:
     @property
     def gateway(self) -> tts_gateway_pb2_grpc.TtsGatewayServiceStub:
         return tts_gateway_pb2_grpc.TtsGatewayServiceStub(self.gateway_channel.channel)
+
+    @property
+    def recognition(self) -> recognition_pb2_grpc.RecognitionServiceStub:
+        """RecognitionService, served by the gateway process on its own port."""
+        return recognition_pb2_grpc.RecognitionServiceStub(self.gateway_channel.channel)
 
     @property
     def conversion(self) -> voice_conversion_pb2_grpc.VoiceConversionServiceStub:
