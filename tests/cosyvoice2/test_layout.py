@@ -22,18 +22,19 @@ def test_catalog_pulls_every_file_of_the_layout() -> None:
             assert any(fnmatch(path, pattern) for pattern in patterns), f"{path} is not pulled by the catalog"
 
 
-def test_catalog_layout_is_part_of_ours() -> None:
-    layout = _entry().layout
-    assert layout is not None
-    assert set(layout.required) <= set(LAYOUT.required)
+def test_catalog_entry_fills_the_backend_and_judges_with_its_layout() -> None:
+    entry = _entry()
+    assert entry.backend == "cosyvoice2"
+    assert entry.required() == LAYOUT.required
 
 
 def test_layout_judges_a_folder(tmp_path: Path) -> None:
-    for path in LAYOUT.required:
-        (tmp_path / path.split("|")[-1]).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path.split("|")[-1]).touch()
-    assert LAYOUT.missing(tmp_path) == []
     entry = _entry()
-    assert entry.layout is not None and entry.layout.missing(tmp_path) == []
-    (tmp_path / "llm.pt").unlink()
-    assert LAYOUT.missing(tmp_path) == ["llm.pt"]
+    folder = entry.directory(tmp_path)
+    assert folder == tmp_path / "CosyVoice2-0.5B"
+    for path in LAYOUT.required:
+        (folder / path.split("|")[-1]).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path.split("|")[-1]).touch()
+    assert LAYOUT.missing(folder) == [] and entry.missing(tmp_path) == []
+    (folder / "llm.pt").unlink()
+    assert LAYOUT.missing(folder) == ["llm.pt"] and entry.missing(tmp_path) == ["llm.pt"]
