@@ -293,12 +293,14 @@ CASES: list[Case] = [
         mentions="reference_audio",
     ),
     Case(
+        # An empty transcript is no field error any more (the gateway transcribes the reference, issue 25): on a
+        # voice that cannot clone, the mode is what is wrong.
         "synthesize-zero-shot-missing-reference-text",
         G,
         S,
         syn(zero_shot=tts_gateway_pb2.ZeroShot(reference_audio=reference())),
-        IA,
-        mentions="reference_text",
+        FAILED,
+        mentions="zero_shot",
     ),
     Case(
         "synthesize-cross-lingual-on-preset-voice",
