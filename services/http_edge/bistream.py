@@ -522,6 +522,11 @@ class StreamSession:
 
         async def requests() -> AsyncIterator[tts_gateway_pb2.StreamingSynthesizeRequest]:
             yield tts_gateway_pb2.StreamingSynthesizeRequest(config=config)
+            # The gateway answers initial metadata once it has accepted the config. Writing text before that races
+            # a refusal: grpc then reports the call as INTERNAL ("Internal error from Core") instead of its status.
+            await call.initial_metadata()
+            if call.done():
+                return
             while (text := await deltas.get()) is not None:
                 yield tts_gateway_pb2.StreamingSynthesizeRequest(text=text)
 
