@@ -7,6 +7,7 @@ BadRequest field violations, RetryInfo, PreconditionFailure or ResourceInfo alon
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable, Sequence
 
@@ -30,6 +31,16 @@ ECHO_CHARS = 64
 
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][\w.+@-]+){2,}[/\\]?")
 _TRACE_MARKERS = ("Traceback", 'File "', "  at ")
+
+
+def status_code_of(exc: BaseException) -> grpc.StatusCode:
+    """The status an RPC ends with when `exc` escapes its handler: a ServiceError's own code, CANCELLED for a call
+    that went away, INTERNAL for anything else (for metrics that count calls by outcome)."""
+    if isinstance(exc, ServiceError):
+        return exc.code
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.INTERNAL
 
 
 def upstream_message(text: str, limit: int = 300) -> str:
@@ -206,6 +217,7 @@ __all__ = [
     "ServiceError",
     "Unavailable",
     "clip",
+    "status_code_of",
     "status_details",
     "upstream_message",
 ]

@@ -395,6 +395,25 @@ class OpenSynthesis:
         self.call.cancel()
 
 
+async def start_synthesis(
+    gateway: Any, pb: tts_gateway_pb2.SynthesizeRequest, metadata: Any, deadline_s: float
+) -> OpenSynthesis:
+    """Start a Synthesize call and wait for its first chunk: an error before audio becomes an EdgeError (HTTP
+    status), one after it is the caller's to handle while streaming."""
+    started = time.perf_counter()
+    call = gateway.Synthesize(pb, metadata=metadata, timeout=deadline_s)
+    try:
+        first = await call.read()
+    except grpc.aio.AioRpcError as error:
+        raise from_rpc_error(error) from None
+    except BaseException:
+        call.cancel()
+        raise
+    if first is grpc.aio.EOF:
+        raise EdgeError(502, "the gateway ended the stream without audio", "unknown")
+    return OpenSynthesis(call, first, started, time.perf_counter() - started)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Request bodies
 # --------------------------------------------------------------------------------------------------------------------
@@ -543,20 +562,7 @@ def create_app(settings: Settings, upstreams_factory: Callable[[], Upstreams]) -
         return error_response(invalid(message, param), request_id_of(request))
 
     async def open_synthesis(request: Request, pb: tts_gateway_pb2.SynthesizeRequest) -> OpenSynthesis:
-        started = time.perf_counter()
-        call = up().gateway.Synthesize(
-            pb, metadata=gateway_md(request, pb.request_id), timeout=settings.synthesis_timeout_s
-        )
-        try:
-            first = await call.read()
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from None
-        except BaseException:
-            call.cancel()
-            raise
-        if first is grpc.aio.EOF:
-            raise EdgeError(502, "the gateway ended the stream without audio", "unknown")
-        return OpenSynthesis(call, first, started, time.perf_counter() - started)
+        return await start_synthesis(up().gateway, pb, gateway_md(request, pb.request_id), settings.synthesis_timeout_s)
 
     def stream_response(
         opened: OpenSynthesis, fmt: OutputFormat, request_id: str, route: str, extra: dict[str, str]

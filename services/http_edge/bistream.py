@@ -55,6 +55,7 @@ from services.http_edge.app import (
     _send_error,
     bearer_token,
     request_id_of,
+    start_synthesis,
     valid_request_id,
     validation_message,
 )
@@ -359,20 +360,9 @@ class Bistream:
         return AudioStream(chunks(), opened.cancel, media_type="audio/pcm", headers=headers, route=TTS_ROUTE)
 
     async def _open(self, request: Request, pb: tts_gateway_pb2.SynthesizeRequest) -> OpenSynthesis:
-        started = time.perf_counter()
-        call = self.up().gateway.Synthesize(
-            pb, metadata=self.gateway_md(request, pb.request_id), timeout=self.settings.synthesis_timeout_s
+        return await start_synthesis(
+            self.up().gateway, pb, self.gateway_md(request, pb.request_id), self.settings.synthesis_timeout_s
         )
-        try:
-            first = await call.read()
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from None
-        except BaseException:
-            call.cancel()
-            raise
-        if first is grpc.aio.EOF:
-            raise EdgeError(502, "the gateway ended the stream without audio", "unknown")
-        return OpenSynthesis(call, first, started, time.perf_counter() - started)
 
     # ---------------------------------------------------------------- WebSocket /stream
 

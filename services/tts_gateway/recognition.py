@@ -38,7 +38,7 @@ from services.common.audio import (
     resample,
 )
 from services.common.durations import duration_from_seconds
-from services.common.errors import InvalidArgument, NotFound, ServiceError, Unavailable, clip
+from services.common.errors import InvalidArgument, NotFound, ServiceError, Unavailable, clip, status_code_of
 from services.common.request_id import resolve_request_id
 from services.tts_gateway.asr_client import AsrModelInfo, AsrResult, TritonAsr
 from services.tts_gateway.endpointing import EndpointerSettings, Segmenter, SpeechStart, Utterance
@@ -318,14 +318,8 @@ class RecognitionServicer(recognition_pb2_grpc.RecognitionServiceServicer):
         code = grpc.StatusCode.OK
         try:
             yield holder
-        except ServiceError as exc:
-            code = exc.code
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except BaseException:
-            code = grpc.StatusCode.INTERNAL
+        except BaseException as exc:
+            code = status_code_of(exc)
             raise
         finally:
             REQUESTS.labels(holder["model"] or "-", method, code.name).inc()

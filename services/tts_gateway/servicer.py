@@ -22,6 +22,7 @@ from services.common.errors import (
     ServiceError,
     Unavailable,
     clip,
+    status_code_of,
 )
 from services.common.request_id import resolve_request_id
 from services.common.version import VERSION
@@ -164,14 +165,8 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
                     stats.REAL_TIME_FACTOR.labels(voice).observe(summary.real_time_factor)
                     stats.AUDIO_SECONDS.labels(voice).inc(seconds_from_duration(summary.audio_duration))
                 yield chunk
-        except ServiceError as exc:
-            code = exc.code
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except BaseException:
-            code = grpc.StatusCode.INTERNAL
+        except BaseException as exc:
+            code = status_code_of(exc)
             raise
         finally:
             await pipeline.aclose()
