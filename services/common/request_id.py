@@ -21,7 +21,7 @@ def resolve_request_id(client_value: str, *, field: str = "request_id") -> str:
         client_value, field = current_request_id.get(), REQUEST_ID_METADATA_KEY
     if not client_value:
         request_id = uuid.uuid4().hex
-    elif len(client_value) > MAX_REQUEST_ID_LENGTH or not all(33 <= ord(c) <= 126 for c in client_value):
+    elif not is_valid_request_id(client_value):
         raise InvalidArgument(
             [(field, f"must be at most {MAX_REQUEST_ID_LENGTH} printable ASCII characters without spaces")]
         )
@@ -34,3 +34,8 @@ def resolve_request_id(client_value: str, *, field: str = "request_id") -> str:
 def bind_request_id(request_id: str) -> contextvars.Token[str]:
     """Make `request_id` appear in every log record of the current task."""
     return current_request_id.set(request_id)
+
+
+def is_valid_request_id(value: str) -> bool:
+    """A client's request id is kept only when it is short printable ASCII without spaces (safe in logs, headers)."""
+    return 0 < len(value) <= MAX_REQUEST_ID_LENGTH and all(33 <= ord(c) <= 126 for c in value)

@@ -22,6 +22,7 @@ from grpc_health.v1._async import HealthServicer
 
 from services.common.access_log import ACCESS_LOG_MODES, AccessLog
 from services.common.config import EnvArgumentParser, parse_bool
+from services.common.contract import MiB
 from services.common.interceptors import ServerInterceptor
 from services.common.logs import configure_logging
 from services.common.metrics import MetricsExporter, publish_build_info
@@ -31,7 +32,7 @@ from services.common.tracing import server_interceptors
 
 log = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 

@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.contract import RVC_METRICS_PORT, RVC_PORT
 from services.common.server import (
     EnvArgumentParser,
     ServiceHost,
@@ -57,7 +58,7 @@ def resolve_device(requested: str) -> str:
 
 def make_parser() -> EnvArgumentParser:
     parser = EnvArgumentParser(prog="voice-rvc-service", description=__doc__, env_prefix="RVC")
-    add_server_arguments(parser, port=50052, metrics_port=9102)
+    add_server_arguments(parser, port=RVC_PORT, metrics_port=RVC_METRICS_PORT)
     parser.add_option("--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help="RVC checkpoints (.pth/.index)")
     parser.add_option("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_option("--workers", type=int, default=0, help="conversion workers (0: 2-4 per GPU, one per CPU core)")

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from services.common import audio as A
+from services.common.contract import MAX_CONVERSION_MESSAGE_BYTES
 from services.common.conversion_settings import F0_METHOD_NAMES, fields_set
 from services.common.durations import duration_from_seconds
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
@@ -32,7 +33,7 @@ from voice.v1 import audio_pb2, conversion_pb2, voice_conversion_pb2, voice_conv
 
 T = TypeVar("T")
 
-MAX_AUDIO_MESSAGE_BYTES = 1 << 20  # per Convert audio message (contract)
+MAX_AUDIO_MESSAGE_BYTES = MAX_CONVERSION_MESSAGE_BYTES
 MAX_CLIP_BYTES = 64 << 20
 MAX_CLIP_SECONDS = 600.0
 RAW_INPUT_RATES = (8000, 48000)  # Convert input_format.sample_rate_hz range (contract)

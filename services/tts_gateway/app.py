@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.channels import add_upstream_credential_options, credentials_from_args
+from services.common.contract import GATEWAY_METRICS_PORT, GATEWAY_PORT, RVC_TARGET, TRITON_TARGET, MiB
 from services.common.server import (
     EnvArgumentParser,
     ServiceHost,
@@ -20,16 +21,16 @@ from services.common.tracing import configure_tracing, shutdown_tracing
 from services.tts_gateway.admission import RealTimeAdmission
 from services.tts_gateway.asr_client import TritonAsr
 from services.tts_gateway.endpointing import EndpointerSettings
+from services.tts_gateway.metrics import SAVED_VOICES, LatencyWindows
 from services.tts_gateway.recognition import RecognitionServicer, RecognitionSettings
 from services.tts_gateway.rvc_client import RvcClient
 from services.tts_gateway.saved_voices import SavedVoiceStore
 from services.tts_gateway.servicer import TtsGatewayServicer
-from services.tts_gateway.stats import SAVED_VOICES, LatencyWindows
 from services.tts_gateway.transcripts import ReferenceTranscripts, TritonRecognizer
 from services.tts_gateway.triton_client import TritonTts
 from services.tts_gateway.upstreams import UpstreamMonitor
 from services.tts_gateway.vad import make_vad
-from services.tts_gateway.validation import Limits, MiB, ReferenceCache, RequestValidator
+from services.tts_gateway.validation import Limits, ReferenceCache, RequestValidator
 from services.tts_gateway.voices import DEFAULT_VOICES_PATH, VoiceCatalog, load_voice_specs
 from voice.v1 import recognition_pb2, recognition_pb2_grpc, tts_gateway_pb2, tts_gateway_pb2_grpc
 
@@ -39,13 +40,16 @@ SERVICE_NAME = tts_gateway_pb2.DESCRIPTOR.services_by_name["TtsGatewayService"].
 RECOGNITION_SERVICE_NAME = recognition_pb2.DESCRIPTOR.services_by_name["RecognitionService"].full_name
 
 
+DEFAULT_LIMITS = Limits()
+
+
 def make_parser() -> EnvArgumentParser:
     parser = EnvArgumentParser(
         description="TTS gateway: streaming synthesis via Triton and voice conversion", env_prefix="GATEWAY"
     )
-    add_server_arguments(parser, port=50051, metrics_port=9101)
-    parser.add_option("--triton-url", default="127.0.0.1:8001", help="Triton gRPC address (host:port)")
-    parser.add_option("--rvc-url", default="127.0.0.1:50052", help="voice-conversion service gRPC address")
+    add_server_arguments(parser, port=GATEWAY_PORT, metrics_port=GATEWAY_METRICS_PORT)
+    parser.add_option("--triton-url", default=TRITON_TARGET, help="Triton gRPC address (host:port)")
+    parser.add_option("--rvc-url", default=RVC_TARGET, help="voice-conversion service gRPC address")
     # Per-upstream credentials: bearer token, TLS with an own CA, mTLS client certificate, server-name override.
     add_upstream_credential_options(parser, "triton", "Triton")
     add_upstream_credential_options(parser, "rvc", "the voice-conversion service")
@@ -66,11 +70,21 @@ def make_parser() -> EnvArgumentParser:
         default=2,
         help="streams of a voice admitted at once before its real-time cost has been measured",
     )
-    parser.add_option("--max-text-chars", type=int, default=5000, help="longest Synthesize text")
     parser.add_option(
-        "--max-stream-text-chars", type=int, default=50_000, help="most text one StreamingSynthesize call may carry"
+        "--max-text-chars", type=int, default=DEFAULT_LIMITS.max_text_chars, help="longest Synthesize text"
     )
-    parser.add_option("--max-reference-mb", type=float, default=8.0, help="largest reference audio, MiB")
+    parser.add_option(
+        "--max-stream-text-chars",
+        type=int,
+        default=DEFAULT_LIMITS.max_stream_text_chars,
+        help="most text one StreamingSynthesize call may carry",
+    )
+    parser.add_option(
+        "--max-reference-mb",
+        type=float,
+        default=DEFAULT_LIMITS.max_reference_bytes / MiB,
+        help="largest reference audio, MiB",
+    )
     parser.add_option("--reference-cache-size", type=int, default=64, help="processed reference clips kept")
     parser.add_option(
         "--saved-voices-dir",

@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from tritonclient.grpc import service_pb2
 
 from services.common.errors import Internal, InvalidArgument, NotFound, ServiceError, upstream_message
+from services.common.request_id import REQUEST_ID_METADATA_KEY
 from services.tts_gateway.triton_client import TritonTts
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ class TritonAsr:
         started = time.perf_counter()
         try:
             response = await self.triton.stub.ModelInfer(
-                request, metadata=(*self.triton.call_metadata, ("x-request-id", request_id))
+                request, metadata=(*self.triton.call_metadata, (REQUEST_ID_METADATA_KEY, request_id))
             )
         except grpc.aio.AioRpcError as exc:
             code = exc.code()

@@ -1,20 +1,14 @@
-"""The gateway's shared vocabulary: synthesis modes, what a TTS model offers, the per-request model inputs and the
-validated plan of one request. Pure data: no gRPC, no Triton, no I/O, so every module (validation, pipeline, voices,
+"""The gateway's shared vocabulary: synthesis modes, what a TTS model offers and the per-request model
+inputs. Pure data: no gRPC, no Triton, no I/O, so every module (validation, pipeline, voices,
 the upstream clients) can import it without importing each other.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
-
-from voice.v1 import conversion_pb2
-
-if TYPE_CHECKING:  # voices.py builds on this module; the plan only refers to its Voice
-    from services.tts_gateway.voices import Voice
 
 # Modes as the models' `supported_modes` parameter names them (and the `mode` oneof of the requests).
 MODE_PRESET = "preset_speaker"
@@ -69,22 +63,3 @@ class TtsInputs:
     pitch_level: str | None = None
     speed_level: str | None = None
     seed: int | None = None  # for models that sample; None lets the model pick
-
-
-@dataclass
-class SynthesisPlan:
-    """A validated request: everything the pipeline needs, nothing gRPC-specific."""
-
-    request_id: str
-    voice: Voice
-    mode: str
-    tts_inputs: TtsInputs
-    conversion: conversion_pb2.ConversionSettings | None
-    encoding: int
-    output_rate: int
-    # StreamingSynthesize hands the text deltas to the model as they arrive (text-input sessions), not sentences.
-    incremental_text: bool = False
-
-    @property
-    def tts_rate(self) -> int:
-        return self.voice.model.sample_rate_hz

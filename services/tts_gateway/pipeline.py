@@ -32,8 +32,8 @@ import numpy.typing as npt
 from services.common import tracing
 from services.common.audio import StreamResampler, make_encoder
 from services.common.chunks import ChunkSequencer, synthesis_summary
-from services.tts_gateway.domain import SynthesisPlan
-from services.tts_gateway.stats import TEXT_INCREMENTS, LatencyWindows
+from services.tts_gateway.metrics import TEXT_INCREMENTS, LatencyWindows
+from services.tts_gateway.plan import SynthesisPlan
 from services.tts_gateway.text import is_pronounceable, normalize
 from services.tts_gateway.upstream_protocols import ConversionSession, ConversionUpstream, SpeechUpstream
 from voice.v1 import audio_pb2

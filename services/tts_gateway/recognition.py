@@ -37,6 +37,7 @@ from services.common.audio import (
     pcm16_to_float,
     resample,
 )
+from services.common.contract import MiB
 from services.common.durations import duration_from_seconds
 from services.common.errors import InvalidArgument, NotFound, ServiceError, Unavailable, clip, status_code_of
 from services.common.request_id import resolve_request_id
@@ -46,7 +47,7 @@ from services.tts_gateway.vad import VAD_RATE_HZ, make_vad
 from voice.v1 import recognition_pb2, recognition_pb2_grpc
 
 log = logging.getLogger(__name__)
-MiB = 1024 * 1024
+
 
 _RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
 REQUESTS = Counter(

@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from services.common import tracing
 from services.common.channels import UPSTREAM_CHANNEL_OPTIONS, UpstreamCredentials, open_channel
+from services.common.contract import MAX_CONVERSION_MESSAGE_BYTES
 from services.common.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -23,11 +24,12 @@ from services.common.errors import (
     Unavailable,
     upstream_message,
 )
+from services.common.request_id import REQUEST_ID_METADATA_KEY
 from voice.v1 import audio_pb2, conversion_pb2, voice_conversion_pb2, voice_conversion_pb2_grpc
 
 UPSTREAM_NAME = "voice_conversion"
 CONVERSION_SERVICE = "voice.v1.VoiceConversionService"
-MAX_AUDIO_MESSAGE_BYTES = 1024 * 1024  # the conversion service's per-message cap
+MAX_AUDIO_MESSAGE_BYTES = MAX_CONVERSION_MESSAGE_BYTES
 _SAMPLES_PER_MESSAGE = MAX_AUDIO_MESSAGE_BYTES // 4
 
 _ConvertCall: TypeAlias = grpc.aio.StreamStreamCall[voice_conversion_pb2.ConvertRequest, audio_pb2.AudioChunk]
@@ -121,7 +123,7 @@ class ConvertSession:
             ),
         )
         self._call: _ConvertCall | None = None
-        self._metadata = (*owner.call_metadata, ("x-request-id", request_id))
+        self._metadata = (*owner.call_metadata, (REQUEST_ID_METADATA_KEY, request_id))
         self.opened_s = 0.0
         self._trace_parent = tracing.current_context()
         self._span: tracing.ClientSpan | None = None

@@ -24,13 +24,13 @@ from services.common.errors import (
     clip,
     status_code_of,
 )
-from services.common.request_id import resolve_request_id
+from services.common.request_id import REQUEST_ID_METADATA_KEY, resolve_request_id
 from services.common.version import VERSION
-from services.tts_gateway import stats
+from services.tts_gateway import metrics
 from services.tts_gateway.admission import RealTimeAdmission
-from services.tts_gateway.domain import MODE_CROSS_LINGUAL, MODE_ZERO_SHOT, SynthesisPlan
+from services.tts_gateway.domain import MODE_CROSS_LINGUAL, MODE_ZERO_SHOT
 from services.tts_gateway.pipeline import SynthesisPipeline
-from services.tts_gateway.rvc_client import RvcClient
+from services.tts_gateway.plan import SynthesisPlan
 from services.tts_gateway.saved_voices import SavedVoiceStore, name_problem
 from services.tts_gateway.text import (
     MAX_PIECE_CHARS,
@@ -40,7 +40,7 @@ from services.tts_gateway.text import (
     is_pronounceable,
     split_text,
 )
-from services.tts_gateway.triton_client import TritonTts
+from services.tts_gateway.upstream_protocols import ConversionUpstream, SpeechUpstream
 from services.tts_gateway.upstreams import UpstreamMonitor
 from services.tts_gateway.validation import DecodedReference, RequestValidator
 from services.tts_gateway.voices import Voice, VoiceCatalog
@@ -68,10 +68,10 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         *,
         catalog: VoiceCatalog,
         validator: RequestValidator,
-        triton: TritonTts,
-        rvc: RvcClient,
+        triton: SpeechUpstream,
+        rvc: ConversionUpstream,
         monitor: UpstreamMonitor,
-        windows: stats.LatencyWindows,
+        windows: metrics.LatencyWindows,
         max_concurrent_streams: int,
         admission: RealTimeAdmission | None = None,
     ) -> None:
@@ -92,18 +92,18 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
     def _slot(self) -> Iterator[None]:
         """Count the call, or refuse it at once when the hard limit of concurrent streams is reached."""
         if self.active >= self.max_streams:
-            stats.REJECTED.labels("max_streams").inc()
+            metrics.REJECTED.labels("max_streams").inc()
             raise ResourceExhausted(
                 f"the gateway is serving its limit of {self.max_streams} concurrent streams; retry shortly",
                 retry_after_s=0.5,
             )
         self.active += 1
-        stats.ACTIVE_STREAMS.inc()
+        metrics.ACTIVE_STREAMS.inc()
         try:
             yield
         finally:
             self.active -= 1
-            stats.ACTIVE_STREAMS.dec()
+            metrics.ACTIVE_STREAMS.dec()
 
     @contextlib.asynccontextmanager
     async def _real_time_admission(self, pipeline: SynthesisPipeline) -> AsyncIterator[None]:
@@ -111,9 +111,9 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         from how the stream went."""
         voice = pipeline.plan.voice.name
         decision, ticket = self.admission.try_admit(voice, time.monotonic())
-        stats.observe_admission(self.admission)
+        metrics.observe_admission(self.admission)
         if ticket is None:
-            stats.REJECTED.labels("real_time_capacity").inc()
+            metrics.REJECTED.labels("real_time_capacity").inc()
             raise ResourceExhausted(decision.reason, retry_after_s=decision.retry_after_s)
         ok = False
         try:
@@ -124,7 +124,7 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
             audio_s = pipeline.audio_seconds if ok else 0.0
             busy = None if pipeline.streamed_input else totals.tts_s + totals.conversion_s
             self.admission.finish(ticket, time.monotonic(), audio_s=audio_s, busy_s=busy)
-            stats.observe_admission(self.admission)
+            metrics.observe_admission(self.admission)
 
     def _check_available(self, plan: SynthesisPlan) -> None:
         """Fail fast with UNAVAILABLE when an upstream this request needs is down now."""
@@ -145,13 +145,13 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
     ) -> AsyncIterator[audio_pb2.AudioChunk]:
         plan = pipeline.plan
         voice = plan.voice.name
-        await context.send_initial_metadata((("x-request-id", plan.request_id),))
+        await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, plan.request_id),))
         # gRPC may end the call (cancel, deadline) while we are parked in a yield: cancel upstream work right away.
         # grpc-stubs declare the callback type as a plain class, not a Protocol, so no function matches it.
         context.add_done_callback(lambda _: pipeline.cancel())  # type: ignore[arg-type]
 
         def on_first_audio(seconds: float) -> None:
-            stats.TIME_TO_FIRST_AUDIO.labels(voice).observe(seconds)
+            metrics.TIME_TO_FIRST_AUDIO.labels(voice).observe(seconds)
             self.windows.observe("time_to_first_audio", seconds)
 
         pipeline.on_first_audio = on_first_audio
@@ -162,17 +162,17 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
                 if chunk.is_final:
                     summary = chunk.summary
                     context.set_trailing_metadata(((SUMMARY_METADATA_KEY, summary.SerializeToString()),))
-                    stats.REAL_TIME_FACTOR.labels(voice).observe(summary.real_time_factor)
-                    stats.AUDIO_SECONDS.labels(voice).inc(seconds_from_duration(summary.audio_duration))
+                    metrics.REAL_TIME_FACTOR.labels(voice).observe(summary.real_time_factor)
+                    metrics.AUDIO_SECONDS.labels(voice).inc(seconds_from_duration(summary.audio_duration))
                 yield chunk
         except BaseException as exc:
             code = status_code_of(exc)
             raise
         finally:
             await pipeline.aclose()
-            stats.STREAMS.labels(voice, code.name).inc()
+            metrics.STREAMS.labels(voice, code.name).inc()
             if code != grpc.StatusCode.OK:
-                stats.ERRORS.labels(voice, code.name).inc()
+                metrics.ERRORS.labels(voice, code.name).inc()
 
     def _pipeline(self, plan: SynthesisPlan) -> SynthesisPipeline:
         return SynthesisPipeline(plan, self.triton, self.rvc if plan.conversion else None, self.windows)
@@ -383,7 +383,7 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
             reference_text=reference_text,
             description=request.description.strip(),
         )
-        stats.SAVED_VOICES.set(len(store))
+        metrics.SAVED_VOICES.set(len(store))
         log.info("saved voice %s created (base %s, %.1f s)", saved.name, base.name, saved.duration_s)
         voice = self._annotate(self.catalog.from_saved(saved).to_proto())
         return tts_gateway_pb2.CreateVoiceResponse(voice=voice)
@@ -429,7 +429,7 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
                 violations=[("CONFIGURED", f"voice/{request.name}", "configured voices come from the voices file")],
             )
         saved = await asyncio.to_thread(store.delete, request.name)
-        stats.SAVED_VOICES.set(len(store))
+        metrics.SAVED_VOICES.set(len(store))
         log.info("saved voice %s deleted", saved.name)
         voice = tts_gateway_pb2.Voice(name=saved.name)
         if saved.base_voice in self.catalog.voices:

@@ -41,6 +41,7 @@ from services.common.errors import (
     Unavailable,
     upstream_message,
 )
+from services.common.request_id import REQUEST_ID_METADATA_KEY
 from services.tts_gateway.channel_options import TRITON_CHANNEL_OPTIONS
 from services.tts_gateway.domain import MODE_PRESET, SESSION_ID_INPUT, TtsInputs, TtsModelInfo
 from services.tts_gateway.upstream_protocols import TextIncrements
@@ -270,7 +271,8 @@ class TritonTts:
         try:
             async with asyncio.timeout(SESSION_CANCEL_TIMEOUT_S):
                 call = self.stub.ModelStreamInfer(
-                    metadata=(*self.call_metadata, ("x-request-id", request_id)), timeout=SESSION_CANCEL_TIMEOUT_S
+                    metadata=(*self.call_metadata, (REQUEST_ID_METADATA_KEY, request_id)),
+                    timeout=SESSION_CANCEL_TIMEOUT_S,
                 )
                 await call.write(request)
                 while (received := await call.read()) is not grpc.aio.EOF:
@@ -302,7 +304,7 @@ class TtsSession:
         self.owner = owner
         self.model = model
         self.request_id = request_id
-        self.metadata = (*owner.call_metadata, ("x-request-id", request_id))
+        self.metadata = (*owner.call_metadata, (REQUEST_ID_METADATA_KEY, request_id))
         # The request's trace context now (its server span): the stream opens later, inside a sentence's span, but
         # carries every sentence, so its span hangs off the request.
         self._trace_parent = tracing.current_context()

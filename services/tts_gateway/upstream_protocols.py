@@ -55,7 +55,23 @@ class SpeechSession(Protocol):
         ...
 
 
-class SpeechUpstream(Protocol):
+class ProbedUpstream(Protocol):
+    """An upstream the gateway watches: where it is and a cheap liveness probe."""
+
+    url: str
+
+    async def probe(self) -> str:
+        """The upstream's version when it serves now; raises ServiceError (UNAVAILABLE) otherwise."""
+        ...
+
+
+class TtsModelSource(Protocol):
+    async def model_info(self, model: str) -> TtsModelInfo:
+        """What one TTS model offers, from its config on the model server."""
+        ...
+
+
+class SpeechUpstream(ProbedUpstream, TtsModelSource, Protocol):
     def open(self, model: TtsModelInfo, request_id: str) -> SpeechSession: ...
 
 
@@ -85,7 +101,7 @@ class ConversionSession(Protocol):
         ...
 
 
-class ConversionUpstream(Protocol):
+class ConversionUpstream(ProbedUpstream, Protocol):
     def open(
         self, request_id: str, settings: conversion_pb2.ConversionSettings, input_rate: int, output_rate: int
     ) -> ConversionSession: ...

@@ -15,10 +15,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from services.common.errors import ServiceError
+from services.tts_gateway.metrics import UPSTREAM_UP
 from services.tts_gateway.rvc_client import UPSTREAM_NAME as RVC_NAME
-from services.tts_gateway.rvc_client import RvcClient
-from services.tts_gateway.stats import UPSTREAM_UP
-from services.tts_gateway.triton_client import TritonTts
+from services.tts_gateway.upstream_protocols import ConversionUpstream, SpeechUpstream
 from services.tts_gateway.voices import Voice, VoiceCatalog, VoiceConfigError
 from voice.v1 import tts_gateway_pb2
 
@@ -43,8 +42,8 @@ class UpstreamState:
 class UpstreamMonitor:
     def __init__(
         self,
-        triton: TritonTts,
-        rvc: RvcClient,
+        triton: SpeechUpstream,
+        rvc: ConversionUpstream,
         catalog: VoiceCatalog,
         set_serving: Callable[[bool], Awaitable[None]],
         *,

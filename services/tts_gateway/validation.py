@@ -19,6 +19,14 @@ from cachetools import LRUCache
 from numpy.typing import NDArray
 
 from services.common.audio import AudioDecodeError, decode_audio, resample, resolve_output_rate, validate_output_format
+from services.common.contract import (
+    MAX_REFERENCE_BYTES,
+    MAX_REFERENCE_S,
+    MAX_REFERENCE_TEXT_CHARS,
+    MIN_REFERENCE_S,
+    MiB,
+    speaking_rate_problem,
+)
 from services.common.conversion_settings import CONVERSION_SETTINGS, F0_METHOD_NAMES, fields_set
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.request_id import resolve_request_id
@@ -29,9 +37,9 @@ from services.tts_gateway.domain import (
     MODE_PRESET,
     MODE_VOICE_DESIGN,
     MODE_ZERO_SHOT,
-    SynthesisPlan,
     TtsInputs,
 )
+from services.tts_gateway.plan import SynthesisPlan
 from services.tts_gateway.saved_voices import reference_problems
 from services.tts_gateway.synthesis_request import SynthesisRequest, WireRequest
 from services.tts_gateway.text import NOTHING_TO_SPEAK, control_character_problem, is_pronounceable
@@ -39,7 +47,6 @@ from services.tts_gateway.transcripts import ReferenceTranscripts, TranscriptUna
 from services.tts_gateway.voices import Voice, VoiceCatalog
 from voice.v1 import audio_pb2, conversion_pb2, tts_gateway_pb2
 
-MiB = 1024 * 1024
 Violations = list[tuple[str, str]]  # (field path, what to fix), as BadRequest field violations
 
 
@@ -47,10 +54,10 @@ Violations = list[tuple[str, str]]  # (field path, what to fix), as BadRequest f
 class Limits:
     max_text_chars: int = 5000
     max_stream_text_chars: int = 50_000
-    max_reference_bytes: int = 8 * MiB
-    min_reference_s: float = 1.0
-    max_reference_s: float = 30.0
-    max_reference_text_chars: int = 1000
+    max_reference_bytes: int = MAX_REFERENCE_BYTES
+    min_reference_s: float = MIN_REFERENCE_S
+    max_reference_s: float = MAX_REFERENCE_S
+    max_reference_text_chars: int = MAX_REFERENCE_TEXT_CHARS
     max_instruction_chars: int = 500
 
 
@@ -140,9 +147,21 @@ def output_format_violations(fmt: audio_pb2.AudioFormat) -> Violations:
 
 
 def speaking_rate_violations(rate: float) -> Violations:
-    if rate != 0 and not (math.isfinite(rate) and 0.5 <= rate <= 2.0):
-        return [("speaking_rate", f"must be 0 (normal) or 0.5..2.0, got {rate}")]
+    problem = speaking_rate_problem(rate)
+    if problem is not None:
+        return [("speaking_rate", problem)]
     return []
+
+
+def require_speaking_rate(voice: Voice, rate: float) -> None:
+    """A pace other than normal needs a model with a `length_scale` input. Models that sample speech tokens have no
+    such control, and stretching their streamed audio afterwards would cost quality and latency, so say so."""
+    if rate not in (0.0, 1.0) and "length_scale" not in voice.model.inputs:
+        raise FailedPrecondition(
+            f"voice {voice.name!r} (model {voice.model.name}) cannot change its speaking rate: send speaking_rate 0 "
+            "or 1, or pick a voice whose model takes length_scale (the Piper voices)",
+            violations=[("SPEAKING_RATE", voice.name, "the voice's model has no length_scale input")],
+        )
 
 
 def conversion_violations(settings: conversion_pb2.ConversionSettings, field: str) -> Violations:
@@ -462,6 +481,7 @@ class RequestValidator:
         if voice.saved is not None:
             mode, reference = saved_voice_reference(request, voice, inputs)
         require_mode(self.catalog, voice, mode)
+        require_speaking_rate(voice, rate)
         incremental_text = resolve_text_input(self.catalog, voice, request)
         inputs.noise_scale, inputs.noise_w = voice.spec.noise_scale, voice.spec.noise_w
         inputs.speaker_id = speaker_index(request, voice, mode)

@@ -42,7 +42,7 @@ from services.tts_gateway.domain import (
     TtsModelInfo,
 )
 from services.tts_gateway.saved_voices import SavedVoice, SavedVoiceStore
-from services.tts_gateway.triton_client import TritonTts
+from services.tts_gateway.upstream_protocols import TtsModelSource
 from voice.v1 import conversion_pb2, tts_gateway_pb2
 
 DEFAULT_VOICES_PATH = Path(__file__).with_name("voices.toml")
@@ -217,7 +217,7 @@ class VoiceCatalog:
     def resolved(self) -> bool:
         return len(self.voices) == len(self.specs)
 
-    async def resolve(self, triton: TritonTts) -> None:
+    async def resolve(self, triton: TtsModelSource) -> None:
         models: dict[str, TtsModelInfo] = {}
         for spec in self.specs:
             if spec.tts_model not in models:

@@ -18,9 +18,10 @@ import pytest
 
 from services.common.durations import seconds_from_duration
 from services.common.errors import FailedPrecondition, Internal
-from services.tts_gateway.domain import MODE_PRESET, SynthesisPlan, TtsInputs, TtsModelInfo
+from services.tts_gateway.domain import MODE_PRESET, TtsInputs, TtsModelInfo
+from services.tts_gateway.metrics import LatencyWindows
 from services.tts_gateway.pipeline import PIPE_DEPTH, SynthesisPipeline
-from services.tts_gateway.stats import LatencyWindows
+from services.tts_gateway.plan import SynthesisPlan
 from services.tts_gateway.upstream_protocols import ConversionUpstream, SpeechUpstream
 from services.tts_gateway.voices import Voice, VoiceSpec
 from voice.v1 import audio_pb2, conversion_pb2

@@ -31,10 +31,11 @@ from services.common.errors import (
     ResourceExhausted,
     ServiceError,
 )
-from services.tts_gateway.domain import SynthesisPlan, TtsInputs, TtsModelInfo
+from services.tts_gateway.domain import TtsInputs, TtsModelInfo
+from services.tts_gateway.metrics import LatencyWindows
 from services.tts_gateway.pipeline import SynthesisPipeline
+from services.tts_gateway.plan import SynthesisPlan
 from services.tts_gateway.servicer import TtsGatewayServicer
-from services.tts_gateway.stats import LatencyWindows
 from services.tts_gateway.text import NOTHING_TO_SPEAK
 from services.tts_gateway.triton_client import (
     TritonTts,
