@@ -59,3 +59,27 @@ def gliding_voice(rate: int, seconds: float, seed: int = 0) -> np.ndarray:
     envelope = np.clip(np.sin(2 * np.pi * 2.2 * t) + 0.4, 0, 1)
     x = sum((0.6 / k) * np.sin(k * phase) for k in range(1, 25)) * envelope + 0.01 * rng.standard_normal(t.size)
     return (0.4 * x / np.abs(x).max()).astype(np.float32)
+
+
+def dominant_frequency(x: np.ndarray, rate: int) -> float:
+    """Frequency in Hz of the strongest spectral peak of ``x`` (0.0 for silence).
+
+    Hann window + parabolic interpolation on the log magnitude around the peak bin gives sub-bin accuracy, so a
+    0.25 s tone is located to well under 1 %.
+    """
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    if x.size < 4:
+        raise ValueError("need at least 4 samples to estimate a frequency")
+    x = x - x.mean()  # DC would otherwise dominate near bin 0
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    spectrum[0] = 0.0
+    k = int(np.argmax(spectrum))
+    if spectrum[k] <= 0.0:
+        return 0.0
+    offset = 0.0
+    if 0 < k < spectrum.size - 1:
+        a, b, c = np.log(spectrum[k - 1 : k + 2] + 1e-300)
+        denom = a - 2.0 * b + c
+        if denom != 0.0:
+            offset = 0.5 * (a - c) / denom
+    return float((k + offset) * rate / x.size)

@@ -84,43 +84,12 @@ def encoding_name(encoding: int) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def duration_seconds(n_samples: int, rate: int) -> float:
-    """Duration in seconds of ``n_samples`` mono samples at ``rate`` Hz."""
-    if rate <= 0:
-        raise ValueError(f"rate must be positive, got {rate}")
-    return n_samples / rate
-
-
 def rms(x: NDArray[np.floating[Any]]) -> float:
     """Root-mean-square level of ``x`` (0.0 for empty input)."""
     if x.size == 0:
         return 0.0
     xd = np.asarray(x, dtype=np.float64)
     return float(np.sqrt(np.mean(xd * xd)))
-
-
-def dominant_frequency(x: NDArray[np.floating[Any]], rate: int) -> float:
-    """Frequency in Hz of the strongest spectral peak of ``x`` (0.0 for silence).
-
-    Hann window + parabolic interpolation on the log magnitude around the peak bin gives sub-bin accuracy, so a
-    0.25 s tone is located to well under 1 %.
-    """
-    x = np.asarray(x, dtype=np.float64).reshape(-1)
-    if x.size < 4:
-        raise ValueError("need at least 4 samples to estimate a frequency")
-    x = x - x.mean()  # DC would otherwise dominate near bin 0
-    spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size)))
-    spectrum[0] = 0.0
-    k = int(np.argmax(spectrum))
-    if spectrum[k] <= 0.0:
-        return 0.0
-    offset = 0.0
-    if 0 < k < spectrum.size - 1:
-        a, b, c = np.log(spectrum[k - 1 : k + 2] + 1e-300)
-        denom = a - 2.0 * b + c
-        if denom != 0.0:
-            offset = 0.5 * (a - c) / denom
-    return float((k + offset) * rate / x.size)
 
 
 def float_to_pcm16(x: NDArray[np.floating[Any]]) -> bytes:

@@ -11,7 +11,6 @@ Built-in WORLD voices are always listed and never evicted. All methods are threa
 
 from __future__ import annotations
 
-import builtins
 import re
 import threading
 from collections import OrderedDict
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from services.common.contract import name_problem
 from services.rvc_service.engines import (
     BUILTIN_VOICES,
     ContentEncoder,
@@ -40,8 +40,6 @@ __all__ = [
     "ModelNotFound",
     "ModelRegistry",
 ]
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
 
 
 class ModelNotFound(EngineError):
@@ -122,14 +120,7 @@ class ModelRegistry:
     # ------------------------------------------------------------------------------------------------ names
 
     def _check_name(self, name: str) -> None:
-        if (
-            not isinstance(name, str)
-            or not _NAME_RE.match(name)
-            or "/" in name
-            or "\\" in name
-            or ".." in name
-            or "\x00" in name
-        ):
+        if name_problem(name, allow_spaces=True) is not None:  # also refuses separators, ".." and NUL
             shown = _shown(name) if isinstance(name, str) else type(name).__name__
             raise InvalidModelName(f"invalid model name {shown}: use a name from ListModels, not a path")
 
@@ -148,7 +139,9 @@ class ModelRegistry:
         if not self.models_dir.is_dir():
             return []
         return sorted(
-            p.stem for p in self.models_dir.glob("*.pth") if _NAME_RE.match(p.stem) and inside(self.models_dir, p)
+            p.stem
+            for p in self.models_dir.glob("*.pth")
+            if name_problem(p.stem, allow_spaces=True) is None and inside(self.models_dir, p)
         )
 
     # ---------------------------------------------------------------------------------------------- queries
@@ -183,10 +176,6 @@ class ModelRegistry:
         return ModelInfo(
             name, "rvc", True, m.version, m.sample_rate, m.uses_f0, m.has_index, m.speaker_count, size, m.memory_bytes
         )
-
-    def loaded_names(self) -> builtins.list[str]:  # `list` here is the method above
-        with self._lock:
-            return list(self._loaded)
 
     @property
     def memory_used_bytes(self) -> int:

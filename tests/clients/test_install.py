@@ -23,8 +23,8 @@ from voice.v1 import tts_gateway_pb2
 pytestmark = pytest.mark.slow
 
 SOURCES = {"voice-proto": REPO_ROOT / "proto", "voice-client": REPO_ROOT / "clients" / "python"}
-# Must not be installed with the client: server code and the server's extra protobuf packages.
-FORBIDDEN = {"voice-serving", "av", "soxr", "grpcio-status", "grpcio-health-checking", "googleapis-common-protos"}
+# Must not be installed with the client: server code and its media, status and reflection packages.
+FORBIDDEN = {"voice-serving", "av", "soxr", "grpcio-status", "grpcio-reflection", "prometheus-client"}
 INSTALL_TIMEOUT_S = 540
 
 

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from services.common import audio as A
+from tests.signals import dominant_frequency
 
 ALL_ENCODINGS = [A.PCM16, A.FLOAT32, A.WAV, A.OGG_OPUS]
 # Opus only encodes at Opus rates; the others also get an odd native rate (Piper models run at 22050).
@@ -78,7 +79,7 @@ def test_round_trip_one_shot(encoding: int, rate: int) -> None:
     assert y.dtype == np.float32 and y.ndim == 1
     tolerance = round(0.03 * rate) if encoding == A.OGG_OPUS else 0
     assert abs(len(y) - len(x)) <= tolerance
-    assert A.dominant_frequency(y, out_rate) == pytest.approx(440.0, rel=0.01)
+    assert dominant_frequency(y, out_rate) == pytest.approx(440.0, rel=0.01)
     # Level survives too (Opus is lossy, so only roughly).
     assert A.rms(y) == pytest.approx(A.rms(x), rel=0.1 if encoding == A.OGG_OPUS else 1e-3)
 
@@ -107,7 +108,7 @@ def test_chunked_encoding_matches_one_shot(encoding: int) -> None:
     y2, _ = A.decode_audio(chunked, encoding, rate)
     assert len(y2) == len(y1) == len(x)
     if encoding == A.OGG_OPUS:
-        assert A.dominant_frequency(y2, rate) == pytest.approx(440.0, rel=0.01)
+        assert dominant_frequency(y2, rate) == pytest.approx(440.0, rel=0.01)
     else:
         # Stateless encodings must be byte-identical however the input is split.
         assert chunked == one_shot_bytes
@@ -217,7 +218,7 @@ def test_opus_stream_is_incremental_and_decodes_with_ffmpeg(rate: int) -> None:
     # In fact exact to 1 ms: FFmpeg drops the OpusHead pre-skip (6.5 ms) and trims the padding of the last frame
     # (up to 20 ms) to the final page's granule position, so both must be written correctly.
     assert abs(len(y) - len(x) * dec_rate // rate) <= dec_rate // 1000
-    assert A.dominant_frequency(y, dec_rate) == pytest.approx(440.0, rel=0.01)
+    assert dominant_frequency(y, dec_rate) == pytest.approx(440.0, rel=0.01)
 
     # And the OpusHead records the input rate, so libsndfile decodes back at `rate`.
     head = data.index(b"OpusHead")
@@ -340,7 +341,7 @@ def test_decode_ogg_opus_from_libsndfile_stereo() -> None:
     y, rate = A.decode_audio(data, A.OGG_OPUS, 0)
     assert rate == 24000
     assert abs(len(y) - len(x)) <= 0.03 * rate
-    assert A.dominant_frequency(y, rate) == pytest.approx(440.0, rel=0.01)
+    assert dominant_frequency(y, rate) == pytest.approx(440.0, rel=0.01)
 
 
 def test_decode_streaming_wav_input() -> None:
@@ -427,7 +428,7 @@ def test_resample_one_shot(src: int, dst: int) -> None:
     y = A.resample(x, src, dst)
     assert y.dtype == np.float32
     assert abs(len(y) - dst) <= 1
-    assert A.dominant_frequency(y, dst) == pytest.approx(440.0, rel=0.01)
+    assert dominant_frequency(y, dst) == pytest.approx(440.0, rel=0.01)
 
 
 def test_resample_identity() -> None:
@@ -491,19 +492,16 @@ def test_dominant_frequency_is_sub_bin_accurate(freq: float) -> None:
     rate = 16000
     x = tone(rate, 0.25, freq=freq) + 0.01 * np.random.default_rng(2).standard_normal(4000).astype(np.float32)
     # 0.25 s gives 4 Hz bins; interpolation must do much better than a bin.
-    assert A.dominant_frequency(x, rate) == pytest.approx(freq, abs=0.5)
+    assert dominant_frequency(x, rate) == pytest.approx(freq, abs=0.5)
 
 
 def test_dominant_frequency_edge_cases() -> None:
-    assert A.dominant_frequency(np.zeros(1000, dtype=np.float32), 16000) == 0.0
-    assert A.dominant_frequency(np.full(1000, 0.3, dtype=np.float32), 16000) == 0.0  # pure DC
+    assert dominant_frequency(np.zeros(1000, dtype=np.float32), 16000) == 0.0
+    assert dominant_frequency(np.full(1000, 0.3, dtype=np.float32), 16000) == 0.0  # pure DC
     with pytest.raises(ValueError):
-        A.dominant_frequency(np.zeros(2, dtype=np.float32), 16000)
+        dominant_frequency(np.zeros(2, dtype=np.float32), 16000)
 
 
-def test_rms_and_duration() -> None:
+def test_rms() -> None:
     assert A.rms(tone(16000, 1.0, amp=0.5)) == pytest.approx(0.5 / np.sqrt(2), rel=1e-3)
     assert A.rms(np.zeros(0, dtype=np.float32)) == 0.0
-    assert A.duration_seconds(24000, 16000) == 1.5
-    with pytest.raises(ValueError):
-        A.duration_seconds(10, 0)

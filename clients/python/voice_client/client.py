@@ -126,7 +126,7 @@ def describe_rpc_error(error: grpc.RpcError) -> str:
         elif is_a(detail, "google.rpc.ErrorInfo") and detail.reason:
             add(f"reason {detail.reason}" + (f" ({detail.domain})" if detail.domain else ""))
         elif is_a(detail, "google.rpc.RetryInfo"):
-            delay = detail.retry_delay.seconds + detail.retry_delay.nanos / 1e9
+            delay = detail.retry_delay.ToTimedelta().total_seconds()
             parts.append(f"(retry after {delay:g} s)")
     request_id = _metadata_value(error, "x-request-id")
     if request_id:
@@ -480,7 +480,7 @@ class _BaseClient:
             self.channel = grpc.secure_channel(self.target, credentials, options=options)
         else:
             self.channel = grpc.insecure_channel(self.target, options=options)
-        # grpc.health.v1.Health/Check with the private pool's messages (no grpcio-health-checking needed).
+        # grpc.health.v1.Health/Check on this client's channel, with its interceptors and timeouts.
         self._health_check = self.channel.unary_unary(
             rpc_details.HEALTH_CHECK_METHOD,
             request_serializer=rpc_details.HealthCheckRequest.SerializeToString,
@@ -559,7 +559,7 @@ class _BaseClient:
         """grpc.health.v1 status name ("SERVING", "NOT_SERVING", ...) of `service` ("" is the whole server)."""
         request = rpc_details.HealthCheckRequest(service=service)
         response = self._unary("Health/Check", self._health_check, request, timeout)
-        return rpc_details.serving_status_name(response.status)  # type: ignore[attr-defined]
+        return rpc_details.serving_status_name(response.status)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Block until the channel is connected (raises grpc.FutureTimeoutError otherwise)."""
