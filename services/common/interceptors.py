@@ -21,6 +21,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -286,7 +287,6 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         service, method = _split_method(handler_call_details.method)
-        rpc_type = _rpc_type(handler)
         # Typed loosely: the stubs give the sync API's signatures, grpc.aio's behaviours are coroutine functions and
         # async generator functions taking an aio context.
         behavior: Callable[..., Any] | None = (
@@ -298,74 +298,94 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             behavior = _unauthenticated_behavior(handler.response_streaming)
         elif self.draining and service not in AUTH_EXEMPT_SERVICES:
             behavior = _draining_behavior(handler.response_streaming)
-        tracked = service not in AUTH_EXEMPT_SERVICES  # long-lived health watches must not hold up a drain
-
-        request_streaming = handler.request_streaming
-        idle_timeout_s, max_stream_s = self._idle_timeout_s, self._max_stream_s
-
-        if handler.response_streaming:
-
-            async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                call = _CallObserver(service, method, rpc_type, context, self.access_log)
-                sent = metrics.STREAM_MESSAGES_SENT.labels(service, method)
-                activity = _Activity()
-                watched: AsyncGenerator[Any, None] | None = None
-                self._enter(tracked)
-                try:
-                    if request_streaming:
-                        request = _parsed_requests(request, activity)
-                    elif authorized and isinstance(request, Unparseable):
-                        raise request.error()
-                    result = behavior(request, context)
-                    if inspect.isasyncgen(result):
-                        watched = _watched(result, activity, idle_timeout_s=idle_timeout_s, max_stream_s=max_stream_s)
-                        async for message in watched:
-                            sent.inc()
-                            yield message
-                    else:
-                        await result
-                except BaseException as exc:  # every ending is translated and counted
-                    await call.fail(exc)
-                finally:
-                    # A client cancel closes this generator at its yield: close the handler's now (its `finally`
-                    # frees admission slots and upstream calls) rather than whenever the garbage collector gets to it.
-                    if watched is not None:
-                        with contextlib.suppress(BaseException):
-                            await watched.aclose()
-                    self._leave(tracked)
-                    call.finish()
-
-            wrapped: Callable[..., Any] = streaming
-        else:
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                call = _CallObserver(service, method, rpc_type, context, self.access_log)
-                self._enter(tracked)
-                try:
-                    if request_streaming:
-                        request = _parsed_requests(request, _Activity())
-                    elif authorized and isinstance(request, Unparseable):
-                        raise request.error()
-                    return await behavior(request, context)
-                except BaseException as exc:
-                    await call.fail(exc)
-                finally:
-                    self._leave(tracked)
-                    call.finish()
-
-            wrapped = unary
-
+        rpc = _InterceptedRpc(
+            service=service,
+            method=method,
+            rpc_type=_rpc_type(handler),
+            behavior=behavior,
+            authorized=authorized,
+            request_streaming=handler.request_streaming,
+            tracked=service not in AUTH_EXEMPT_SERVICES,  # long-lived health watches must not hold up a drain
+        )
+        wrapped = self._streaming(rpc) if handler.response_streaming else self._unary(rpc)
         factory = {
             "unary": grpc.unary_unary_rpc_method_handler,
             "server_stream": grpc.unary_stream_rpc_method_handler,
             "client_stream": grpc.stream_unary_rpc_method_handler,
             "bidi_stream": grpc.stream_stream_rpc_method_handler,
-        }[rpc_type]
+        }[rpc.rpc_type]
         return factory(
             wrapped,
             request_deserializer=_tolerant_deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+
+    def _streaming(self, rpc: _InterceptedRpc) -> Callable[..., AsyncIterator[Any]]:
+        idle_timeout_s, max_stream_s = self._idle_timeout_s, self._max_stream_s
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            call = _CallObserver(rpc.service, rpc.method, rpc.rpc_type, context, self.access_log)
+            sent = metrics.STREAM_MESSAGES_SENT.labels(rpc.service, rpc.method)
+            activity = _Activity()
+            watched: AsyncGenerator[Any, None] | None = None
+            self._enter(rpc.tracked)
+            try:
+                result = rpc.behavior(rpc.parsed(request, activity), context)
+                if inspect.isasyncgen(result):
+                    watched = _watched(result, activity, idle_timeout_s=idle_timeout_s, max_stream_s=max_stream_s)
+                    async for message in watched:
+                        sent.inc()
+                        yield message
+                else:
+                    await result
+            except BaseException as exc:  # every ending is translated and counted
+                await call.fail(exc)
+            finally:
+                # A client cancel closes this generator at its yield: close the handler's now (its `finally`
+                # frees admission slots and upstream calls) rather than whenever the garbage collector gets to it.
+                if watched is not None:
+                    with contextlib.suppress(BaseException):
+                        await watched.aclose()
+                self._leave(rpc.tracked)
+                call.finish()
+
+        return streaming
+
+    def _unary(self, rpc: _InterceptedRpc) -> Callable[..., Awaitable[Any]]:
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            call = _CallObserver(rpc.service, rpc.method, rpc.rpc_type, context, self.access_log)
+            self._enter(rpc.tracked)
+            try:
+                return await rpc.behavior(rpc.parsed(request, _Activity()), context)
+            except BaseException as exc:
+                await call.fail(exc)
+            finally:
+                self._leave(rpc.tracked)
+                call.finish()
+
+        return unary
+
+
+@dataclass(frozen=True)
+class _InterceptedRpc:
+    """One method's handler as the interceptor wraps it."""
+
+    service: str
+    method: str
+    rpc_type: str
+    behavior: Callable[..., Any]
+    authorized: bool
+    request_streaming: bool
+    tracked: bool
+
+    def parsed(self, request: Any, activity: _Activity) -> Any:
+        """The request the behaviour sees: a stream whose messages are parsed lazily (and count as activity), or
+        the one message; a unary message that did not parse fails here, unless the call is refused anyway."""
+        if self.request_streaming:
+            return _parsed_requests(request, activity)
+        if self.authorized and isinstance(request, Unparseable):
+            raise request.error()
+        return request
 
 
 def _unauthenticated_behavior(response_streaming: bool) -> Callable[..., Any]:
