@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 
 from services.common.config import EnvArgumentParser, parse_bool
+from services.common.contract import MAX_MESSAGE_MB, MiB
 from services.common.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -240,8 +241,8 @@ UPSTREAM_CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1_000),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", MAX_MESSAGE_MB * MiB),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_MB * MiB),
 ]
 
 # Targets whose resolver may return several addresses; a plain host:port (one ClusterIP, or a mesh) stays as it is.

@@ -21,6 +21,9 @@ GATEWAY_TARGET = f"127.0.0.1:{GATEWAY_PORT}"
 RVC_TARGET = f"127.0.0.1:{RVC_PORT}"
 TRITON_TARGET = "127.0.0.1:8001"
 
+# The largest gRPC message a service or an upstream channel accepts unless configured otherwise.
+MAX_MESSAGE_MB = 64
+
 # The conversion service refuses a Convert audio message above this; the gateway splits its audio to fit.
 MAX_CONVERSION_MESSAGE_BYTES = 1 * MiB
 
@@ -84,6 +87,7 @@ __all__ = [
     "GATEWAY_PORT",
     "GATEWAY_TARGET",
     "MAX_CONVERSION_MESSAGE_BYTES",
+    "MAX_MESSAGE_MB",
     "MAX_NAME_CHARS",
     "MAX_REFERENCE_BYTES",
     "MAX_REFERENCE_S",

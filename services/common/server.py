@@ -22,7 +22,7 @@ from grpc_health.v1._async import HealthServicer
 
 from services.common.access_log import ACCESS_LOG_MODES, AccessLog
 from services.common.config import EnvArgumentParser, parse_bool
-from services.common.contract import MiB
+from services.common.contract import MAX_MESSAGE_MB, MiB
 from services.common.interceptors import ServerInterceptor
 from services.common.logs import configure_logging
 from services.common.metrics import MetricsExporter, publish_build_info
@@ -43,7 +43,7 @@ class ServerOptions:
     port: int = 0
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # 0 picks a free port; -1 disables the exporter
-    max_message_mb: int = 64
+    max_message_mb: int = MAX_MESSAGE_MB
     grace_seconds: float = 10.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -65,7 +65,9 @@ def add_server_arguments(parser: EnvArgumentParser, *, port: int, metrics_port: 
     parser.add_option("--port", type=int, default=port, help="gRPC port (0 picks a free port)")
     parser.add_option("--metrics-host", default="127.0.0.1", help="address for the Prometheus /metrics endpoint")
     parser.add_option("--metrics-port", type=int, default=metrics_port, help="Prometheus port (0 free port, -1 off)")
-    parser.add_option("--max-message-mb", type=int, default=64, help="largest gRPC message accepted or sent, MiB")
+    parser.add_option(
+        "--max-message-mb", type=int, default=MAX_MESSAGE_MB, help="largest gRPC message accepted or sent, MiB"
+    )
     parser.add_option(
         "--grace-seconds", type=float, default=10.0, help="on SIGTERM, how long in-flight RPCs may run before cancel"
     )
