@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.contract import RVC_METRICS_PORT, RVC_PORT
+from services.common.contract import RVC_METRICS_PORT, RVC_PORT, MiB
 from services.common.server import (
     EnvArgumentParser,
     ServiceHost,
@@ -156,8 +156,8 @@ async def log_allocation_growth(interval_s: float, top: int = 12) -> None:
         lines = [f"{s.size_diff / 1024:+.0f} KiB ({s.count_diff:+d} blocks) {s.traceback[0]}" for s in stats]
         log.info(
             "tracemalloc: traced %.1f MiB (peak %.1f); growth since baseline:\n  %s",
-            current / 2**20,
-            peak / 2**20,
+            current / MiB,
+            peak / MiB,
             "\n  ".join(lines),
         )
 
