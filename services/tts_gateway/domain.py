@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from services.common.contract import CLONING_MODE_NAMES
+
 # Modes as the models' `supported_modes` parameter names them (and the `mode` oneof of the requests).
 MODE_PRESET = "preset_speaker"
 MODE_ZERO_SHOT = "zero_shot"
@@ -17,7 +19,7 @@ MODE_CROSS_LINGUAL = "cross_lingual"
 MODE_INSTRUCT = "instruct"
 MODE_VOICE_DESIGN = "voice_design"
 MODES: tuple[str, ...] = (MODE_PRESET, MODE_ZERO_SHOT, MODE_CROSS_LINGUAL, MODE_INSTRUCT, MODE_VOICE_DESIGN)
-CLONING_MODES: tuple[str, ...] = (MODE_ZERO_SHOT, MODE_CROSS_LINGUAL)  # the modes that take reference audio
+CLONING_MODES: tuple[str, ...] = CLONING_MODE_NAMES  # the modes that take reference audio
 
 # Text-input streaming: the model config parameter that declares it and the input that names a session.
 TEXT_INPUT_STREAMING_PARAMETER = "text_input_streaming"

@@ -107,3 +107,9 @@ def test_one_name_rule(name: str, allow_spaces: bool, ok: bool) -> None:
 def test_one_speaking_rate_range(rate: float, ok: bool) -> None:
     assert (contract.speaking_rate_problem(rate) is None) is ok
     assert contract.speaking_rate_problem(float("nan")) is not None
+
+
+def test_the_cloning_modes_are_the_contract_ones() -> None:
+    from services.tts_gateway.domain import CLONING_MODES, MODE_CROSS_LINGUAL, MODE_ZERO_SHOT
+
+    assert CLONING_MODES == contract.CLONING_MODE_NAMES == (MODE_ZERO_SHOT, MODE_CROSS_LINGUAL)
