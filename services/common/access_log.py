@@ -2,8 +2,11 @@
 
 Health checks, status polls and reflection are probes: kubelets, meshes and every gateway replica send them every few
 seconds (170k lines a day per gateway replica when each was logged at INFO), so they are logged at DEBUG only.
-Other RPCs that end with an error are logged one by one at INFO. Successful ones are, by default, counted and written
-as one summary line per interval (count, errors and latency per method); `--access-log all` logs each of them instead.
+Other RPCs that end with an error are logged one by one at INFO, except refusals under load (RESOURCE_EXHAUSTED):
+past capacity they arrive by the hundred per second, and a line each would cost the CPU the refusal was meant to
+save, so they are counted and written as one line per `shed_interval_s` per method. Successful RPCs are, by default,
+counted and written as one summary line per interval (count, errors and latency per method); `--access-log all`
+logs each of them, refusals included, instead.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ PROBE_SERVICES = frozenset(
     {"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"}
 )
 PROBE_METHODS = frozenset({"GetStatus"})
+SHED_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 
 def is_probe(service: str, method: str) -> bool:
@@ -42,7 +46,12 @@ class AccessLog:
     """Decides, per finished RPC, whether it gets its own line, goes into the periodic summary, or only to DEBUG."""
 
     def __init__(
-        self, mode: str = "summary", interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+        self,
+        mode: str = "summary",
+        interval_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        shed_interval_s: float = 10.0,
     ) -> None:
         if mode not in ACCESS_LOG_MODES:
             raise ValueError(f"access log mode must be one of {', '.join(ACCESS_LOG_MODES)}, not {mode!r}")
@@ -52,6 +61,9 @@ class AccessLog:
         self._lock = threading.Lock()
         self._tallies: dict[str, _MethodTally] = {}
         self._window_start = clock()
+        self.shed_interval_s = shed_interval_s
+        self._shed: dict[str, int] = {}
+        self._shed_window_start = clock()
 
     def record(self, service: str, method: str, code: grpc.StatusCode, elapsed_s: float) -> None:
         fields = {
@@ -62,11 +74,33 @@ class AccessLog:
         if is_probe(service, method):
             log.debug("rpc finished", extra=fields)
             return
-        if code is not grpc.StatusCode.OK or self.mode == "all":
+        if code in SHED_CODES and self.mode != "all":
+            self._count_refusal(f"{service}/{method}")
+        elif code is not grpc.StatusCode.OK or self.mode == "all":
             log.info("rpc finished", extra=fields)
         if self.mode == "summary":
             self._tally(f"{service}/{method}", code, elapsed_s * 1e3)
             self.flush_if_due()
+
+    def _count_refusal(self, name: str) -> None:
+        with self._lock:
+            self._shed[name] = self._shed.get(name, 0) + 1
+            due = self._clock() - self._shed_window_start >= self.shed_interval_s
+        if due:
+            self.flush_refusals()
+
+    def flush_refusals(self) -> None:
+        """Write the refusals counted since the last refusal line (nothing when there were none)."""
+        with self._lock:
+            shed, self._shed = self._shed, {}
+            window_s, self._shed_window_start = self._clock() - self._shed_window_start, self._clock()
+        if shed:
+            log.info(
+                "refused under load: %d calls in %.0f s",
+                sum(shed.values()),
+                window_s,
+                extra={"grpc_code": "RESOURCE_EXHAUSTED", "refusals": dict(sorted(shed.items()))},
+            )
 
     def _tally(self, name: str, code: grpc.StatusCode, elapsed_ms: float) -> None:
         with self._lock:

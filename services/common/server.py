@@ -259,6 +259,7 @@ class ServiceHost:
                 log.exception("stop hook failed")
         if self._interceptor is not None:
             self._interceptor.access_log.flush()  # the last partial interval
+            self._interceptor.access_log.flush_refusals()
         if self._metrics is not None:
             self._metrics.stop()
             self._metrics = None

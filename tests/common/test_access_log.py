@@ -57,6 +57,37 @@ def test_probes_go_to_debug_failures_get_a_line_successes_a_summary(caplog: pyte
     assert messages(caplog, logging.INFO)[-1] is summary  # an empty window writes nothing
 
 
+@pytest.mark.parametrize("mode", ["summary", "errors"])
+def test_refusals_under_load_are_counted_into_one_line_per_interval(
+    caplog: pytest.LogCaptureFixture, mode: str
+) -> None:
+    clock = FakeClock()
+    access = AccessLog(mode, interval_s=60, clock=clock, shed_interval_s=10)
+    caplog.set_level(logging.INFO, logger="services.access")
+    for _ in range(500):
+        access.record(GATEWAY, "Synthesize", grpc.StatusCode.RESOURCE_EXHAUSTED, 0.001)
+    access.record(GATEWAY, "StreamingSynthesize", grpc.StatusCode.RESOURCE_EXHAUSTED, 0.001)
+    assert messages(caplog, logging.INFO) == []  # nothing per refusal
+    clock.now = 10.5
+    access.record(GATEWAY, "Synthesize", grpc.StatusCode.RESOURCE_EXHAUSTED, 0.001)
+    (line,) = messages(caplog, logging.INFO)
+    assert line.getMessage() == "refused under load: 502 calls in 10 s"
+    assert line.refusals == {f"{GATEWAY}/StreamingSynthesize": 1, f"{GATEWAY}/Synthesize": 501}  # type: ignore[attr-defined]
+    access.record(GATEWAY, "Synthesize", grpc.StatusCode.RESOURCE_EXHAUSTED, 0.001)
+    access.flush_refusals()  # at shutdown: the partial window
+    assert messages(caplog, logging.INFO)[-1].getMessage().startswith("refused under load: 1 calls")
+    access.flush_refusals()
+    assert len(messages(caplog, logging.INFO)) == 2  # an empty window writes nothing
+
+
+def test_mode_all_logs_each_refusal(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="services.access")
+    access = AccessLog("all")
+    for _ in range(3):
+        access.record(GATEWAY, "Synthesize", grpc.StatusCode.RESOURCE_EXHAUSTED, 0.001)
+    assert [r.grpc_code for r in messages(caplog, logging.INFO)] == ["RESOURCE_EXHAUSTED"] * 3  # type: ignore[attr-defined]
+
+
 def test_mode_all_logs_each_success_and_errors_mode_none(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="services.access")
     AccessLog("all").record(GATEWAY, "ListVoices", OK, 0.001)
