@@ -35,34 +35,28 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, cast
 
 import grpc
-from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
+from fastapi import Depends, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
+from starlette.requests import HTTPConnection
 
-from services.common.request_id import MAX_REQUEST_ID_LENGTH, bind_request_id
-from services.http_edge import metrics
-from services.http_edge.app import (
-    AudioStream,
-    OpenSynthesis,
-    Settings,
-    SocketProtocolError,
-    StreamBroken,
-    _receive_json,
-    _send_error,
-    bearer_token,
-    request_id_of,
-    start_synthesis,
-    valid_request_id,
-    validation_message,
-)
-from services.http_edge.errors import EdgeError, from_rpc_error, invalid
+from services.common.contract import MiB
+from services.common.request_id import MAX_REQUEST_ID_LENGTH, REQUEST_ID_METADATA_KEY
+from services.http_edge.dependencies import Calls, get_calls, get_settings
+from services.http_edge.errors import EdgeError, from_rpc_error, invalid, invalid_from
+from services.http_edge.models import BistreamRequest
+from services.http_edge.settings import Settings
+from services.http_edge.sockets import CLIENT_LEFT, SocketProtocolError, receive_json
+from services.http_edge.streaming import AudioStream, start_synthesis
 from services.http_edge.uploads import audio_input
-from services.http_edge.upstream import Upstreams
+from services.http_edge.voices import VoiceDirectory, choose_voice, get_voices
 from voice.v1 import audio_pb2, tts_gateway_pb2
+
+__all__ = ["Bistream", "BistreamDep", "ReferenceCache", "StreamSession", "choose_voice", "is_json"]
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +64,9 @@ STREAM_ROUTE = "/stream"
 TTS_ROUTE = "/tts"
 END_FRAME = "END"
 PCM_FORMAT = "pcm_s16le"
-DEFAULT_REFERENCE_RATE = 24_000
-# How long the voice picked from ListVoices (when neither the request nor --bistream-voice names one) is reused.
-DEFAULT_VOICE_TTL_S = 30.0
 # The cached references together stay under this many bytes (least recently used out first): 256 sessions of 60 s
 # decoded to FLOAT32 would otherwise be gigabytes.
-MAX_CACHE_BYTES = 256 * 1024 * 1024
-
-GatewayMetadata = Callable[[Request | WebSocket, str], tuple[tuple[str, str], ...]]
+MAX_CACHE_BYTES = 256 * MiB
 
 
 def is_json(request: Request) -> bool:
@@ -91,30 +80,13 @@ def is_json(request: Request) -> bool:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class BistreamRequest(BaseModel):
-    """One `/tts` body or one `/stream` frame. Unknown fields are ignored (newer clients of the runtime)."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    text: str
-    session_id: str | None = None
-    reference: str | None = None
-    reference_text: str | None = None
-    reference_format: Literal["audio", "pcm16"] = "audio"
-    reference_sample_rate: int = Field(DEFAULT_REFERENCE_RATE, gt=0, le=384_000)
-    voice: str | None = None
-    seed: int | None = Field(None, ge=0, lt=2**64)
-    partial: bool = False
-
-
 def parse_request(payload: Any) -> BistreamRequest:
     if not isinstance(payload, dict):
         raise invalid("the body must be a JSON object")
     try:
         return BistreamRequest.model_validate(payload)
     except ValidationError as error:
-        message, param = validation_message(error)
-        raise invalid(message, param) from None
+        raise invalid_from(error) from None
 
 
 def decode_reference(request: BistreamRequest, max_seconds: float) -> audio_pb2.AudioInput | None:
@@ -242,85 +214,43 @@ def set_mode(
         message.cross_lingual.CopyFrom(tts_gateway_pb2.CrossLingual(reference_audio=reference))
 
 
-def choose_voice(voices: list[tts_gateway_pb2.Voice]) -> str | None:
-    """The first voice that streams text input (available ones first), else the first available voice."""
-    ranked = (
-        [v for v in voices if v.streams_text_input and v.available]
-        + [v for v in voices if v.streams_text_input]
-        + [v for v in voices if v.available]
-        + list(voices)
-    )
-    return ranked[0].name if ranked else None
-
-
 def sub_request_id(rid: str, turn: int) -> str:
     candidate = f"{rid}-{turn}"
     return candidate if len(candidate) <= MAX_REQUEST_ID_LENGTH else uuid.uuid4().hex
 
 
 def error_frame(error: EdgeError, request_id: str) -> dict[str, Any]:
-    """The `/v1/audio/speech/stream` error object; on `/stream` the connection stays open after it."""
-    return {
-        "type": "error",
-        "status": error.status,
-        "code": error.code,
-        "message": error.message,
-        "param": error.param,
-        "request_id": request_id,
-    }
+    """The `/v1/audio/speech/stream` error object plus `param`; on `/stream` the connection stays open after it."""
+    return error.frame(request_id, with_param=True)
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The routes
+# The API's context: what its routes get injected
 # --------------------------------------------------------------------------------------------------------------------
+
+
+def new_reference_cache(settings: Settings) -> ReferenceCache:
+    """The app's one cache (`app.state.references`)."""
+    return ReferenceCache(settings.bistream_max_sessions, settings.bistream_session_ttl_s)
 
 
 @dataclass
 class Bistream:
-    """`/tts` (JSON) and `/stream`. `create_app` includes `router` and hands JSON `/tts` bodies to `tts`."""
-
     settings: Settings
-    up: Callable[[], Upstreams]
-    gateway_md: GatewayMetadata
-    references: ReferenceCache = field(init=False)
-    router: APIRouter = field(init=False)
-    _default_voice: tuple[str, float] | None = field(default=None, init=False)
+    calls: Calls
+    voices: VoiceDirectory
+    references: ReferenceCache
 
-    def __post_init__(self) -> None:
-        self.references = ReferenceCache(self.settings.bistream_max_sessions, self.settings.bistream_session_ttl_s)
-        self.router = APIRouter()
-        self.router.add_api_websocket_route(STREAM_ROUTE, self.stream)
-
-    async def voice(self, requested: str | None, source: Request | WebSocket, rid: str) -> str:
-        if requested:
-            return requested
-        if self.settings.bistream_voice:
-            return self.settings.bistream_voice
-        now = time.monotonic()
-        if self._default_voice is not None and now - self._default_voice[1] < DEFAULT_VOICE_TTL_S:
-            return self._default_voice[0]
-        up = self.up()
-        try:
-            listing = await up.gateway.ListVoices(
-                tts_gateway_pb2.ListVoicesRequest(), metadata=self.gateway_md(source, rid), timeout=up.unary_timeout_s
-            )
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from None
-        name = choose_voice(list(listing.voices))
-        if name is None:
-            raise EdgeError(503, 'the gateway lists no voices; name one with "voice"', "unavailable")
-        self._default_voice = (name, now)
-        return name
+    async def voice(self, requested: str | None, rid: str) -> str:
+        return requested or await self.voices.bistream_default(self.calls, rid)
 
     async def reference(self, request: BistreamRequest) -> audio_pb2.AudioInput | None:
         if not request.reference:
             return None
         return await asyncio.to_thread(decode_reference, request, self.settings.max_upload_seconds)
 
-    # ---------------------------------------------------------------- POST /tts (JSON)
-
-    async def tts(self, request: Request) -> Response:
-        rid = request_id_of(request)
+    async def tts(self, request: Request, rid: str) -> Response:
+        """`POST /tts` with a JSON body: raw PCM16 at the voice's own rate, chunked."""
         raw = await request.body()
         try:
             payload = json.loads(raw)
@@ -328,7 +258,7 @@ class Bistream:
             raise invalid(f"the body must be a JSON object: {error}") from None
         body = parse_request(payload)
         decoded = await self.reference(body)
-        voice = await self.voice(body.voice, request, rid)
+        voice = await self.voice(body.voice, rid)
         reference, reference_text = mode_fields(body, decoded, self.references, body.session_id)
         pb = tts_gateway_pb2.SynthesizeRequest(
             request_id=rid,
@@ -339,55 +269,31 @@ class Bistream:
         if body.seed is not None:
             pb.seed = body.seed
         set_mode(pb, reference, reference_text)
-        opened = await self._open(request, pb)
-
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in opened.rest():
-                    yield chunk.audio
-            except StreamBroken as error:
-                log.warning("synthesis failed after the response began; ending the body early: %s", error)
-                raise
-
+        opened = await start_synthesis(
+            self.calls.gateway, pb, self.calls.gateway_md(rid), self.settings.synthesis_timeout_s
+        )
         headers = {
             "X-Sample-Rate": str(opened.sample_rate),
             "X-Format": PCM_FORMAT,
             "X-Voice": voice,
-            "X-Request-Id": rid,
+            REQUEST_ID_METADATA_KEY: rid,
             "X-Time-To-First-Audio-Ms": f"{opened.first_audio_s * 1000:.1f}",
             "Cache-Control": "no-store",
         }
-        return AudioStream(chunks(), opened.cancel, media_type="audio/pcm", headers=headers, route=TTS_ROUTE)
+        return AudioStream(opened.audio(), opened.cancel, media_type="audio/pcm", headers=headers, route=TTS_ROUTE)
 
-    async def _open(self, request: Request, pb: tts_gateway_pb2.SynthesizeRequest) -> OpenSynthesis:
-        return await start_synthesis(
-            self.up().gateway, pb, self.gateway_md(request, pb.request_id), self.settings.synthesis_timeout_s
-        )
 
-    # ---------------------------------------------------------------- WebSocket /stream
+def get_bistream(conn: HTTPConnection) -> Bistream:
+    references = cast(ReferenceCache, conn.app.state.references)
+    return Bistream(get_settings(conn), get_calls(conn), get_voices(conn), references)
 
-    async def stream(self, websocket: WebSocket) -> None:
-        client_id = websocket.headers.get("x-request-id") or websocket.query_params.get("request_id") or ""
-        rid = client_id if valid_request_id(client_id) else uuid.uuid4().hex
-        bind_request_id(rid)
-        await websocket.accept()
-        metrics.ACTIVE_STREAMS.labels(STREAM_ROUTE).inc()
-        status = 200
-        try:
-            if client_id and rid != client_id:
-                status = await _send_error(websocket, invalid("request id must be printable ASCII without spaces"), rid)
-                return
-            token = bearer_token(websocket.headers) or websocket.query_params.get("token")
-            if self.settings.auth_token and token != self.settings.auth_token:
-                error = EdgeError(
-                    401, "missing or invalid token: send 'Authorization: Bearer <token>' or ?token=", "unauthenticated"
-                )
-                status = await _send_error(websocket, error, rid)
-                return
-            status = await StreamSession(self, websocket, rid).run()
-        finally:
-            metrics.ACTIVE_STREAMS.labels(STREAM_ROUTE).dec()
-            metrics.REQUESTS.labels(STREAM_ROUTE, "WS", str(status)).inc()
+
+BistreamDep = Annotated[Bistream, Depends(get_bistream)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# WebSocket /stream
+# --------------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -435,9 +341,9 @@ class StreamSession:
                     await self._send_json(error_frame(item, self.rid))
                     continue
                 if not await self._turn(item):
-                    return 499
+                    return CLIENT_LEFT
         except (WebSocketDisconnect, RuntimeError, OSError):
-            return 499  # sending to a closed socket: the client left mid-turn
+            return CLIENT_LEFT  # sending to a closed socket: the client left mid-turn
         finally:
             reader.cancel()
             if self.turn is not None and self.turn.call is not None:
@@ -447,7 +353,7 @@ class StreamSession:
     async def _read(self) -> None:
         while True:
             try:
-                message = await _receive_json(self.websocket)
+                message = await receive_json(self.websocket)
             except SocketProtocolError as error:
                 await self.frames.put(invalid(str(error)))
                 continue
@@ -481,7 +387,7 @@ class StreamSession:
         self.turn = state
         try:
             try:
-                voice = await self.owner.voice(first.request.voice, self.websocket, turn_rid)
+                voice = await self.owner.voice(first.request.voice, turn_rid)
                 reference, reference_text = mode_fields(
                     first.request, first.reference, self.owner.references, self._session_key(first.request)
                 )
@@ -520,11 +426,9 @@ class StreamSession:
             while (text := await deltas.get()) is not None:
                 yield tts_gateway_pb2.StreamingSynthesizeRequest(text=text)
 
-        up = self.owner.up()
-        call = up.gateway.StreamingSynthesize(
-            requests(),
-            metadata=self.owner.gateway_md(self.websocket, turn_rid),
-            timeout=self.owner.settings.synthesis_timeout_s,
+        calls = self.owner.calls
+        call = calls.gateway.StreamingSynthesize(
+            requests(), metadata=calls.gateway_md(turn_rid), timeout=self.owner.settings.synthesis_timeout_s
         )
         state.call = call
         if first.request.text:

@@ -201,10 +201,10 @@ def test_empty_input_is_400(http_edge: Any) -> None:
     assert error["param"] == "text"
 
 
-@pytest.mark.parametrize("speed", [0.25, 3.0, 4.0])
+@pytest.mark.parametrize("speed", [0.1, 4.5, 10.0])
 def test_speed_outside_the_gateways_range_is_400(http_edge: Any, speed: float) -> None:
     reply = post_speech(http_edge, {"model": "m", "voice": VOICE, "input": "Hi.", "speed": speed})
-    error = assert_error(reply, 400, "invalid_argument", mentions="0.5 and 2.0")
+    error = assert_error(reply, 400, "invalid_argument", mentions="0.25 and 4")
     assert error["param"] == "speed"
 
 

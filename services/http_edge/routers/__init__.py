@@ -1,0 +1,1 @@
+"""One FastAPI router per concern; `app.create_app` includes them all (`ROUTERS`)."""
