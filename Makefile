@@ -83,8 +83,11 @@ bench: setup
 	$(PY) benchmarks/run_all.py
 
 # Not part of `make test`: loads the machine for minutes. Flags through SOAK_ARGS, e.g. SOAK_ARGS="--clients 32".
+# Then the mixed-voice overload profile (issue 27: 8-64 clients on joe / joe-world-high, RetryInfo-honouring and
+# fixed-0.5 s retries); flags through OVERLOAD_ARGS, e.g. OVERLOAD_ARGS="--seconds 20 --levels 8,32".
 soak: setup
 	$(PY) benchmarks/soak.py $(SOAK_ARGS)
+	$(PY) -P -m benchmarks.overload_bench $(OVERLOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) proto/build clients/node/node_modules clients/node/proto

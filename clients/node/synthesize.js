@@ -15,7 +15,7 @@
 // sentences synthesizes sentence by sentence, auto is the voice's default.
 //
 // A call refused with RESOURCE_EXHAUSTED or UNAVAILABLE whose google.rpc.Status (the grpc-status-details-bin
-// trailer) carries a RetryInfo is retried after the delay asked for, if no audio has arrived yet: at most
+// trailer) carries a RetryInfo is retried after the delay asked for (plus jitter), if no audio has arrived yet: at most
 // --max-retries times, each wait capped at 10 s, never past the --timeout deadline (which covers all attempts). A
 // retried StreamingSynthesize sends again the text deltas already taken.
 //
@@ -187,12 +187,27 @@ function statusDetails(error) {
   return found;
 }
 
+// The wait before retry number `retry` (1 for the first) of a call refused with a RetryInfo delay `asked`: the
+// delay asked for plus a uniformly random share ("full jitter") of a window that doubles with each retry, capped.
+// Never shorter than the server asked; clients refused in the same instant do not come back in the same instant.
+// VOICE_RETRY_JITTER scales the window (0 turns jitter off).
+function jitteredDelay(asked, retry, capS = MAX_RETRY_DELAY_S, jitter = retryJitter(), random = Math.random) {
+  const window = asked * 2 ** Math.max(0, retry - 1) * Math.max(0, jitter);
+  return Math.min(capS, asked + random() * window);
+}
+
+function retryJitter() {
+  const value = Number(process.env.VOICE_RETRY_JITTER ?? '1');
+  return Number.isFinite(value) && value >= 0 ? value : 1;
+}
+
 // Seconds to wait before retry number `retry` of a refused call, or null to give up.
 function retryDelay(error, retry, options, deadline) {
   if (retry > options.maxRetries || error.receivedAudio || !RETRYABLE.has(error.code)) return null;
   const asked = statusDetails(error).retryDelay;
   if (asked === null) return null;
-  const delay = Math.min(asked, MAX_RETRY_DELAY_S);
+  let delay = jitteredDelay(asked, retry);
+  if (Date.now() + delay * 1000 >= deadline) delay = Math.min(asked, MAX_RETRY_DELAY_S); // no jitter past it
   return Date.now() + delay * 1000 >= deadline ? null : delay;
 }
 
@@ -470,6 +485,7 @@ module.exports = {
   protoRoot,
   statusDetails,
   retryDelay,
+  jitteredDelay,
   statusName,
   endLine,
   progress,

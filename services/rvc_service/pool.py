@@ -11,10 +11,15 @@ model weights the registry loaded once per device, so N workers cost no extra mo
   ``cores // workers``: with all workers busy the process uses about ``cores`` compute threads, not
   ``workers * cores`` (calling it per worker thread would only rewrite the same global value).
 * Jobs with the same ``key`` (one conversion stream) run one at a time in submission order; different keys run in
-  parallel. Only the head job of each key sits in the shared FIFO, so a long stream cannot block a worker waiting
+  parallel. Only the head job of each key sits in the ready queues, so a long stream cannot block a worker waiting
   on its own earlier block.
+* Fair share (issue 27): ready jobs wait in one FIFO per ``share`` (the caller where the servicer knows one, else
+  the model), and free workers take from the shares round-robin, so a model (or caller) with ten times the streams
+  does not get ten times the workers while another waits.
 * The queue is bounded: when ``capacity`` jobs are already waiting, ``submit`` raises ``PoolFull`` at once
-  (RESOURCE_EXHAUSTED with a retry hint derived from the recent job time).
+  (RESOURCE_EXHAUSTED with a retry hint derived from the recent job time). A job with a ``deadline_s`` is refused at
+  once (PoolFull) when the expected wait is already longer, and dropped (PoolFull) if it reaches a worker after its
+  deadline: converting it then would only make later blocks late too.
 * Cancellation: cancelling the awaiting coroutine (client gone, deadline passed) drops a queued job and sets the
   job's ``CancelToken``; a running job stops at its next check (the engines take the token as ``should_stop`` and
   check it between their steps and inside them, so within tens of ms), the worker is then free again. A job whose
@@ -92,6 +97,8 @@ class _Job:
     audio_seconds: float | None
     future: concurrent.futures.Future[Any]
     enqueued_at: float
+    share: str = ""
+    deadline_at: float | None = None  # perf_counter time after which running it is pointless
 
 
 def default_workers(device: str) -> int:
@@ -120,7 +127,8 @@ class WorkerPool:
         self.capacity = queue_capacity
         self.device = device
         self._cond = threading.Condition()
-        self._ready: collections.deque[_Job] = collections.deque()  # head job of each idle key, FIFO
+        # Head job of each idle key, one FIFO per share; shares are served round-robin (the first one is next).
+        self._ready: collections.OrderedDict[str, collections.deque[_Job]] = collections.OrderedDict()
         self._blocked: dict[str, collections.deque[_Job]] = {}  # later jobs of keys that have one queued/running
         self._active_keys: set[str] = set()  # keys with a job in _ready or running
         self._queued = 0
@@ -165,8 +173,12 @@ class WorkerPool:
         key: str | None = None,
         token: CancelToken | None = None,
         audio_seconds: float | None = None,
+        share: str | None = None,
+        deadline_s: float | None = None,
     ) -> concurrent.futures.Future[JobResult[T]]:
-        """Queue ``fn(token)``; raises PoolFull at once when the queue is full, PoolClosed after close()."""
+        """Queue ``fn(token)``; raises PoolFull at once when the queue is full or the expected wait is longer than
+        ``deadline_s``, PoolClosed after close(). ``share`` (default: the model) is whose turn it takes."""
+        now = time.perf_counter()
         job = _Job(
             fn,
             key,
@@ -174,7 +186,9 @@ class WorkerPool:
             token if token is not None else CancelToken(),
             audio_seconds,
             concurrent.futures.Future(),
-            time.perf_counter(),
+            now,
+            share if share is not None else model,
+            None if deadline_s is None else now + deadline_s,
         )
         with self._cond:
             if self._closed:
@@ -186,6 +200,13 @@ class WorkerPool:
                     f"conversion queue is full ({self.capacity} waiting jobs); retry later",
                     retry_after_s=self._retry_hint_locked(),
                 )
+            if deadline_s is not None and (expected := self._expected_wait_locked(job.share)) > deadline_s:
+                metrics.JOBS.labels(model, "rejected").inc()
+                raise PoolFull(
+                    f"conversion queue: the expected wait ({expected:.2f} s) is longer than the deadline "
+                    f"({deadline_s:.2f} s)",
+                    retry_after_s=self._retry_hint_locked(),
+                )
             self._queued += 1
             self._queued_by_model[model] += 1
             metrics.QUEUE_DEPTH.labels(model).set(self._queued_by_model[model])
@@ -194,7 +215,7 @@ class WorkerPool:
             else:
                 if key is not None:
                     self._active_keys.add(key)
-                self._ready.append(job)
+                self._push_ready_locked(job)
                 self._cond.notify()
         # A weak reference: the future keeps its callbacks after it is done, and a strong one would make a
         # job -> future -> callback -> job cycle that only a full garbage collection frees.
@@ -210,10 +231,14 @@ class WorkerPool:
         key: str | None = None,
         token: CancelToken | None = None,
         audio_seconds: float | None = None,
+        share: str | None = None,
+        deadline_s: float | None = None,
     ) -> JobResult[T]:
         """Submit and await. If the caller is cancelled the job is dropped (queued) or told to stop (running)."""
         token = token if token is not None else CancelToken()
-        future = self.submit(fn, model=model, key=key, token=token, audio_seconds=audio_seconds)
+        future = self.submit(
+            fn, model=model, key=key, token=token, audio_seconds=audio_seconds, share=share, deadline_s=deadline_s
+        )
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -226,10 +251,8 @@ class WorkerPool:
         if job is None or not future.cancelled():  # None: the job is gone, so it is in no queue either
             return
         with self._cond:
-            removed = False
-            with contextlib.suppress(ValueError):
-                self._ready.remove(job)
-                removed = True
+            removed = self._remove_ready_locked(job)
+            if removed:
                 self._release_key_locked(job.key)
             if not removed and job.key is not None and job.key in self._blocked:
                 with contextlib.suppress(ValueError):
@@ -243,6 +266,37 @@ class WorkerPool:
 
     # ---------------------------------------------------------------------------------------------------- workers
 
+    def _push_ready_locked(self, job: _Job) -> None:
+        self._ready.setdefault(job.share, collections.deque()).append(job)
+
+    def _pop_ready_locked(self) -> _Job:
+        """The head job of the share whose turn it is; that share goes to the back of the round."""
+        share, queue = next(iter(self._ready.items()))
+        job = queue.popleft()
+        if queue:
+            self._ready.move_to_end(share)
+        else:
+            del self._ready[share]
+        return job
+
+    def _remove_ready_locked(self, job: _Job) -> bool:
+        queue = self._ready.get(job.share)
+        if queue is None or job not in queue:
+            return False
+        queue.remove(job)
+        if not queue:
+            del self._ready[job.share]
+        return True
+
+    def _expected_wait_locked(self, share: str) -> float:
+        """Wait of a new job of `share`: the ready jobs served before it in the round-robin, a wave of `workers`
+        jobs at a time, plus what is left of a running job when no worker is idle."""
+        mine = len(self._ready.get(share, ()))
+        ahead = sum(min(len(q), mine + 1) for s, q in self._ready.items() if s != share) + mine
+        if self._busy < self.workers and ahead < self.workers - self._busy:
+            return 0.0
+        return (ahead // self.workers + 0.5) * self._job_ema_s
+
     def _dequeued_locked(self, job: _Job) -> None:
         self._queued -= 1
         self._queued_by_model[job.model] -= 1
@@ -254,7 +308,7 @@ class WorkerPool:
             return
         pending = self._blocked.get(key)
         if pending:
-            self._ready.append(pending.popleft())
+            self._push_ready_locked(pending.popleft())
             if not pending:
                 del self._blocked[key]
             self._cond.notify()
@@ -290,13 +344,25 @@ class WorkerPool:
                     self._cond.wait()
                 if not self._ready:  # closed and drained
                     return
-                job = self._ready.popleft()
+                job = self._pop_ready_locked()
                 self._dequeued_locked(job)
                 if not job.future.set_running_or_notify_cancel() or job.token.cancelled:
                     # Caller gone while it waited: drop without running.
                     if not job.future.done():
                         job.future.set_exception(JobCancelled(job.token.reason or "cancelled"))
                     metrics.JOBS.labels(job.model, "cancelled").inc()
+                    self._release_key_locked(job.key)
+                    continue
+                if job.deadline_at is not None and time.perf_counter() > job.deadline_at:
+                    # Waited past its deadline: its result would come too late to be of use.
+                    waited = time.perf_counter() - job.enqueued_at
+                    job.future.set_exception(
+                        PoolFull(
+                            f"conversion job waited {waited:.2f} s in the queue, past its deadline",
+                            retry_after_s=self._retry_hint_locked(),
+                        )
+                    )
+                    metrics.JOBS.labels(job.model, "rejected").inc()
                     self._release_key_locked(job.key)
                     continue
                 self._busy += 1
@@ -370,7 +436,7 @@ class WorkerPool:
         """Refuse new work, drop queued jobs, stop running ones at their next check, and join the workers."""
         with self._cond:
             self._closed = True
-            dropped = list(self._ready)
+            dropped = [job for queue in self._ready.values() for job in queue]
             for pending in self._blocked.values():
                 dropped.extend(pending)
             self._ready.clear()

@@ -18,12 +18,28 @@ of listeners; observations taken at higher load correct it. A voice with no obse
 streams at a time (`cold_start_streams`) until its first stream has been measured.
 
 The estimator is pure (no gRPC, no asyncio) and takes the clock as an argument, so it is tested with exact numbers.
+
+Around it (issue 27, overload without collapse):
+
+* `AdmissionQueue`: a stream that does not fit now waits (bounded length, bounded wait, within its deadline) in a
+  FIFO of its share key (caller, else voice); keys are served round-robin. Refusals come only from a full queue, a
+  deadline the expected wait would pass, or a wait that ran out, and they are cheap (decided before any validation).
+* `HostLoad`: the host's CPU saturation (PSI, else /proc/stat, else os.times()) scales the target load down, so
+  CPU the estimator cannot see (refusals, other processes) still lowers the admitted load.
+* `RefusalLog`: refusals are logged as one line of counts per interval, not one line each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import logging
+import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,6 +47,7 @@ class Decision:
     admitted: bool
     reason: str = ""
     retry_after_s: float = 0.0
+    kind: str = ""  # why not: "cold_start" (the voice waits for its own first measurement) or "capacity"
 
 
 @dataclass
@@ -108,13 +125,30 @@ class RealTimeAdmission:
             if not decision.admitted:
                 self.refusals += 1
                 return decision, None
+        return Decision(True), self.start(voice, now)
+
+    def check(self, voice: str, *, target_load: float | None = None) -> Decision:
+        """Would one more stream of `voice` fit now (at `target_load` instead of the configured one)? No effects."""
+        if not self.enabled:
+            return Decision(True)
+        return self._decide(voice, target_load)
+
+    def start(self, voice: str, now: float) -> int:
+        """Register a stream without deciding (the caller decided); returns its ticket for `finish`."""
         self._advance(now)
         ticket = self._next_id
         self._next_id += 1
         self._streams[ticket] = _Stream(voice, now, self._load_integral, voice in self.cost)
-        return Decision(True), ticket
+        return ticket
 
-    def _decide(self, voice: str) -> Decision:
+    def typical_stream_s(self) -> float | None:
+        """Median lifetime of recent streams; None before the first one ended."""
+        if not self._durations:
+            return None
+        return sorted(self._durations)[len(self._durations) // 2]
+
+    def _decide(self, voice: str, target_load: float | None = None) -> Decision:
+        target = self.target_load if target_load is None else target_load
         by_voice = self.active_by_voice()
         if voice not in self.cost:
             unmeasured = sum(1 for s in self._streams.values() if not s.measured and s.voice == voice)
@@ -124,15 +158,17 @@ class RealTimeAdmission:
                     f"voice {voice!r} has not been measured yet and {unmeasured} of its streams are starting; "
                     "retry when the first one has finished",
                     self.retry_after_s(),
+                    "cold_start",
                 )
         load = self.predicted_load(voice)
-        if load > self.target_load and self._streams:
+        if load > target and self._streams:
             worst = max((v for v in {*by_voice, voice} if v in self.cost), key=lambda v: self.cost[v], default=voice)
             return Decision(
                 False,
                 f"the gateway is at its real-time capacity: one more stream would slow {worst!r} streams to "
-                f"{load:.2f} s of work per second of audio (limit {self.target_load:.2f})",
+                f"{load:.2f} s of work per second of audio (limit {target:.2f})",
                 self.retry_after_s(),
+                "capacity",
             )
         return Decision(True)
 
@@ -161,3 +197,390 @@ class RealTimeAdmission:
     def observe(self, voice: str, cost: float) -> None:
         previous = self.cost.get(voice)
         self.cost[voice] = cost if previous is None else previous + self.smoothing * (cost - previous)
+
+
+# ---- the host's CPU ------------------------------------------------------------------------------------------------
+
+PSI_CPU_PATH = "/proc/pressure/cpu"
+PROC_STAT_PATH = "/proc/stat"
+HOST_SOURCES = ("auto", "psi", "proc_stat", "process_times", "off")
+
+
+@dataclass(frozen=True)
+class _Thresholds:
+    ok: float  # saturation up to which the full target load is used
+    full: float  # saturation at which the target is cut to its floor
+
+
+# Per source, what "saturated" reads as: PSI "some" is the share of wall time at least one runnable task waited for a
+# CPU (a few % is normal; sustained tens of % is where streams start missing their deadlines); /proc/stat and
+# os.times() give a busy share, which says nothing about waiting until it is close to 1.
+_THRESHOLDS = {
+    "psi": _Thresholds(ok=0.2, full=0.8),
+    "proc_stat": _Thresholds(ok=0.85, full=1.0),
+    "process_times": _Thresholds(ok=0.85, full=1.0),
+}
+
+
+class HostLoad:
+    """How saturated the host's CPUs are, whatever uses them: this process (refusals included), the upstreams on the
+    same host, a noisy neighbour. Sources, best first: Linux pressure-stall information (PSI, /proc/pressure/cpu),
+    the host's busy share from /proc/stat, this process's own CPU share from os.times() (a container that hides
+    both). `source` names the one in use (exported as a metric label). Sampled lazily, at most every `interval_s`,
+    smoothed; `headroom()` maps saturation to a factor in [floor, 1] that scales the admission target."""
+
+    def __init__(
+        self,
+        source: str = "auto",
+        *,
+        interval_s: float = 1.0,
+        smoothing: float = 0.5,
+        floor: float = 0.5,
+        psi_path: str = PSI_CPU_PATH,
+        stat_path: str = PROC_STAT_PATH,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if source not in HOST_SOURCES:
+            raise ValueError(f"host load source must be one of {', '.join(HOST_SOURCES)}, not {source!r}")
+        self.interval_s = interval_s
+        self.smoothing = smoothing
+        self.floor = floor
+        self._psi_path = psi_path
+        self._stat_path = stat_path
+        self._clock = clock
+        self.source = self._pick(source)
+        self.saturation = 0.0
+        self._last_time = clock()
+        self._last_counter = self._counter()
+
+    def _pick(self, wanted: str) -> str:
+        if wanted != "auto":
+            return wanted
+        if _read_psi_total(self._psi_path) is not None:
+            return "psi"
+        if _read_stat_busy(self._stat_path) is not None:
+            return "proc_stat"
+        return "process_times"
+
+    def _counter(self) -> tuple[float, float]:
+        """(work counter, capacity counter) in the same unit; saturation = d(work) / d(capacity)."""
+        if self.source == "psi":
+            total_us = _read_psi_total(self._psi_path)
+            return (total_us / 1e6 if total_us is not None else 0.0), self._clock()
+        if self.source == "proc_stat":
+            return _read_stat_busy(self._stat_path) or (0.0, 0.0)
+        if self.source == "process_times":
+            t = os.times()
+            return t.user + t.system, self._clock() * (os.cpu_count() or 1)
+        return 0.0, 0.0
+
+    def sample(self) -> float:
+        """Read the source if `interval_s` passed since the last read; returns the smoothed saturation (0..1)."""
+        if self.source == "off":
+            return 0.0
+        now = self._clock()
+        if now - self._last_time < self.interval_s:
+            return self.saturation
+        work, capacity = self._counter()
+        last_work, last_capacity = self._last_counter
+        self._last_time, self._last_counter = now, (work, capacity)
+        if capacity > last_capacity:
+            share = min(1.0, max(0.0, (work - last_work) / (capacity - last_capacity)))
+            self.saturation += self.smoothing * (share - self.saturation)
+        return self.saturation
+
+    def headroom(self) -> float:
+        """Factor for the admission target: 1 while the host has CPU to spare, down to `floor` when it is saturated."""
+        thresholds = _THRESHOLDS.get(self.source)
+        if thresholds is None:
+            return 1.0
+        s = self.sample()
+        spare = (thresholds.full - s) / (thresholds.full - thresholds.ok)
+        return self.floor + (1.0 - self.floor) * min(1.0, max(0.0, spare))
+
+
+def _read_psi_total(path: str) -> float | None:
+    """Microseconds some task waited for a CPU since boot (the 'some' line's total), or None without PSI."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("some "):
+                    for field in line.split()[1:]:
+                        if field.startswith("total="):
+                            return float(field[len("total=") :])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _read_stat_busy(path: str) -> tuple[float, float] | None:
+    """(busy jiffies, all jiffies) of all CPUs since boot from /proc/stat, or None where it cannot be read."""
+    try:
+        with open(path) as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 5 or fields[0] != "cpu":
+        return None
+    try:
+        values = [float(v) for v in fields[1:]]
+    except ValueError:
+        return None
+    idle = values[3] + (values[4] if len(values) > 4 else 0.0)  # idle + iowait
+    total = sum(values[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+# ---- refusals, in aggregate ----------------------------------------------------------------------------------------
+
+
+class RefusalLog:
+    """Counts refusals by reason and logs them as one line per `interval_s` instead of one line per refusal (under
+    overload a line per refusal is itself a noticeable share of the CPU)."""
+
+    def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._since = clock()
+        self.lines = 0
+
+    def note(self, reason: str) -> None:
+        self._counts[reason] += 1
+        self.flush_if_due()
+
+    def flush_if_due(self, *, force: bool = False) -> None:
+        now = self._clock()
+        if not self._counts or (not force and now - self._since < self.interval_s):
+            return
+        counts = ", ".join(f"{reason}={n}" for reason, n in sorted(self._counts.items()))
+        total = sum(self._counts.values())
+        log.warning("admission refused %d streams in %.0f s (%s)", total, now - self._since, counts)
+        self.lines += 1
+        self._counts.clear()
+        self._since = now
+
+
+# ---- the queue -----------------------------------------------------------------------------------------------------
+
+
+class Refused(Exception):
+    """A stream that will not be admitted: `cause` is queue_full, max_streams, deadline or max_wait."""
+
+    def __init__(self, cause: str, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(eq=False)
+class _Waiter:
+    voice: str
+    key: str
+    enqueued: float
+    future: asyncio.Future[int]
+
+
+@dataclass(frozen=True)
+class Admitted:
+    ticket: int
+    waited_s: float
+
+
+class AdmissionQueue:
+    """Streams that cannot start now wait here instead of being refused.
+
+    * Each share key (the authenticated caller, else the voice) has its own FIFO; the keys are served round-robin:
+      the key whose turn it is gets the next stream that fits, so a caller that sends (or retries) ten times as much
+      gets no more than its share, and a voice the model has not measured yet is not starved by one it has.
+    * The key whose turn it is keeps it while its head does not fit the capacity (later keys may not jump ahead: a
+      costly voice would otherwise wait for ever behind cheap ones); a head that waits only for its own voice's first
+      measurement (cold start) lets the other keys go.
+    * A call is refused (Refused, RESOURCE_EXHAUSTED at the RPC) only when `max_calls` calls are held already
+      (admitted and waiting), when the queue holds `max_length` calls, when the expected wait is longer than what is
+      left of the call's deadline, or when it waited `max_wait_s` without getting in.
+    * Capacity is `admission` (the measured real-time model) at a target scaled by the host's CPU headroom.
+    """
+
+    def __init__(
+        self,
+        admission: RealTimeAdmission,
+        *,
+        max_calls: int,
+        max_length: int = 64,
+        max_wait_s: float = 10.0,
+        host: HostLoad | None = None,
+        refusal_log: RefusalLog | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.admission = admission
+        self.max_calls = max_calls
+        self.max_length = max(0, max_length)
+        self.max_wait_s = max_wait_s
+        self.host = host or HostLoad("off")
+        self.refusal_log = refusal_log or RefusalLog()
+        self._clock = clock
+        self._keys: collections.OrderedDict[str, collections.deque[_Waiter]] = collections.OrderedDict()
+        self.waiting = 0
+        self.on_change: Callable[[], None] | None = None  # metrics hook
+        self.on_wait: Callable[[float, str], None] | None = None  # (seconds waited, outcome) hook
+
+    # ---- state -----------------------------------------------------------------------------------------------
+
+    @property
+    def admitted(self) -> int:
+        return self.admission.active
+
+    def waiting_by_key(self) -> dict[str, int]:
+        return {key: len(q) for key, q in self._keys.items()}
+
+    def target_load(self) -> float:
+        return self.admission.target_load * self.host.headroom()
+
+    def completion_interval_s(self) -> float | None:
+        """Expected seconds between two admitted streams ending (None: nothing to go by yet)."""
+        typical = self.admission.typical_stream_s()
+        if typical is None:
+            return None
+        return typical / max(1, self.admission.active)
+
+    def expected_wait_s(self, key: str) -> float:
+        """Wait of a call of `key` joining now: the streams served before it (round-robin), one per completion."""
+        interval = self.completion_interval_s()
+        if interval is None:
+            return 0.0
+        mine = len(self._keys.get(key, ()))
+        ahead = sum(min(len(q), mine + 1) for k, q in self._keys.items() if k != key) + mine
+        return (ahead + 1) * interval
+
+    def _retry_hint(self) -> float:
+        """For a refused call: about when the next admitted stream ends (a place in the queue frees), bounded. Not
+        when the queue will have drained: a client told to come back much later is absent from the round-robin
+        meanwhile, and its voice's share goes to whoever happens to be waiting."""
+        interval = self.completion_interval_s() or 0.5
+        return float(min(5.0, max(0.2, interval)))
+
+    # ---- admission -------------------------------------------------------------------------------------------
+
+    def _fits(self, voice: str) -> Decision:
+        if self.admission.active >= self.max_calls:
+            return Decision(False, "", 0.0, "capacity")
+        return self.admission.check(voice, target_load=self.target_load())
+
+    def _refuse(self, cause: str, message: str) -> Refused:
+        self.admission.refusals += 1
+        self.refusal_log.note(cause)
+        return Refused(cause, message, self._retry_hint())
+
+    async def acquire(self, voice: str, key: str, time_remaining: float | None = None) -> Admitted:
+        """Wait for a stream slot for `voice` under share key `key`. Raises Refused; cancelling the caller takes
+        it out of the queue (or gives back a slot granted in the same instant)."""
+        now = self._clock()
+        if self.admission.active + self.waiting >= self.max_calls:
+            raise self._refuse(
+                "max_streams",
+                f"the gateway is holding its limit of {self.max_calls} concurrent streams (streaming or waiting); "
+                "retry shortly",
+            )
+        if not self._keys and self._fits(voice).admitted:  # nobody waits: no turn to respect
+            return Admitted(self.admission.start(voice, now), 0.0)
+        if self.waiting >= self.max_length:
+            raise self._refuse(
+                "queue_full", f"the gateway is at its real-time capacity and {self.waiting} streams wait already"
+            )
+        budget = self.max_wait_s
+        if time_remaining is not None:
+            expected = self.expected_wait_s(key)
+            if expected > time_remaining:
+                raise self._refuse(
+                    "deadline",
+                    f"the gateway is at its real-time capacity: the expected wait ({expected:.1f} s) is longer than "
+                    f"the call's deadline allows ({max(0.0, time_remaining):.1f} s)",
+                )
+            budget = min(budget, time_remaining)
+        waiter = _Waiter(voice, key, now, asyncio.get_running_loop().create_future())
+        self._keys.setdefault(key, collections.deque()).append(waiter)
+        self.waiting += 1
+        self._dispatch()
+        self._changed()
+        try:
+            async with asyncio.timeout(budget):
+                await asyncio.shield(waiter.future)
+        except TimeoutError:
+            if waiter.future.done():  # admitted in the same instant the wait ran out
+                return self._granted(waiter)
+            self._remove(waiter)
+            self._waited(waiter, "refused")
+            cause = "max_wait" if time_remaining is None or budget < time_remaining else "deadline"
+            raise self._refuse(
+                cause, f"the gateway is at its real-time capacity: no stream slot freed within {budget:.1f} s"
+            ) from None
+        except asyncio.CancelledError:
+            if waiter.future.done() and not waiter.future.cancelled():
+                self.release(waiter.future.result())  # granted, but the caller is gone
+            else:
+                self._remove(waiter)
+            self._waited(waiter, "cancelled")
+            raise
+        return self._granted(waiter)
+
+    def _granted(self, waiter: _Waiter) -> Admitted:
+        waited = self._clock() - waiter.enqueued
+        self._waited(waiter, "admitted")
+        return Admitted(waiter.future.result(), waited)
+
+    def _waited(self, waiter: _Waiter, outcome: str) -> None:
+        if self.on_wait is not None:
+            self.on_wait(self._clock() - waiter.enqueued, outcome)
+
+    def _remove(self, waiter: _Waiter) -> None:
+        queue = self._keys.get(waiter.key)
+        if queue is None or waiter not in queue:
+            return
+        queue.remove(waiter)
+        self.waiting -= 1
+        if not queue:
+            del self._keys[waiter.key]
+        if not waiter.future.done():
+            waiter.future.cancel()
+        self._dispatch()  # the head of a key may have been blocking the turn
+        self._changed()
+
+    def _dispatch(self) -> None:
+        """Admit waiting streams in turn while they fit."""
+        while self._keys:
+            granted = False
+            for key, queue in self._keys.items():
+                waiter = queue[0]
+                decision = self._fits(waiter.voice)
+                if decision.admitted:
+                    queue.popleft()
+                    self.waiting -= 1
+                    if queue:
+                        self._keys.move_to_end(key)  # its turn is over
+                    else:
+                        del self._keys[key]
+                    waiter.future.set_result(self.admission.start(waiter.voice, self._clock()))
+                    granted = True
+                    break
+                if decision.kind != "cold_start":
+                    return  # this key keeps its turn until capacity frees
+            if not granted:
+                return
+
+    def release(self, ticket: int, *, audio_s: float = 0.0, busy_s: float | None = None) -> None:
+        """The admitted stream ended: teach the model, then let the next waiting streams in."""
+        self.admission.finish(ticket, self._clock(), audio_s=audio_s, busy_s=busy_s)
+        self._dispatch()
+        self._changed()
+
+    def poke(self) -> None:
+        """Re-check the queue (the host's headroom may have grown); cheap when nothing waits."""
+        if self._keys:
+            self._dispatch()
+            self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()

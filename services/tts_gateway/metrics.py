@@ -9,7 +9,7 @@ import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.durations import duration_from_seconds
-from services.tts_gateway.admission import RealTimeAdmission
+from services.tts_gateway.admission import AdmissionQueue, HostLoad, RealTimeAdmission
 from voice.v1 import tts_gateway_pb2
 
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
@@ -45,8 +45,9 @@ SAVED_VOICES = Gauge("tts_gateway_saved_voices", "Voices saved with CreateVoice 
 UPSTREAM_UP = Gauge("tts_gateway_upstream_up", "1 while the last probe of an upstream succeeded.", ["upstream"])
 REJECTED = Counter(
     "tts_gateway_rejected_total",
-    "Streams refused by admission control, by reason (max_streams: the hard cap; real_time_capacity: serving one "
-    "more would push admitted streams below real time).",
+    "Streams refused by admission control, by reason (max_streams: the hard cap on streams held, streaming or "
+    "waiting; queue_full: the admission queue is full; deadline: the expected wait is longer than the call's deadline "
+    "or the deadline came while waiting; max_wait: waited the longest allowed; real_time_capacity: without a queue).",
     ["reason"],
 )
 ADMISSION_COST = Gauge(
@@ -63,12 +64,54 @@ ADMISSION_LOAD = Gauge(
     "target load).",
 )
 
+_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0)
+QUEUE_LENGTH = Gauge("tts_gateway_admission_queue_length", "Streams waiting in the admission queue.")
+QUEUE_CAPACITY = Gauge(
+    "tts_gateway_admission_queue_capacity", "Streams the admission queue holds; more are refused at once."
+)
+QUEUE_KEYS = Gauge(
+    "tts_gateway_admission_queue_keys", "Share keys (callers or voices) with streams waiting; served round-robin."
+)
+QUEUE_WAIT = Histogram(
+    "tts_gateway_admission_queue_wait_seconds",
+    "Time a stream spent in the admission queue, by outcome (admitted, refused: its wait ran out, cancelled: the "
+    "caller went away). Streams admitted at once are not observed.",
+    ["outcome"],
+    buckets=_WAIT_BUCKETS,
+)
+HOST_CPU_SATURATION = Gauge(
+    "tts_gateway_host_cpu_saturation",
+    "Host CPU saturation the admission target is scaled by (source psi: share of time some task waited for a CPU; "
+    "proc_stat: host busy share; process_times: this process's busy share; off: not measured).",
+    ["source"],
+)
+ADMISSION_TARGET = Gauge(
+    "tts_gateway_admission_target_load", "Target load in use now: the configured one times the host's CPU headroom."
+)
+
 
 def observe_admission(admission: RealTimeAdmission) -> None:
     for voice, cost in admission.cost.items():
         ADMISSION_COST.labels(voice).set(cost)
         ADMISSION_CAPACITY.labels(voice).set(admission.capacity_streams(voice) or 0)
     ADMISSION_LOAD.set(admission.predicted_load())
+
+
+def observe_queue(queue: AdmissionQueue) -> None:
+    observe_admission(queue.admission)
+    QUEUE_LENGTH.set(queue.waiting)
+    QUEUE_KEYS.set(len(queue.waiting_by_key()))
+    QUEUE_CAPACITY.set(queue.max_length)
+    observe_host(queue.host)
+    ADMISSION_TARGET.set(queue.admission.target_load * queue.host.headroom())
+
+
+def observe_host(host: HostLoad) -> None:
+    HOST_CPU_SATURATION.labels(host.source).set(host.saturation)
+
+
+def observe_queue_wait(seconds: float, outcome: str) -> None:
+    QUEUE_WAIT.labels(outcome).observe(seconds)
 
 
 class LatencyWindows:

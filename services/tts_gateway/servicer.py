@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from services.common.errors import (
 from services.common.request_id import REQUEST_ID_METADATA_KEY, resolve_request_id
 from services.common.version import VERSION
 from services.tts_gateway import metrics
-from services.tts_gateway.admission import RealTimeAdmission
+from services.tts_gateway.admission import AdmissionQueue, RealTimeAdmission, Refused
 from services.tts_gateway.domain import MODE_CROSS_LINGUAL, MODE_ZERO_SHOT
 from services.tts_gateway.pipeline import SynthesisPipeline
 from services.tts_gateway.plan import SynthesisPlan
@@ -62,6 +62,14 @@ class _TextState:
             raise InvalidArgument([("text", NOTHING_TO_SPEAK)])
 
 
+@dataclass
+class _AdmittedStream:
+    """A stream the admission queue let in; its pipeline, once planned, tells the real-time model how it went."""
+
+    waited_s: float
+    pipeline: SynthesisPipeline | None = None
+
+
 class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
     def __init__(
         self,
@@ -74,6 +82,7 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         windows: metrics.LatencyWindows,
         max_concurrent_streams: int,
         admission: RealTimeAdmission | None = None,
+        queue: AdmissionQueue | None = None,
     ) -> None:
         self.catalog = catalog
         self.validator = validator
@@ -82,49 +91,58 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         self.monitor = monitor
         self.windows = windows
         self.max_streams = max_concurrent_streams
-        self.admission = admission or RealTimeAdmission(enabled=False)
+        if queue is None:  # no queue asked for: refuse at once what does not fit (max_length 0)
+            queue = AdmissionQueue(
+                admission or RealTimeAdmission(enabled=False), max_calls=max_concurrent_streams, max_length=0
+            )
+        self.queue = queue
+        self.admission = queue.admission
+        queue.on_change = lambda: metrics.observe_queue(queue)
+        queue.on_wait = metrics.observe_queue_wait
+        metrics.observe_queue(queue)
         self.active = 0
         self.started = time.monotonic()
 
     # ---- helpers -----------------------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _slot(self) -> Iterator[None]:
-        """Count the call, or refuse it at once when the hard limit of concurrent streams is reached."""
-        if self.active >= self.max_streams:
-            metrics.REJECTED.labels("max_streams").inc()
-            raise ResourceExhausted(
-                f"the gateway is serving its limit of {self.max_streams} concurrent streams; retry shortly",
-                retry_after_s=0.5,
-            )
+    @staticmethod
+    def _share_key(voice: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        """Whose share of the capacity a stream takes: the authenticated peer (mTLS identity) where there is one,
+        else its voice. (The bearer token is one shared secret, so it names no caller.)"""
+        identities = context.peer_identities()
+        if identities:
+            return "caller:" + b",".join(identities).decode(errors="replace")
+        return "voice:" + voice
+
+    @contextlib.asynccontextmanager
+    async def _admitted(
+        self, voice: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[_AdmittedStream]:
+        """Wait in the admission queue for a stream slot (cheap: only the voice name is known yet, nothing is
+        validated or decoded), or raise RESOURCE_EXHAUSTED with RetryInfo when the queue refuses. The stream teaches
+        the real-time model how it went when it ends."""
+        try:
+            admitted = await self.queue.acquire(voice, self._share_key(voice, context), context.time_remaining())
+        except Refused as refused:
+            metrics.REJECTED.labels(refused.cause).inc()
+            raise ResourceExhausted(refused.message, retry_after_s=refused.retry_after_s) from None
+        stream = _AdmittedStream(admitted.waited_s)
         self.active += 1
         metrics.ACTIVE_STREAMS.inc()
+        ok = False
         try:
-            yield
+            yield stream
+            ok = True
         finally:
             self.active -= 1
             metrics.ACTIVE_STREAMS.dec()
-
-    @contextlib.asynccontextmanager
-    async def _real_time_admission(self, pipeline: SynthesisPipeline) -> AsyncIterator[None]:
-        """Admit the planned stream only if every admitted stream stays real time with it; teach the estimator
-        from how the stream went."""
-        voice = pipeline.plan.voice.name
-        decision, ticket = self.admission.try_admit(voice, time.monotonic())
-        metrics.observe_admission(self.admission)
-        if ticket is None:
-            metrics.REJECTED.labels("real_time_capacity").inc()
-            raise ResourceExhausted(decision.reason, retry_after_s=decision.retry_after_s)
-        ok = False
-        try:
-            yield
-            ok = True
-        finally:
-            totals = pipeline.totals
-            audio_s = pipeline.audio_seconds if ok else 0.0
-            busy = None if pipeline.streamed_input else totals.tts_s + totals.conversion_s
-            self.admission.finish(ticket, time.monotonic(), audio_s=audio_s, busy_s=busy)
-            metrics.observe_admission(self.admission)
+            pipeline = stream.pipeline
+            audio_s, busy = 0.0, None
+            if pipeline is not None:
+                audio_s = pipeline.audio_seconds if ok else 0.0
+                totals = pipeline.totals
+                busy = None if pipeline.streamed_input else totals.tts_s + totals.conversion_s
+            self.queue.release(admitted.ticket, audio_s=audio_s, busy_s=busy)
 
     def _check_available(self, plan: SynthesisPlan) -> None:
         """Fail fast with UNAVAILABLE when an upstream this request needs is down now."""
@@ -184,45 +202,43 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         request: tts_gateway_pb2.SynthesizeRequest,
         context: grpc.aio.ServicerContext[tts_gateway_pb2.SynthesizeRequest, audio_pb2.AudioChunk],
     ) -> AsyncIterator[audio_pb2.AudioChunk]:
-        with self._slot():
-            self._require_voices()
+        self._require_voices()
+        async with self._admitted(request.voice, context) as admitted:
             plan = await self.validator.plan(request, text_field="text")
             self._check_available(plan)
-            pipeline = self._pipeline(plan)
-            async with self._real_time_admission(pipeline):
-                for piece in split_text(request.text, max_chars=self._piece_limit(plan)):
-                    await pipeline.pieces.put(piece)
-                await pipeline.pieces.close()
-                async for chunk in self._stream(pipeline, context):
-                    yield chunk
+            pipeline = admitted.pipeline = self._pipeline(plan)
+            for piece in split_text(request.text, max_chars=self._piece_limit(plan)):
+                await pipeline.pieces.put(piece)
+            await pipeline.pieces.close()
+            async for chunk in self._stream(pipeline, context):
+                yield chunk
 
     async def StreamingSynthesize(
         self,
         request_iterator: AsyncIterator[tts_gateway_pb2.StreamingSynthesizeRequest],
         context: grpc.aio.ServicerContext[tts_gateway_pb2.StreamingSynthesizeRequest, audio_pb2.AudioChunk],
     ) -> AsyncIterator[audio_pb2.AudioChunk]:
-        with self._slot():
-            self._require_voices()
-            first = None
-            async for message in request_iterator:
-                first = message
-                break
-            if first is None or first.WhichOneof("request") != "config":
-                raise InvalidArgument([("config", "the first message must carry the config")])
+        self._require_voices()
+        first = None
+        async for message in request_iterator:
+            first = message
+            break
+        if first is None or first.WhichOneof("request") != "config":
+            raise InvalidArgument([("config", "the first message must carry the config")])
+        async with self._admitted(first.config.voice, context) as admitted:
             plan = await self.validator.plan(first.config, text_field=None)
             self._check_available(plan)
-            pipeline = self._pipeline(plan)
+            pipeline = admitted.pipeline = self._pipeline(plan)
             pipeline.streamed_input = True
-            async with self._real_time_admission(pipeline):
-                read = self._read_deltas if plan.incremental_text else self._read_text
-                reader = asyncio.create_task(read(request_iterator, pipeline))
-                try:
-                    async for chunk in self._stream(pipeline, context):
-                        yield chunk
-                finally:
-                    reader.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await reader
+            read = self._read_deltas if plan.incremental_text else self._read_text
+            reader = asyncio.create_task(read(request_iterator, pipeline))
+            try:
+                async for chunk in self._stream(pipeline, context):
+                    yield chunk
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
 
     async def _read_text(
         self, request_iterator: AsyncIterator[tts_gateway_pb2.StreamingSynthesizeRequest], pipeline: SynthesisPipeline
@@ -323,7 +339,9 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
 
     def _store(self) -> SavedVoiceStore:
         if self.catalog.saved is None:
-            raise FailedPrecondition("this gateway keeps no saved voices (start it with --saved-voices-dir)")
+            raise FailedPrecondition(
+                "this gateway keeps no saved voices (start it with --saved-voices-dir or --saved-voices-database)"
+            )
         return self.catalog.saved
 
     async def CreateVoice(
@@ -333,6 +351,7 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
     ) -> tts_gateway_pb2.CreateVoiceResponse:
         store = self._store()
         self._require_voices()
+        store.require_available()  # before decoding and transcribing: UNAVAILABLE names the store
         violations: list[tuple[str, str]] = []
         problem = name_problem(request.name)
         if problem:
@@ -374,8 +393,7 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
                 violations=[("MODE", f"voice/{base.name}", f"{mode} not in {list(base.model.supported_modes)}")],
             )
         _, samples, rate = reference
-        saved = await asyncio.to_thread(
-            store.create,
+        saved = await store.create(
             request.name,
             base_voice=base.name,
             samples=samples,
@@ -383,7 +401,6 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
             reference_text=reference_text,
             description=request.description.strip(),
         )
-        metrics.SAVED_VOICES.set(len(store))
         log.info("saved voice %s created (base %s, %.1f s)", saved.name, base.name, saved.duration_s)
         voice = self._annotate(self.catalog.from_saved(saved).to_proto())
         return tts_gateway_pb2.CreateVoiceResponse(voice=voice)
@@ -428,8 +445,7 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
                 f"voice {request.name!r} is configured in the gateway's voices file, not saved; it cannot be deleted",
                 violations=[("CONFIGURED", f"voice/{request.name}", "configured voices come from the voices file")],
             )
-        saved = await asyncio.to_thread(store.delete, request.name)
-        metrics.SAVED_VOICES.set(len(store))
+        saved = await store.delete(request.name)
         log.info("saved voice %s deleted", saved.name)
         voice = tts_gateway_pb2.Voice(name=saved.name)
         if saved.base_voice in self.catalog.voices:
@@ -455,12 +471,28 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         return tts_gateway_pb2.TtsGatewayServiceGetStatusResponse(
             version=VERSION,
             uptime=duration_from_seconds(time.monotonic() - self.started),
-            upstreams=[state.to_proto() for state in self.monitor.states.values()],
+            upstreams=[state.to_proto() for state in self.monitor.states.values()] + self._saved_voice_status(),
             active_streams=self.active,
             max_concurrent_streams=self.max_streams,
             stage_latencies=self.windows.snapshot(),
             voices=self._voice_statuses(),
         )
+
+    def _saved_voice_status(self) -> list[tts_gateway_pb2.UpstreamStatus]:
+        """The saved-voice store as one more upstream ("saved_voices"): where it is and whether it answers."""
+        if self.catalog.saved is None:
+            return []
+        health = self.catalog.saved.health()
+        version = f"{health.kind} schema {health.schema_version}" if health.schema_version else health.kind
+        return [
+            tts_gateway_pb2.UpstreamStatus(
+                name="saved_voices",
+                target=health.target,
+                serving=health.available,
+                version=version,
+                last_error=health.last_error,
+            )
+        ]
 
     def _voice_statuses(self) -> list[tts_gateway_pb2.VoiceStatus]:
         if not self.catalog.resolved:

@@ -105,6 +105,14 @@ class ReferenceCache:
         with self._lock:
             self._items[(key, rate)] = (samples, samples_rate)  # evicts the least recently used beyond capacity
 
+    def discard_prefix(self, prefix: str) -> int:
+        """Drop every entry whose key starts with `prefix` (a saved voice that changed or went away); how many."""
+        with self._lock:
+            stale = [item for item in self._items if item[0].startswith(prefix)]
+            for item in stale:
+                del self._items[item]
+        return len(stale)
+
 
 # ---- field checks: each returns the violations of one concern ------------------------------------------------------
 
@@ -277,6 +285,11 @@ def resolve_conversion(request: SynthesisRequest, voice: Voice) -> conversion_pb
     return conversion
 
 
+def saved_reference_prefix(name: str) -> str:
+    """The start of every reference-cache key of saved voice `name` (what a change to the voice discards)."""
+    return f"saved:{name}:"
+
+
 def saved_voice_reference(request: SynthesisRequest, voice: Voice, inputs: TtsInputs) -> tuple[str, DecodedReference]:
     """A saved voice brings its own reference: its cloning mode and clip, and its transcript into `inputs`."""
     assert voice.saved is not None
@@ -285,9 +298,8 @@ def saved_voice_reference(request: SynthesisRequest, voice: Voice, inputs: TtsIn
             [("mode", f"voice {voice.name!r} is a saved voice and brings its own reference: leave mode unset")]
         )
     inputs.reference_text = voice.saved.reference_text or None
-    reference = DecodedReference(
-        f"saved:{voice.name}:{voice.saved.create_time}", voice.saved.samples, voice.saved.sample_rate_hz
-    )
+    key = f"{saved_reference_prefix(voice.name)}{voice.saved.create_time}"
+    reference = DecodedReference(key, voice.saved.samples, voice.saved.sample_rate_hz)
     return voice.supported_modes[0], reference
 
 

@@ -236,8 +236,11 @@ class VoiceCatalog:
         voice = self.voices.get(name)
         if voice is not None:
             return voice
-        if self.saved is not None and name in self.saved:
-            return self.from_saved(self.saved.get(name))
+        if self.saved is not None:
+            try:  # Unavailable when the store lost its database and does not hold the voice: it cannot say
+                return self.from_saved(self.saved.get(name))
+            except NotFound:
+                pass
         known = ", ".join(sorted(s.name for s in self.specs)) or "none"
         saved = " (and the saved voices ListVoices shows)" if self.saved is not None and len(self.saved) else ""
         raise NotFound(
@@ -256,7 +259,7 @@ class VoiceCatalog:
         return Voice(replace(base.spec, name=saved.name, description=description), base.model, saved)
 
     def saved_voices(self) -> list[Voice]:
-        """Saved voices whose base voice is configured now (others are still kept on disk)."""
+        """Saved voices whose base voice is configured now (others are still kept in the store)."""
         if self.saved is None:
             return []
         return [self.from_saved(s) for s in self.saved.list() if s.base_voice in self.voices]
@@ -270,6 +273,8 @@ class VoiceCatalog:
 
     def listing(self, language_prefix: str = "", *, saved_only: bool = False) -> list[tts_gateway_pb2.Voice]:
         prefix = language_prefix.lower().replace("_", "-")
+        if saved_only and self.saved is not None:
+            self.saved.require_available()  # a list of only what this replica last knew would pass for the truth
         voices = ([] if saved_only else list(self.voices.values())) + self.saved_voices()
         return [
             v.to_proto()

@@ -5,6 +5,7 @@ fake of the gateway's overload response); and it installs and runs outside the r
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tarfile
@@ -149,17 +150,38 @@ def test_node_client_honours_retry_info(
     done = run_node([*node_client, "--text", "Hi.", "--voice", "fake", "--out", str(out), "--format", "wav"], target)
     assert done.returncode == 0, done.stderr
     retries = [line for line in lines_of(done.stderr) if "retrying in" in line]
-    assert retries == [
-        "RESOURCE_EXHAUSTED: the gateway is at its real-time capacity (fake); retry shortly; retrying in 0.30 s "
-        "(retry 1 of 3)",
-        "RESOURCE_EXHAUSTED: the gateway is at its real-time capacity (fake); retry shortly; retrying in 0.20 s "
-        "(retry 2 of 3)",
-    ], done.stderr
+    prefix = "RESOURCE_EXHAUSTED: the gateway is at its real-time capacity (fake); retry shortly; retrying in "
+    assert [line.startswith(prefix) for line in retries] == [True, True], done.stderr
+    assert [line.endswith(f"s (retry {i} of 3)") for i, line in enumerate(retries, 1)] == [True, True]
+    # Jittered, never below the hint: [0.3, 0.6] for the first retry, [0.2, 0.6] for the second.
+    delays = [float(line[len(prefix) :].split(" s ")[0]) for line in retries]
+    assert 0.3 <= delays[0] <= 0.6 and 0.2 <= delays[1] <= 0.6, delays
     assert len(servicer.calls) == 3
     gaps = [later - earlier for earlier, later in zip(servicer.calls, servicer.calls[1:], strict=False)]
     assert gaps[0] >= 0.3 and gaps[1] >= 0.2, gaps
     samples, rate = read_finalized_wav(out.read_bytes())
     assert rate == SAMPLE_RATE and len(samples) == int(0.6 * SAMPLE_RATE)
+
+
+def test_node_retry_delays_are_jittered_never_below_the_hint(node_client: list[str]) -> None:
+    script = (
+        "const { jitteredDelay } = require(process.argv[1]);"
+        "const d = Array.from({ length: 2000 }, () => jitteredDelay(1, 1));"
+        "const third = Array.from({ length: 2000 }, () => jitteredDelay(1, 3));"
+        "console.log(JSON.stringify({ min: Math.min(...d), max: Math.max(...d), mean: d.reduce((a, b) => a + b) / "
+        "d.length, max3: Math.max(...third), capped: jitteredDelay(100, 1), off: jitteredDelay(0.4, 2, 10, 0) }));"
+    )
+    done = subprocess.run(
+        [node_client[0], "-e", script, str(Path(node_client[-1]).resolve())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["min"] >= 1.0 and got["max"] <= 2.0 and 1.4 < got["mean"] < 1.6
+    assert got["max3"] > 4.0 and got["capped"] == 10 and got["off"] == 0.4
 
 
 def test_node_client_gives_up_as_told(

@@ -9,6 +9,8 @@ stream.
 
 from __future__ import annotations
 
+import random
+import statistics
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from tests.clients.conftest import VOICE_CLI, client_env
 from tests.clients.fake_gateway import SAMPLE_RATE, FakeOverloadedGateway, Refusal, status_trailer
 from voice.v1 import audio_pb2
 from voice_client import RetryNotice, SynthesisOptions, TtsClient, describe_rpc_error, retry_delay_seconds
+from voice_client.client import jittered_delay
 
 
 def synthesize_all(client: TtsClient, **kwargs: Any) -> list[audio_pb2.AudioChunk]:
@@ -42,7 +45,9 @@ def test_refused_twice_then_served(fake_gateway: tuple[FakeOverloadedGateway, st
         (grpc.StatusCode.RESOURCE_EXHAUSTED, 1, 3),
         (grpc.StatusCode.UNAVAILABLE, 2, 3),
     ]
-    assert notices[0].delay_s == pytest.approx(0.3) and notices[0].method == "Synthesize"
+    # Never sooner than asked; jittered over [asked, 2 x asked] on the first retry, [asked, 3 x asked] on the second.
+    assert 0.3 <= notices[0].delay_s <= 0.6 and notices[0].method == "Synthesize"
+    assert 0.2 <= notices[1].delay_s <= 0.6
 
 
 def test_gives_up_after_max_retries(fake_gateway: tuple[FakeOverloadedGateway, str]) -> None:
@@ -211,6 +216,18 @@ def test_cli_waits_out_the_real_gateways_overload(gateway_factory: Any, plain_vo
     samples, rate = read_finalized_wav((tmp_path / "served.wav").read_bytes())
     assert_speech_like(samples, rate, "Waited for my turn.")
     assert lines[-1].startswith("wrote served.wav"), lines
+
+
+def test_retry_delays_are_jittered_never_below_the_hint_and_capped() -> None:
+    rng = random.Random(1)
+    first = [jittered_delay(1.0, 1, cap_s=10.0, rng=rng) for _ in range(2000)]
+    assert min(first) >= 1.0 and max(first) <= 2.0
+    assert 1.4 < statistics.mean(first) < 1.6, "uniform over the window (full jitter)"
+    assert len({round(d, 3) for d in first}) > 500, "clients refused together spread out"
+    third = [jittered_delay(1.0, 3, cap_s=10.0, rng=rng) for _ in range(2000)]
+    assert max(third) > 4.0 and min(third) >= 1.0, "the window grows with the retry number"
+    assert max(jittered_delay(1.0, 10, cap_s=3.0, rng=rng) for _ in range(100)) <= 3.0
+    assert jittered_delay(0.4, 2, cap_s=10.0, jitter=0.0) == 0.4
 
 
 def test_fake_trailer_is_what_the_gateway_sends() -> None:

@@ -667,7 +667,7 @@ def default_interpolation(text: str) -> str:
 def test_compose_default_stack_is_cpu_only_hardened_and_uses_the_bake_images() -> None:
     compose = load_compose(COMPOSE_FILE)
     services = compose["services"]
-    assert set(services) == {"gateway", "rvc", "triton", "edge", "prometheus", PULL_SERVICE}
+    assert set(services) == {"gateway", "rvc", "triton", "edge", "prometheus", "postgres", PULL_SERVICE}
     bake = load_bake()
     built = {
         "gateway": bake.targets["tts-gateway"],
@@ -689,7 +689,8 @@ def test_compose_default_stack_is_cpu_only_hardened_and_uses_the_bake_images() -
         if name == PULL_SERVICE:
             continue  # a one-shot: no server to probe (test_compose_models_pull_...)
         test = service["healthcheck"]["test"]
-        assert test[0] == "CMD" and test[1] in {"python", "wget"}, f"{name}: {test}"  # no curl in slim images
+        # No curl in slim images; the database answers its own pg_isready.
+        assert test[0] == "CMD" and test[1] in {"python", "wget", "pg_isready"}, f"{name}: {test}"
         if name in built:
             assert test[2] == "/usr/local/lib/voice/healthcheck.py"
     for service in services.values():
@@ -699,6 +700,13 @@ def test_compose_default_stack_is_cpu_only_hardened_and_uses_the_bake_images() -
                 assert (COMPOSE_FILE.parent / source).exists(), f"bind mount source {source} is missing"
     env = services["gateway"]["environment"]
     assert env["GATEWAY_TRITON_URL"] == "triton:8001" and env["GATEWAY_RVC_URL"] == "rvc:50052"
+    # Saved voices in the compose database, which only the gateway depends on and which publishes no port.
+    assert (
+        default_interpolation(env["GATEWAY_SAVED_VOICES_DATABASE"]) == "postgresql://voices:voices@postgres:5432/voices"
+    )
+    assert services["gateway"]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert "ports" not in services["postgres"]
+    assert [n for n, s in services.items() if "postgres" in s.get("depends_on", {})] == ["gateway"]
     assert_models_mount(services["triton"])
     assert services["triton"]["environment"]["TRITON_MODELS_DIR"] == MODELS_MOUNT
 

@@ -1018,3 +1018,78 @@ def test_monitors_select_real_ports(renders: dict[str, list[Manifest]], overlay:
         workload = named(docs, target["kind"], target["name"])
         assert hpa["spec"]["minReplicas"] <= workload["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
         assert all(m["type"] == "Pods" for m in hpa["spec"]["metrics"])
+
+
+# ---- saved voices: the base reads its database URL from a Secret; components/saved-voices-postgres brings one
+
+
+def gateway_container(docs: list[Manifest]) -> Manifest:
+    return named(docs, "Deployment", "tts-gateway")["spec"]["template"]["spec"]["containers"][0]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", ALL_RENDERS)
+def test_the_gateway_takes_its_saved_voices_database_from_a_secret(
+    renders: dict[str, list[Manifest]], overlay: str
+) -> None:
+    env = {e["name"]: e for e in gateway_container(renders[overlay])["env"]}
+    ref = env["GATEWAY_SAVED_VOICES_DATABASE"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "tts-gateway-saved-voices", "key": "database-url", "optional": True}
+    # No per-replica directory: without the database, CreateVoice is off rather than split between replicas.
+    assert env["GATEWAY_SAVED_VOICES_DIR"]["value"] == ""
+    assert not [d for d in of_kind(renders[overlay], "Secret") if "saved-voices" in d["metadata"]["name"]]
+
+
+@needs_kubectl
+def test_in_cluster_postgres_component_is_valid_hardened_and_reachable_only_by_the_gateway(tmp_path: Path) -> None:
+    docs = render(combined(tmp_path / "pg", "cpu", "saved-voices-postgres"))
+    for doc in docs:
+        if not doc["apiVersion"].startswith(CRD_GROUPS):
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        assert doc["metadata"].get("namespace") == "voice-serving" or doc["kind"] == "Namespace"
+    have = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    database = named(docs, "StatefulSet", "saved-voices-postgres")
+    spec = database["spec"]["template"]["spec"]
+    assert ("ServiceAccount", spec["serviceAccountName"]) in have and spec["automountServiceAccountToken"] is False
+    (container,) = spec["containers"]
+    sc = {**spec["securityContext"], **container["securityContext"]}
+    assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert probe in container
+    assert {"/var/lib/postgresql/data", "/tmp"} <= {m["mountPath"] for m in container["volumeMounts"]}
+    assert database["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    for env in container["env"]:
+        if "valueFrom" in env:
+            ref = env["valueFrom"]["secretKeyRef"]
+            assert ("Secret", ref["name"]) in have
+    # The gateway's Secret points at the Service, which selects the database's pods on its port.
+    url_secret = named(docs, "Secret", "tts-gateway-saved-voices")
+    url = (
+        url_secret.get("stringData", {}).get("database-url")
+        or __import__("base64").b64decode(url_secret["data"]["database-url"]).decode()
+    )
+    service = named(docs, "Service", "saved-voices-postgres")
+    assert url.startswith("postgresql://") and "@saved-voices-postgres:5432/" in url
+    assert matches(service["spec"]["selector"], database["spec"]["template"]["metadata"]["labels"])
+    assert container_ports(database["spec"]["template"])["postgres"] == 5432
+    # NetworkPolicy: only gateway pods may open 5432 on the database; the gateway may reach it.
+    db_labels = database["spec"]["template"]["metadata"]["labels"]
+    gateway_labels = named(docs, "Deployment", "tts-gateway")["spec"]["template"]["metadata"]["labels"]
+    ingress = policy_rules_for(docs, db_labels, "ingress")
+    assert ingress and all(5432 in port_numbers(r) for r in ingress)
+    for rule in ingress:
+        assert rule["from"], "the database is open to everyone"
+        for peer in rule["from"]:
+            assert set(peer) == {"podSelector"} and matches(peer["podSelector"]["matchLabels"], gateway_labels)
+            for other in ("triton", "rvc-service", "http-edge"):
+                labels = named(docs, "Deployment", other)["spec"]["template"]["metadata"]["labels"]
+                assert not matches(peer["podSelector"]["matchLabels"], labels), other
+    assert any(
+        5432 in port_numbers(r)
+        and any(matches(p.get("podSelector", {}).get("matchLabels", {"-": "-"}), db_labels) for p in r["to"])
+        for r in policy_rules_for(docs, gateway_labels, "egress")
+    )
+    assert not policy_rules_for(docs, db_labels, "egress") or all(
+        53 in port_numbers(r) for r in policy_rules_for(docs, db_labels, "egress")
+    )

@@ -9,11 +9,14 @@ turns such an error into one readable line, `exit_code_for` into a process exit 
 A call refused with RESOURCE_EXHAUSTED or UNAVAILABLE whose status carries a RetryInfo detail (the gateway's
 admission control, an upstream that is briefly down) is retried after the delay the server asks for, as long as no
 response message has arrived yet: at most `max_retries` times, each wait capped at `max_retry_delay` seconds, and
-never past the call's deadline (`timeout` covers all attempts together).
+never past the call's deadline (`timeout` covers all attempts together). The wait is jittered, never shorter than the
+server asked: "full jitter" over an exponential window on top of the RetryInfo delay (`jittered_delay`), so clients
+refused in the same instant do not all come back in the same instant.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import deque
@@ -48,6 +51,22 @@ DEFAULT_RVC_TARGET = "127.0.0.1:50052"
 DEFAULT_MAX_RETRIES = 3
 MAX_RETRY_DELAY_S = 10.0
 RETRYABLE_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
+DEFAULT_RETRY_JITTER = 1.0
+
+
+def jittered_delay(
+    asked_s: float, retry: int, *, cap_s: float, jitter: float = DEFAULT_RETRY_JITTER, rng: random.Random | None = None
+) -> float:
+    """The wait before retry number `retry` (1 for the first) of a call refused with a RetryInfo delay `asked_s`:
+    the delay asked for plus a uniformly random share of a window that doubles with each retry
+    (asked * 2**(retry-1) * jitter), all capped at `cap_s`. Never shorter than asked (the server knows when room is
+    likely), spread so that clients refused together do not retry together."""
+    window = asked_s * (2.0 ** max(0, retry - 1)) * max(0.0, jitter)
+    draw: float = (rng or _RETRY_RANDOM).random()
+    return min(cap_s, asked_s + draw * window)
+
+
+_RETRY_RANDOM = random.Random()
 
 PCM16 = audio_pb2.AUDIO_ENCODING_PCM16
 WAV = audio_pb2.AUDIO_ENCODING_WAV
@@ -457,17 +476,20 @@ class _BaseClient:
         max_retries: int = DEFAULT_MAX_RETRIES,
         max_retry_delay: float = MAX_RETRY_DELAY_S,
         on_retry: RetryCallback | None = None,
+        retry_jitter: float = DEFAULT_RETRY_JITTER,
     ) -> None:
         """`tls` uses the system roots unless `root_certificates` (PEM) is given; `token` is sent as
         'authorization: Bearer <token>'; `timeout` is the default deadline of every call, whole streams and retries
         included. A refused call is retried at most `max_retries` times (0: never), waiting what its RetryInfo
-        says but at most `max_retry_delay` seconds; `on_retry` hears of each retry before the wait."""
+        says (plus jitter, `retry_jitter` 0 turns it off; see `jittered_delay`) but at most `max_retry_delay` seconds;
+        `on_retry` hears of each retry before the wait."""
         if max_retries < 0:
             raise ValueError("max_retries must be 0 or more")
         self.target = target or self.DEFAULT_TARGET
         self.timeout = timeout
         self.max_retries = max_retries
         self.max_retry_delay = max_retry_delay
+        self.retry_jitter = retry_jitter
         self.on_retry = on_retry
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         # Whole clips and their converted audio can be tens of MiB; match the services' 64 MiB default.
@@ -499,10 +521,12 @@ class _BaseClient:
         asked = retry_delay_seconds(error)
         if asked is None:
             return None
-        delay = min(asked, self.max_retry_delay)
+        delay = jittered_delay(asked, retry, cap_s=self.max_retry_delay, jitter=self.retry_jitter)
         remaining = deadline.remaining()
         if remaining is not None and delay >= remaining:
-            return None  # the retry could not even start before the deadline
+            delay = min(asked, self.max_retry_delay)  # no jitter past the deadline; the asked delay may still fit
+            if delay >= remaining:
+                return None  # the retry could not even start before the deadline
         if self.on_retry is not None:
             code = error.code()
             message = (error.details() or "").strip()
@@ -948,6 +972,7 @@ __all__: Sequence[str] = [
     "conversion_settings",
     "describe_rpc_error",
     "exit_code_for",
+    "jittered_delay",
     "output_format",
     "pcm_blocks",
     "raw_blocks",
