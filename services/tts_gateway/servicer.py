@@ -476,6 +476,19 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
             max_concurrent_streams=self.max_streams,
             stage_latencies=self.windows.snapshot(),
             voices=self._voice_statuses(),
+            admission=self._admission_status(),
+        )
+
+    def _admission_status(self) -> tts_gateway_pb2.AdmissionStatus:
+        queue = self.queue
+        return tts_gateway_pb2.AdmissionStatus(
+            queued_streams=queue.waiting,
+            queue_capacity=queue.max_length,
+            max_wait=duration_from_seconds(queue.max_wait_s),
+            waiting_keys=sum(1 for n in queue.waiting_by_key().values() if n),
+            host_load_source=queue.host.source,
+            host_cpu_saturation=queue.host.saturation,
+            target_load=queue.target_load(),
         )
 
     def _saved_voice_status(self) -> list[tts_gateway_pb2.UpstreamStatus]:

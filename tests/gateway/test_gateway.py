@@ -352,11 +352,20 @@ async def test_health_reflection_status_and_voices(gateway: GatewayProcess, stub
     assert not (await stub.ListVoices(tts_gateway_pb2.ListVoicesRequest(language_code="de"))).voices
     await collect(stub, request(text="Warm up the statistics."))
     status = await stub.GetStatus(tts_gateway_pb2.TtsGatewayServiceGetStatusRequest())
-    assert {u.name: u.serving for u in status.upstreams} == {"triton": True, "voice_conversion": True}
+    assert {u.name: u.serving for u in status.upstreams} == {
+        "triton": True,
+        "voice_conversion": True,
+        "saved_voices": True,
+    }
     assert next(u for u in status.upstreams if u.name == "triton").version
     stages = {s.stage: s for s in status.stage_latencies}
     assert {"time_to_first_audio", "tts_segment"} <= set(stages)
     assert stages["time_to_first_audio"].count >= 1
+    admission = status.admission
+    assert (admission.queued_streams, admission.waiting_keys) == (0, 0)  # idle: nothing waits
+    assert admission.queue_capacity > 0 and admission.max_wait.ToTimedelta().total_seconds() > 0
+    assert admission.host_load_source in {"psi", "proc_stat", "process_times", "off"}
+    assert 0.0 <= admission.host_cpu_saturation <= 1.0 and 0.0 < admission.target_load <= 1.0
 
 
 async def test_concurrency_limit_refuses_at_once_with_retry_info(gateway_factory) -> None:
