@@ -168,15 +168,6 @@ class SolaStitcher:
         self._buf = np.zeros(0, dtype=np.float32)
         self._tail = None
 
-    def seam_inputs(self, n_in: int) -> list[int]:
-        """Input positions of the block seams of an unflushed stream of n_in samples (for tests and tools)."""
-        seams, position, block = [], 0, self.first_block_in
-        while position + block + self.lookahead_in <= n_in:
-            position += block
-            seams.append(position)
-            block = min(self.block_in, max(block + 1, round(block * self.settings.block_growth)))
-        return seams
-
     def _out_pos(self, input_pos: int) -> int:
         return round(input_pos * self._ratio)
 
@@ -219,32 +210,6 @@ class SolaStitcher:
 def _fade(n: int) -> NDArray[np.float32]:
     fade: NDArray[np.float32] = (np.sin(0.5 * np.pi * (np.arange(n) + 0.5) / max(1, n)) ** 2).astype(np.float32)
     return fade
-
-
-def convert_offline(
-    audio: NDArray[np.floating[Any]],
-    in_rate: int,
-    out_rate: int,
-    convert: Callable[[NDArray[np.float32], int], NDArray[np.floating[Any]]],
-    settings: BlockSettings | None = None,
-    pieces: list[int] | None = None,
-) -> NDArray[np.float32]:
-    """Run a stitcher synchronously over ``audio`` fed in ``pieces`` (cycled sizes); ``convert(audio, context)``
-    returns the output of audio[context:]. For tests and benchmarks."""
-    stitcher = SolaStitcher(in_rate, out_rate, settings)
-    sizes = pieces or [audio.size]
-    out: list[NDArray[np.float32]] = []
-    pos, i = 0, 0
-    while pos < audio.size:
-        n = sizes[i % len(sizes)]
-        stitcher.feed(audio[pos : pos + n])
-        pos += n
-        i += 1
-        while (window := stitcher.next_window()) is not None:
-            out.append(stitcher.accept(window, convert(window.audio, window.context)))
-    if (window := stitcher.next_window(final=True)) is not None:
-        out.append(stitcher.accept(window, convert(window.audio, window.context)))
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,11 @@ MAX_CHUNK_SECONDS = 0.5  # output chunks are cut to at most this much audio, for
 MIN_CHUNK_SECONDS = 0.02
 # Converted audio within this much of a segment's end counts as the whole segment (SOLA may trim a few ms).
 _CONVERSION_SLACK_S = 0.05
+# With a conversion, the second piece goes to the speech upstream once the first audio has left, or after this long
+# at most (and never longer than half the audio the first piece produced, so a listener never waits on the hold). On
+# a small CPU the next sentence's synthesis would otherwise compete with the conversion of the first block (the
+# speech model takes every core), delaying the first converted audio by about as long as that conversion takes.
+FIRST_AUDIO_HOLD_S = 0.25
 
 
 class PipeClosed(Exception):
@@ -252,6 +257,7 @@ class SynthesisPipeline:
         ]
         self.totals = Totals()
         self.on_first_audio: Callable[[float], None] | None = None
+        self._first_audio_out = asyncio.Event()  # the first chunk with audio has been handed out
         self.audio_seconds = 0.0  # audio handed out so far
         self.streamed_input = False  # text arrives over time (StreamingSynthesize): waiting for it is not work
 
@@ -282,6 +288,8 @@ class SynthesisPipeline:
         try:
             segment = 0
             async for piece in self.pieces:
+                if segment == 1 and self.plan.conversion is not None:
+                    await self._hold_for_first_audio(produced_s)
                 with tracing.span("sentence", self._sentence_attributes(segment, piece)) as sentence_span:
                     sent = time.perf_counter()
                     # Audio the listener still has if playback began at the first response: the model schedules our
@@ -314,6 +322,14 @@ class SynthesisPipeline:
             await self._tts_out.close()
         finally:
             session.cancel()
+
+    async def _hold_for_first_audio(self, produced_s: float) -> None:
+        """Wait (bounded) until the first audio has left before the speech upstream starts the second piece."""
+        limit = min(FIRST_AUDIO_HOLD_S, produced_s / 2)
+        if self._first_audio_out.is_set() or limit <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_audio_out.wait(), limit)
 
     async def _incremental_tts_stage(self) -> None:
         """Text-input streaming: each utterance is one upstream session and one segment, its audio possibly
@@ -396,6 +412,8 @@ class SynthesisPipeline:
                     reader.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await reader
+                elif not reader.cancelled():
+                    reader.exception()  # its failure already failed the pipeline (read_all): mark it as seen
         finally:
             session.cancel()
 
@@ -491,6 +509,7 @@ class SynthesisPipeline:
     def _note_first_audio(self) -> None:
         if self.totals.first_audio_s is None:
             self.totals.first_audio_s = time.perf_counter() - self.started_at
+            self._first_audio_out.set()
             if self.on_first_audio is not None:
                 self.on_first_audio(self.totals.first_audio_s)
 

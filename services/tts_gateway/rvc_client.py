@@ -31,6 +31,10 @@ UPSTREAM_NAME = "voice_conversion"
 CONVERSION_SERVICE = "voice.v1.VoiceConversionService"
 MAX_AUDIO_MESSAGE_BYTES = MAX_CONVERSION_MESSAGE_BYTES
 _SAMPLES_PER_MESSAGE = MAX_AUDIO_MESSAGE_BYTES // 4
+# The stream's first audio message carries at most this much: the service converts its first (short) block as soon
+# as that message is in, while the rest of a sentence (seconds of audio, hundreds of KB) is still on its way and
+# before it is decoded and resampled. Covers the service's first block (0.06 s) plus its look-ahead (0.055 s).
+FIRST_MESSAGE_SECONDS = 0.2
 
 _ConvertCall: TypeAlias = grpc.aio.StreamStreamCall[voice_conversion_pb2.ConvertRequest, audio_pb2.AudioChunk]
 
@@ -123,6 +127,8 @@ class ConvertSession:
             ),
         )
         self._call: _ConvertCall | None = None
+        self._first_message_samples = max(1, round(FIRST_MESSAGE_SECONDS * input_rate))
+        self._audio_sent = False
         self._metadata = (*owner.call_metadata, (REQUEST_ID_METADATA_KEY, request_id))
         self.opened_s = 0.0
         self._trace_parent = tracing.current_context()
@@ -157,7 +163,12 @@ class ConvertSession:
     async def send(self, audio: NDArray[np.float32]) -> None:
         await self._ensure_open()
         data = np.ascontiguousarray(audio, dtype="<f4")
-        for start in range(0, data.size, _SAMPLES_PER_MESSAGE):
+        first = 0
+        if not self._audio_sent and data.size:
+            self._audio_sent = True
+            first = min(data.size, self._first_message_samples)
+            await self._write(voice_conversion_pb2.ConvertRequest(audio=data[:first].tobytes()))
+        for start in range(first, data.size, _SAMPLES_PER_MESSAGE):
             await self._write(
                 voice_conversion_pb2.ConvertRequest(audio=data[start : start + _SAMPLES_PER_MESSAGE].tobytes())
             )

@@ -434,12 +434,37 @@ async def test_audio_buffered_before_a_failure_reaches_the_listener_before_the_e
     assert_nothing_left_running()
 
 
+class FailsWhileSpeechIsMidCall(FakeConversion):
+    """Fake conversion whose failing read comes once the speech upstream is at work on the second piece (which the
+    pipeline requests only after the first converted audio has left)."""
+
+    def __init__(self, speech: FakeSpeech, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.speech = speech
+
+    def open(
+        self, request_id: str, settings: conversion_pb2.ConversionSettings, input_rate: int, output_rate: int
+    ) -> FakeConversionSession:
+        session = super().open(request_id, settings, input_rate, output_rate)
+        read, speech = session.read, self.speech
+
+        async def read_later() -> np.ndarray | None:
+            for _ in range(10_000 if session.outputs_read >= 1 else 0):  # turns of the loop, not time
+                if len(speech.session.requested) >= 2:
+                    break
+                await asyncio.sleep(0)
+            return await read()
+
+        session.read = read_later  # type: ignore[method-assign]
+        return session
+
+
 async def test_conversion_failing_ends_the_request_even_while_speech_is_mid_call() -> None:
     """The conversion call fails after its first output while Triton is still busy with sentence 2: the error
     must reach the caller now, and the speech call be cancelled, not left synthesizing for a dead stream."""
     failure = FailedPrecondition("voice conversion: model fake-rvc was unloaded")
     speech = FakeSpeech(parts=1, gates={1: asyncio.Event()})  # never set: sentence 2 stays mid-call
-    conversion = FakeConversion(fail_after=1, error=failure)
+    conversion = FailsWhileSpeechIsMidCall(speech, fail_after=1, error=failure)
     pipeline = make_pipeline(speech, conversion)
     await feed(pipeline, sentences(3))
     received: list[audio_pb2.AudioChunk] = []
@@ -487,4 +512,75 @@ async def test_a_slow_consumer_bounds_how_far_speech_runs_ahead(converted: bool)
     assert min(requested_ahead[: count // 2]) >= 2  # but it does work ahead: the next sentence is being made
     assert speech.session.requested == texts
     assert_attribution(chunks, texts, CONVERSION_GAIN if converted else np.float32(1.0))
+    assert_nothing_left_running()
+
+
+# ---- first audio before the second piece ---------------------------------------------------------------------------
+
+
+class GatedConversion(FakeConversion):
+    """Fake conversion whose first output waits for `first_out` (a conversion still working on its first block)."""
+
+    def __init__(self) -> None:
+        super().__init__(window=8)
+        self.first_out = asyncio.Event()
+
+    def open(
+        self, request_id: str, settings: conversion_pb2.ConversionSettings, input_rate: int, output_rate: int
+    ) -> FakeConversionSession:
+        session = super().open(request_id, settings, input_rate, output_rate)
+        read, gate = session.read, self.first_out
+
+        async def gated_read() -> np.ndarray | None:
+            await gate.wait()
+            return await read()
+
+        session.read = gated_read  # type: ignore[method-assign]
+        return session
+
+
+async def test_second_piece_waits_until_the_first_converted_audio_has_left() -> None:
+    """On a small CPU the next sentence's synthesis would compete with the conversion of the first block: the
+    second piece goes to the speech upstream only once the first audio is out."""
+    texts = sentences(3)
+    speech = FakeSpeech(seconds=lambda index: 2.0)  # the hold's bound (0.25 s) is far away
+    conversion = GatedConversion()
+    pipeline = make_pipeline(speech, conversion)
+    await feed(pipeline, texts)
+    async with running(pipeline) as stream:
+        first = asyncio.ensure_future(anext(stream))
+        await settle(
+            lambda: [len(s.requested) for s in speech.sessions],
+            lambda: [s.sent_samples for s in conversion.sessions],
+        )
+        assert speech.session.requested == texts[:1]  # sentence 0 synthesized and sent; sentence 1 held back
+        assert conversion.session.sent_samples == 2 * RATE
+        conversion.first_out.set()
+        chunk = await first
+        assert samples(chunk).size and chunk.segment_index == 0
+        await settle(lambda: len(speech.session.requested))
+        assert speech.session.requested == texts
+        rest = [c async for c in stream]
+    assert_attribution([chunk, *rest], texts, CONVERSION_GAIN)
+    assert_nothing_left_running()
+
+
+async def test_the_hold_for_first_audio_is_bounded() -> None:
+    """A first block that takes long to convert holds the second piece for at most the bound (and at most half the
+    audio the first piece made), never for good."""
+    texts = sentences(2)
+    speech = FakeSpeech(seconds=lambda index: 0.3)  # bound: min(0.25 s, 0.15 s)
+    conversion = GatedConversion()
+    pipeline = make_pipeline(speech, conversion)
+    await feed(pipeline, texts)
+    async with running(pipeline) as stream:
+        first = asyncio.ensure_future(anext(stream))
+        await settle(lambda: [len(s.requested) for s in speech.sessions])
+        assert speech.session.requested == texts[:1]
+        await asyncio.sleep(0.3)  # past the bound: no first audio yet, but the second piece went
+        assert speech.session.requested == texts
+        assert not first.done()
+        conversion.first_out.set()
+        chunks = [await first, *[c async for c in stream]]
+    assert_attribution(chunks, texts, CONVERSION_GAIN)
     assert_nothing_left_running()

@@ -20,6 +20,7 @@ from services.common import audio as A
 from services.common.errors import status_details
 from tests.fixtures.rvc_service import RvcServiceProcess, start_rvc_service
 from tests.prometheus import metric, scrape
+from tests.signals import dominant_frequency
 from tests.waiting import async_wait_until, wait_until
 from voice.v1 import audio_pb2, conversion_pb2, voice_conversion_pb2, voice_conversion_pb2_grpc
 
@@ -130,7 +131,7 @@ async def test_convert_streams_world_voice_with_pitch_shift(stub, rvc_service: R
     assert all(c.request_id == "pitch-test" for c in chunks)
     y = np.frombuffer(b"".join(c.audio for c in chunks), dtype="<f4")
     assert abs(y.size / 24000 - 2.0) <= 0.5  # ± one block
-    measured = A.dominant_frequency(y[6000:-6000], 24000)
+    measured = dominant_frequency(y[6000:-6000], 24000)
     expected = 150.0 * 2 ** (5 / 12)
     assert measured == pytest.approx(expected, rel=0.03), (measured, expected)
 
@@ -147,7 +148,7 @@ async def test_convert_streams_world_voice_with_pitch_shift(stub, rvc_service: R
 
 
 async def test_convert_flush_emits_buffered_audio_before_more_input(stub) -> None:
-    x = tone(0.15)  # shorter than the first block with its look-ahead (0.12 + 0.055 s): nothing until the flush
+    x = tone(0.1)  # shorter than the first block with its look-ahead (0.06 + 0.055 s): nothing until the flush
     flush = voice_conversion_pb2.ConvertRequest(flush=voice_conversion_pb2.ConvertRequest.Flush())
     queue: asyncio.Queue = asyncio.Queue()
 
@@ -159,7 +160,7 @@ async def test_convert_flush_emits_buffered_audio_before_more_input(stub) -> Non
     for message in [config(), *audio_messages(x), flush]:
         await queue.put(message)
     first = await asyncio.wait_for(call.read(), timeout=20)
-    assert not first.is_final and first.duration.ToNanoseconds() == pytest.approx(0.15e9, abs=0.02e9)
+    assert not first.is_final and first.duration.ToNanoseconds() == pytest.approx(0.1e9, abs=0.02e9)
     await queue.put(None)
     rest = []
     while (chunk := await call.read()) is not grpc.aio.EOF:
@@ -185,7 +186,7 @@ async def test_convert_clip_returns_wav_at_requested_rate(stub) -> None:
     assert reply.audio_duration.ToNanoseconds() == pytest.approx(1.5e9, abs=0.05e9)
     assert reply.conversion_time.ToNanoseconds() > 0 and reply.real_time_factor > 0
     # world-bright is 4 semitones up.
-    assert A.dominant_frequency(decoded[2000:-2000], rate) == pytest.approx(200 * 2 ** (4 / 12), rel=0.03)
+    assert dominant_frequency(decoded[2000:-2000], rate) == pytest.approx(200 * 2 ** (4 / 12), rel=0.03)
 
 
 # ---------------------------------------------------------------------------------------------------- models

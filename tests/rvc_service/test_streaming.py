@@ -17,8 +17,8 @@ from services.rvc_service.streaming import (
     EngineRates,
     SolaStitcher,
     best_offset,
-    convert_offline,
 )
+from tests.rvc_service.streaming_helpers import convert_offline, seam_inputs
 
 # pyworld imports pkg_resources, which warns on every import.
 pytestmark = pytest.mark.filterwarnings("ignore:pkg_resources is deprecated:UserWarning")
@@ -43,7 +43,7 @@ def seam_jumps(y: np.ndarray, stitcher: SolaStitcher, n_in: int) -> tuple[float,
     """(largest sample-to-sample jump around block seams incl. the crossfade, largest jump elsewhere)."""
     d = np.abs(np.diff(y))
     mask = np.zeros(d.size, dtype=bool)
-    for position in stitcher.seam_inputs(n_in):
+    for position in seam_inputs(stitcher, n_in):
         seam = round(position * stitcher.out_rate / stitcher.in_rate)
         mask[max(0, seam - 3) : seam + stitcher.crossfade_out + 3] = True
     return float(d[mask].max()), float(d[~mask].max())
@@ -63,7 +63,9 @@ def test_best_offset_finds_known_shift() -> None:
     assert best_offset(x[1000 - 137 : 1960 + 200], reference) == 137
 
 
-@pytest.mark.parametrize("first_block_s", [None, 0.12], ids=["fixed-blocks", "short-first-block"])
+@pytest.mark.parametrize(
+    "first_block_s", [None, 0.12, 0.06], ids=["fixed-blocks", "short-first-block", "service-first-block"]
+)
 def test_world_stream_has_no_clicks_at_block_seams_and_keeps_duration(first_block_s: float | None) -> None:
     x = gliding_tone(3.3)
     params = ConversionParams(pitch_shift_semitones=3.0)
@@ -151,7 +153,7 @@ async def test_conversion_stream_through_pool_emits_ordered_chunks_and_summary(p
 
 def test_blocks_start_short_and_grow_to_the_block_size() -> None:
     stitcher = SolaStitcher(RATE, RATE, BlockSettings(block_s=0.5, first_block_s=0.12, block_growth=2.0))
-    seams = stitcher.seam_inputs(5 * RATE)
+    seams = seam_inputs(stitcher, 5 * RATE)
     blocks = np.diff([0, *seams])
     assert blocks[0] == round(0.12 * RATE)
     assert list(blocks[:3]) == [2880, 5760, 11520] and all(b == 12000 for b in blocks[3:])
