@@ -25,7 +25,7 @@ from services.common.server import (
 )
 from services.common.tracing import configure_tracing, shutdown_tracing
 from services.common.version import VERSION
-from services.rvc_service.capacity import CapacityEstimator
+from services.rvc_service.capacity import CapacityEstimator, StreamQueue
 from services.rvc_service.engines.onnx_runtime import OnnxSettings, default_cache_dir
 from services.rvc_service.pool import WorkerPool, default_workers
 from services.rvc_service.registry import ModelRegistry
@@ -110,6 +110,18 @@ def make_parser() -> EnvArgumentParser:
         type=float,
         default=0.8,
         help="admit a Convert stream only while the open streams' measured cost stays under workers x this (0: off)",
+    )
+    parser.add_option(
+        "--stream-queue-length",
+        type=int,
+        default=32,
+        help="Convert streams that may wait for capacity (first come first served) before one is refused",
+    )
+    parser.add_option(
+        "--stream-max-wait",
+        type=float,
+        default=5.0,
+        help="longest a Convert stream waits for capacity (never past its deadline), seconds",
     )
     parser.add_option(
         "--stream-cost-prior",
@@ -216,6 +228,7 @@ def build_service(args: argparse.Namespace) -> RvcService:
         log.info("preloading %s", name)
         registry.load(name)  # a bad name fails start-up loudly rather than the first request
     capacity = CapacityEstimator(workers, args.target_utilization, prior_cost=args.stream_cost_prior)
+    queue = StreamQueue(capacity, max_length=args.stream_queue_length, max_wait_s=args.stream_max_wait)
     servicer = VoiceConversionServicer(
         registry,
         pool,
@@ -223,6 +236,7 @@ def build_service(args: argparse.Namespace) -> RvcService:
         version=VERSION,
         max_stream_seconds=args.max_stream_seconds,
         capacity=capacity,
+        queue=queue,
         stream_blocks=dataclasses.replace(STREAM_BLOCKS, first_block_s=args.first_block_seconds).validate(),
     )
     host = ServiceHost("rvc_service", server_options_from_args(args))

@@ -21,6 +21,8 @@ expected wait until one of the admitted streams ends (their mean duration over t
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -150,6 +152,14 @@ class CapacityEstimator:
             retry = min(10.0, max(0.2, self._mean_stream_s / max(1, len(self._streams))))
             return Admission(False, cost, load, self.capacity, retry)
 
+    def try_admit_dry(self, cost_class: str) -> Admission:
+        """The refusal a stream of this class would get now, without registering or counting anything."""
+        with self._lock:
+            cost = self._cost_locked(cost_class)
+            load = self._load_locked()
+            retry = min(10.0, max(0.2, self._mean_stream_s / max(1, len(self._streams))))
+            return Admission(False, cost, load, self.capacity, retry)
+
     def release(self, stream_id: str) -> None:
         """The stream ended (any way); its share of the capacity is free again."""
         with self._lock:
@@ -159,4 +169,68 @@ class CapacityEstimator:
                 self._mean_stream_s = 0.8 * self._mean_stream_s + 0.2 * duration
 
 
-__all__ = ["Admission", "CapacityEstimator", "CostEstimate"]
+class StreamQueue:
+    """Streams that do not fit now wait, first come first served, instead of being refused (the gateway's admission
+    queue, in the conversion service). A stream is refused (the last Admission, not admitted) only when `max_length`
+    streams wait already, when its deadline leaves less than the retry hint, or when it waited `max_wait_s`.
+    Only the head of the line is tried when a stream ends, so a later, cheaper stream cannot overtake it."""
+
+    def __init__(self, estimator: CapacityEstimator, *, max_length: int = 32, max_wait_s: float = 5.0) -> None:
+        self.estimator = estimator
+        self.max_length = max(0, max_length)
+        self.max_wait_s = max_wait_s
+        self._line: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._line)
+
+    async def admit(self, stream_id: str, cost_class: str, time_remaining: float | None = None) -> Admission:
+        if not self._line:
+            first = self.estimator.try_admit(stream_id, cost_class)
+            if first.admitted:
+                return first
+        else:
+            first = self.estimator.try_admit_dry(cost_class)
+        budget = self.max_wait_s if time_remaining is None else min(self.max_wait_s, time_remaining)
+        if len(self._line) >= self.max_length or budget < first.retry_after_s:
+            return first
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._line.append(turn)
+        if len(self._line) == 1:
+            turn.set_result(None)  # the head tries at once, and again after each release
+        try:
+            async with asyncio.timeout(budget):
+                while True:
+                    await turn
+                    decision = self.estimator.try_admit(stream_id, cost_class)
+                    if decision.admitted:
+                        return decision
+                    turn = self._rearm(turn)
+        except TimeoutError:
+            return self.estimator.try_admit_dry(cost_class)
+        finally:
+            self._leave(turn)
+
+    def _rearm(self, turn: asyncio.Future[None]) -> asyncio.Future[None]:
+        fresh: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._line[self._line.index(turn)] = fresh
+        return fresh
+
+    def _leave(self, turn: asyncio.Future[None]) -> None:
+        was_head = bool(self._line) and self._line[0] is turn
+        if turn in self._line:
+            self._line.remove(turn)
+        if was_head:
+            self.wake_head()
+
+    def release(self, stream_id: str) -> None:
+        self.estimator.release(stream_id)
+        self.wake_head()
+
+    def wake_head(self) -> None:
+        if self._line and not self._line[0].done():
+            self._line[0].set_result(None)
+
+
+__all__ = ["Admission", "CapacityEstimator", "CostEstimate", "StreamQueue"]

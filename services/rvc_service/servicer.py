@@ -23,7 +23,7 @@ from services.common.durations import duration_from_seconds
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.common.request_id import REQUEST_ID_METADATA_KEY, resolve_request_id
 from services.rvc_service import metrics
-from services.rvc_service.capacity import CapacityEstimator
+from services.rvc_service.capacity import CapacityEstimator, StreamQueue
 from services.rvc_service.engines import ConversionParams, InvalidParameters, MethodUnavailable, VoiceModel
 from services.rvc_service.engines.f0 import SR as RVC_INPUT_HZ
 from services.rvc_service.pool import CancelToken, WorkerPool
@@ -137,6 +137,13 @@ def params_from_settings(settings: conversion_pb2.ConversionSettings, field: str
     return ConversionParams(f0_method=F0_METHOD_NAMES[settings.f0_method], **fields)
 
 
+def caller_share(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """Whose turn a stream's blocks take in the worker pool: the authenticated peer (mTLS identity) where there is
+    one, else None (the pool shares by model)."""
+    identities = context.peer_identities()
+    return "caller:" + b",".join(identities).decode(errors="replace") if identities else None
+
+
 class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceServicer):
     def __init__(
         self,
@@ -149,10 +156,12 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
         clip_blocks: BlockSettings = CLIP_BLOCKS,
         max_stream_seconds: float = 3600.0,
         capacity: CapacityEstimator | None = None,
+        queue: StreamQueue | None = None,
     ) -> None:
         self.registry = registry
         self.pool = pool
         self.capacity = capacity if capacity is not None else CapacityEstimator(pool.workers)
+        self.queue = queue if queue is not None else StreamQueue(self.capacity)
         metrics.ADMISSION_CAPACITY.set(self.capacity.capacity)
         self.device = device
         self.device_description = describe_device(device)
@@ -227,8 +236,8 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
         request_id = await self._send_request_id(context, config.request_id if config else "", "config.request_id")
         if config is None:
             raise InvalidArgument([("config", "the first message of a Convert call must carry the config")])
-        stream, (model_name, f0_label) = await self._open_stream(config, request_id)
-        self._admit(stream, model_name, f0_label)
+        stream, (model_name, f0_label) = await self._open_stream(config, request_id, context)
+        await self._admit(stream, model_name, f0_label, context.time_remaining())
         metrics.ACTIVE_STREAMS.inc()
         self.active_streams += 1
         try:
@@ -253,15 +262,18 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
                 yield chunk
         finally:
             stream.close()  # stops queued/running blocks of an abandoned stream
-            self.capacity.release(stream.key)
+            self.queue.release(stream.key)
             metrics.ADMITTED_LOAD.set(self.capacity.load())
             self.active_streams -= 1
             metrics.ACTIVE_STREAMS.dec()
 
-    def _admit(self, stream: ConversionStream, model_name: str, f0_label: str) -> None:
-        """Refuse the stream (RESOURCE_EXHAUSTED + RetryInfo) if the pool cannot keep it and the admitted ones in
-        real time at the measured costs; never waits, so a refused client knows at once."""
-        admission = self.capacity.try_admit(stream.key, f"{model_name}|{f0_label}")
+    async def _admit(
+        self, stream: ConversionStream, model_name: str, f0_label: str, time_remaining: float | None
+    ) -> None:
+        """Admit the stream when the pool can keep it and the admitted ones in real time at the measured costs, after
+        a bounded first-come wait in the stream queue; refuse it (RESOURCE_EXHAUSTED + RetryInfo) when the queue is
+        full or the wait would outlast the call's deadline or the queue's limit."""
+        admission = await self.queue.admit(stream.key, f"{model_name}|{f0_label}", time_remaining)
         if admission.admitted:
             metrics.ADMITTED_LOAD.set(admission.load)
             return
@@ -281,7 +293,10 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
         metrics.ADMITTED_LOAD.set(self.capacity.load())
 
     async def _open_stream(
-        self, config: voice_conversion_pb2.ConvertConfig, request_id: str
+        self,
+        config: voice_conversion_pb2.ConvertConfig,
+        request_id: str,
+        context: grpc.aio.ServicerContext[voice_conversion_pb2.ConvertRequest, audio_pb2.AudioChunk],
     ) -> tuple[ConversionStream, tuple[str, str]]:
         violations: list[tuple[str, str]] = []
         fmt = config.input_format
@@ -311,6 +326,8 @@ class VoiceConversionServicer(voice_conversion_pb2_grpc.VoiceConversionServiceSe
             settings=self.stream_blocks,
             on_job=lambda run_s, audio_s: self._observe_job(model_name, f0_label, run_s, audio_s),
             engine_name=model.engine,
+            share=caller_share(context),
+            time_remaining=context.time_remaining,
         )
         return stream, (model_name, f0_label)
 

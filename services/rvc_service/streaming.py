@@ -237,8 +237,14 @@ class ConversionStream:
         token: CancelToken | None = None,
         on_job: Callable[[float, float], None] | None = None,
         engine_name: str = "",
+        share: str | None = None,
+        time_remaining: Callable[[], float | None] | None = None,
     ) -> None:
-        """``on_job(run_seconds, audio_seconds)`` is told about every finished window (the admission estimator)."""
+        """``on_job(run_seconds, audio_seconds)`` is told about every finished window (the admission estimator).
+        ``share``: whose turn the blocks take in the pool (None: the model's); ``time_remaining``: what is left of the
+        call's deadline, so the pool refuses a block that could not finish in time instead of queueing it."""
+        self.share = share
+        self.time_remaining = time_remaining
         self.pool = pool
         self.on_job = on_job
         self.convert = convert
@@ -276,6 +282,8 @@ class ConversionStream:
                 key=self.key,
                 token=self.token,
                 audio_seconds=window.new_samples / self.engine.input_hz,
+                share=self.share,
+                deadline_s=self.time_remaining() if self.time_remaining is not None else None,
             )
             block_span.set_attribute("conversion.worker", result.worker)
             block_span.set_attribute("conversion.queue_wait_ms", result.wait_seconds * 1000)

@@ -53,8 +53,16 @@ def audio_messages(seconds: float, piece_s: float = 0.25) -> list[voice_conversi
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RvcServiceProcess]:
     # One worker at 30%: a WORLD stream costs about that alone, so a second one never fits; the prior (0.5) is above
     # the capacity too, so the refusal does not depend on how fast this machine happens to be.
+    # No stream queue here (tests/rvc_service/test_stream_queue.py covers waiting): a stream that does not fit is
+    # refused at once, which is what this module times.
     proc = start_rvc_service(
-        "--workers", "1", "--target-utilization", "0.3", log_dir=tmp_path_factory.mktemp("admission")
+        "--workers",
+        "1",
+        "--target-utilization",
+        "0.3",
+        "--stream-queue-length",
+        "0",
+        log_dir=tmp_path_factory.mktemp("admission"),
     )
     yield proc
     proc.stop()
