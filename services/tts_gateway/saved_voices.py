@@ -392,7 +392,6 @@ class SavedVoiceStore(abc.ABC):
 
     # -------------------------------------------------------------------------------------------- mutations
 
-    @abc.abstractmethod
     async def create(
         self,
         name: str,
@@ -406,6 +405,21 @@ class SavedVoiceStore(abc.ABC):
         """Validate, persist and register a new voice. Errors, in order: InvalidArgument (every field problem at
         once), AlreadyExists (configured or saved name), ResourceExhausted (count or bytes quota), Unavailable (the
         backing store cannot be reached), FailedPrecondition (store-specific damage)."""
+        new = check_new_voice(
+            name,
+            base_voice=base_voice,
+            samples=samples,
+            sample_rate_hz=sample_rate_hz,
+            reference_text=reference_text,
+            description=description,
+            min_reference_s=self.min_reference_s,
+            max_reference_s=self.max_reference_s,
+        )
+        return await self._create(new)
+
+    @abc.abstractmethod
+    async def _create(self, new: NewVoice) -> SavedVoice:
+        """Persist and register a voice whose fields passed the checks (the errors after InvalidArgument above)."""
 
     @abc.abstractmethod
     async def delete(self, name: str) -> SavedVoice:
@@ -413,11 +427,6 @@ class SavedVoiceStore(abc.ABC):
         for an unknown one, Unavailable when the backing store cannot be reached."""
 
     # ------------------------------------------------------------------------------------------------ helpers
-
-    def _check_new(self, name: str, **fields: Any) -> NewVoice:
-        return check_new_voice(
-            name, min_reference_s=self.min_reference_s, max_reference_s=self.max_reference_s, **fields
-        )
 
     def _check_not_reserved(self, name: str) -> None:
         """AlreadyExists when a configured voice has this name."""

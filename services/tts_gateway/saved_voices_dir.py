@@ -29,9 +29,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
-
-from numpy.typing import NDArray
 
 from services.common.contract import MiB
 from services.common.errors import FailedPrecondition
@@ -146,24 +143,8 @@ class DirectorySavedVoiceStore(SavedVoiceStore):
 
     # -------------------------------------------------------------------------------------------- mutations
 
-    async def create(
-        self,
-        name: str,
-        *,
-        base_voice: str,
-        samples: NDArray[Any],
-        sample_rate_hz: int,
-        reference_text: str = "",
-        description: str = "",
-    ) -> SavedVoice:
-        new = self._check_new(
-            name,
-            base_voice=base_voice,
-            samples=samples,
-            sample_rate_hz=sample_rate_hz,
-            reference_text=reference_text,
-            description=description,
-        )
+    async def _create(self, new: NewVoice) -> SavedVoice:
+        name = new.name
         voice = await asyncio.to_thread(self._create_blocking, new)
         self._changed(name)
         return voice

@@ -31,7 +31,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
-from numpy.typing import NDArray
 
 from services.common.contract import MiB
 from services.common.errors import Unavailable
@@ -405,24 +404,8 @@ class PostgresSavedVoiceStore(SavedVoiceStore):
         payload = json.dumps({"name": name, "op": op, "origin": self._origin})
         await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
 
-    async def create(
-        self,
-        name: str,
-        *,
-        base_voice: str,
-        samples: NDArray[Any],
-        sample_rate_hz: int,
-        reference_text: str = "",
-        description: str = "",
-    ) -> SavedVoice:
-        new = self._check_new(
-            name,
-            base_voice=base_voice,
-            samples=samples,
-            sample_rate_hz=sample_rate_hz,
-            reference_text=reference_text,
-            description=description,
-        )
+    async def _create(self, new: NewVoice) -> SavedVoice:
+        name = new.name
         self._check_not_reserved(name)
         self.require_available()
         wav = await asyncio.to_thread(encode_wav, new.samples, new.sample_rate_hz)
