@@ -228,7 +228,7 @@ CASES: list[Case] = [
     Case("synthesize-stereo-output", G, S, syn(output_format=fmt(PCM16, 0, 2)), IA, mentions="channels"),
     # ---- Synthesize: speaking rate
     Case("synthesize-speaking-rate-0.1", G, S, syn(speaking_rate=0.1), IA, mentions="speaking_rate"),
-    Case("synthesize-speaking-rate-3", G, S, syn(speaking_rate=3.0), IA, mentions="speaking_rate"),
+    Case("synthesize-speaking-rate-4.5", G, S, syn(speaking_rate=4.5), IA, mentions="speaking_rate"),
     Case("synthesize-speaking-rate-negative", G, S, syn(speaking_rate=-1.0), IA, mentions="speaking_rate"),
     Case("synthesize-speaking-rate-nan", G, S, syn(speaking_rate=math.nan), IA, mentions="speaking_rate"),
     Case("synthesize-speaking-rate-inf", G, S, syn(speaking_rate=math.inf), IA, mentions="speaking_rate"),

@@ -275,3 +275,16 @@ def test_python_client_designs_saves_and_reuses_voices(spark_gateway: GatewayPro
         with pytest.raises(grpc.RpcError) as error:
             tts.get_voice("client-saved")
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_pace_the_model_cannot_change_is_refused_and_normal_pace_is_served(
+    stub: tts_gateway_pb2_grpc.TtsGatewayServiceStub,
+) -> None:
+    design = tts_gateway_pb2.VoiceDesign(gender=tts_gateway_pb2.VOICE_GENDER_FEMALE)
+    with pytest.raises(grpc.RpcError) as refused:
+        synthesize(stub, text="Faster, please.", voice_design=design, speaking_rate=2.0, seed=5)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "cannot change its speaking rate" in refused.value.details() and "spark" in refused.value.details()
+    for rate in (0.0, 1.0):  # not set, and OpenAI's default speed: both the voice's own pace
+        chunks = synthesize(stub, text="Normal pace.", voice_design=design, speaking_rate=rate, seed=5)
+        assert pcm(chunks).size > 0 and chunks[-1].is_final
