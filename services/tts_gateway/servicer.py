@@ -70,6 +70,11 @@ class _AdmittedStream:
     pipeline: SynthesisPipeline | None = None
 
 
+# The admission queue's name for every voice name the catalogue does not know ("?" is in no valid name): such a request
+# fails validation once admitted, and must not open a share key or a cold start of its own while it waits.
+UNKNOWN_VOICE = "?"
+
+
 class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
     def __init__(
         self,
@@ -114,6 +119,14 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
             return "caller:" + b",".join(identities).decode(errors="replace")
         return "voice:" + voice
 
+    def _known(self, voice: str) -> bool:
+        """Whether `voice` names a configured or saved voice now (a dictionary lookup; validation says why not)."""
+        try:
+            self.catalog.get(voice)
+        except ServiceError:
+            return False
+        return True
+
     @contextlib.asynccontextmanager
     async def _admitted(
         self, voice: str, context: grpc.aio.ServicerContext[Any, Any]
@@ -121,6 +134,8 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         """Wait in the admission queue for a stream slot (cheap: only the voice name is known yet, nothing is
         validated or decoded), or raise RESOURCE_EXHAUSTED with RetryInfo when the queue refuses. The stream teaches
         the real-time model how it went when it ends."""
+        if not self._known(voice):  # every unknown name shares one turn and one cold start: names cost nothing
+            voice = UNKNOWN_VOICE
         try:
             admitted = await self.queue.acquire(voice, self._share_key(voice, context), context.time_remaining())
         except Refused as refused:

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from services.common.errors import status_details
+from services.common.errors import NotFound, status_details
 from services.common.interceptors import ServerInterceptor
 from services.tts_gateway.admission import (
     AdmissionQueue,
@@ -236,13 +236,23 @@ def test_refusals_are_logged_in_aggregate(caplog: pytest.LogCaptureFixture) -> N
 # ---- through gRPC ---------------------------------------------------------------------------------------------------
 
 
+class _Catalog:
+    """The catalogue's lookup, for voices "a" and "b" (the admission path asks only whether a name is known)."""
+
+    def get(self, name: str) -> str:
+        if name not in ("a", "b"):
+            raise NotFound(f"unknown voice {name!r}")
+        return name
+
+
 class _HoldingServicer(TtsGatewayServicer):
     """The real admission path (`_admitted`) around a stream that lasts until the test releases it."""
 
     def __init__(self, queue: AdmissionQueue) -> None:
         none: Any = None
+        catalog: Any = _Catalog()
         super().__init__(
-            catalog=none, validator=none, triton=none, rvc=none, monitor=none, windows=none,
+            catalog=catalog, validator=none, triton=none, rvc=none, monitor=none, windows=none,
             max_concurrent_streams=queue.max_calls, queue=queue,
         )  # fmt: skip
         self.release = asyncio.Event()
@@ -333,3 +343,25 @@ async def test_grpc_deadline_shorter_than_the_wait_is_refused_at_once_and_cancel
             assert queue.admitted == 0 and servicer.active == 0
     finally:
         await server.stop(None)
+
+
+async def test_unknown_voice_names_share_one_key_and_cannot_open_turns_of_their_own() -> None:
+    queue = queue_of(1)
+    server, _servicer, address = await _server(queue)
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = tts_gateway_pb2_grpc.TtsGatewayServiceStub(channel)
+            first = stub.Synthesize(tts_gateway_pb2.SynthesizeRequest(voice="a", text="x"), timeout=30)
+            await first.read()
+            names = [f"made-up-{n}" for n in range(5)]
+            flood = [stub.Synthesize(tts_gateway_pb2.SynthesizeRequest(voice=v, text="x"), timeout=30) for v in names]
+            legit = stub.Synthesize(tts_gateway_pb2.SynthesizeRequest(voice="b", text="x"), timeout=30)
+            for _ in range(200):  # the server runs on this loop: poll without blocking it
+                if queue.waiting == 6:
+                    break
+                await asyncio.sleep(0.02)
+            assert queue.waiting_by_key() == {"voice:?": 5, "voice:b": 1}  # five names, one share
+            for call in (first, *flood, legit):
+                call.cancel()
+    finally:
+        await server.stop(0)
