@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import numpy as np
 
+from benchmarks.listener import percentile
+from services.common.durations import seconds_from_duration
 from voice.v1 import audio_pb2, tts_gateway_pb2, tts_gateway_pb2_grpc
 
 # 100 characters, two sentences; the first (57) is under the gateway's first-piece cut (60), so it is one piece.
@@ -57,14 +58,10 @@ def one_request(stub: tts_gateway_pb2_grpc.TtsGatewayServiceStub, voice: str, te
         if first is None and chunk.audio:
             first = time.perf_counter() - started
         if chunk.is_final:
-            server = chunk.summary.time_to_first_audio.ToNanoseconds() / 1e9
+            server = seconds_from_duration(chunk.summary.time_to_first_audio)
     if first is None or server is None:
         raise RuntimeError(f"{voice}: the stream ended without audio or without a summary")
     return first, server
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
 
 
 def run(address: str, text: str, rounds: int, warmup: int, fresh_channel: bool) -> dict[str, Samples]:

@@ -42,6 +42,7 @@ from google.rpc import error_details_pb2
 
 from benchmarks.converted_ttfa_bench import TEXT as CONVERTED_TEXT
 from benchmarks.listener import Arrival, ListenerReport, describe, percentile, play, summarize
+from services.common.durations import seconds_from_duration
 from services.common.errors import status_details
 from services.tts_gateway.domain import TtsInputs
 from services.tts_gateway.triton_client import TritonTts, build_request
@@ -272,7 +273,7 @@ async def converted_ttfa(
         if first is None and chunk.audio:
             first = time.perf_counter() - started
         if chunk.is_final:
-            server = chunk.summary.time_to_first_audio.ToNanoseconds() / 1e9
+            server = seconds_from_duration(chunk.summary.time_to_first_audio)
     if first is None or server is None:
         raise RuntimeError(f"{voice}: the stream ended without audio or without a summary")
     return first, server

@@ -78,6 +78,7 @@ async def _attempt(stub: Any, voice: str) -> Stream:
     import grpc
     from google.rpc import error_details_pb2
 
+    from services.common.durations import seconds_from_duration
     from services.common.errors import status_details
     from voice.v1 import audio_pb2, tts_gateway_pb2
 
@@ -91,7 +92,7 @@ async def _attempt(stub: Any, voice: str) -> Stream:
         stream.headers_s = time.perf_counter() - stream.started
         async for chunk in call:
             if chunk.HasField("duration"):
-                seconds = chunk.duration.ToNanoseconds() / 1e9
+                seconds = seconds_from_duration(chunk.duration)
             else:
                 rate = chunk.format.sample_rate_hz
                 seconds = len(chunk.audio) / 2 / rate if rate > 0 else 0.0
@@ -103,7 +104,7 @@ async def _attempt(stub: Any, voice: str) -> Stream:
             try:
                 for detail in status_details(exc):
                     if isinstance(detail, error_details_pb2.RetryInfo):
-                        stream.retry_delay_s = detail.retry_delay.ToNanoseconds() / 1e9
+                        stream.retry_delay_s = seconds_from_duration(detail.retry_delay)
             except ValueError:
                 pass
     return stream
