@@ -42,11 +42,11 @@ ENGINES = {"rvc": voice_conversion_pb2.CONVERSION_ENGINE_RVC, "world": voice_con
 
 # Streams: ~0.5 s of new audio per block keeps latency low. Clips: long blocks amortize the context, and the job
 # boundary is where a cancelled clip stops.
-# The first block is short (0.12 s: its window, with the look-ahead, is 0.175 s) so converted speech starts almost as
-# early as unconverted speech; blocks then double up to 0.5 s, where each window's fixed cost is amortized. 0.06 s and
-# 0.09 s were tried: the first audio left a few ms sooner, but the 4-semitone WORLD shift of Piper speech then measured
-# 2.9 and 2.1 semitones (tests/gateway/test_gateway.py::test_world_conversion_changes_the_audio_and_shifts_f0_*).
-STREAM_BLOCKS = BlockSettings(block_s=0.5, context_s=0.5, crossfade_s=0.04, search_s=0.015, first_block_s=0.12)
+# The first block is short (0.06 s: its window, with the look-ahead, is 0.115 s) so converted speech starts almost as
+# early as unconverted speech; blocks then double up to 0.5 s, where each window's fixed cost is amortized. (A
+# previous round kept 0.12 s because a test read the 4-semitone shift as 2.9 with 0.06 s; the shift was right in
+# every frame, the test's ratio of two Harvest medians was not: tests/gateway/test_gateway.py median_shift_semitones.)
+STREAM_BLOCKS = BlockSettings(block_s=0.5, context_s=0.5, crossfade_s=0.04, search_s=0.015, first_block_s=0.06)
 CLIP_BLOCKS = BlockSettings(block_s=8.0, context_s=1.0, crossfade_s=0.05, search_s=0.015)
 
 

@@ -148,7 +148,7 @@ async def test_convert_streams_world_voice_with_pitch_shift(stub, rvc_service: R
 
 
 async def test_convert_flush_emits_buffered_audio_before_more_input(stub) -> None:
-    x = tone(0.1)  # shorter than the first block with its look-ahead (0.12 + 0.055 s): nothing until the flush
+    x = tone(0.1)  # shorter than the first block with its look-ahead (0.06 + 0.055 s): nothing until the flush
     flush = voice_conversion_pb2.ConvertRequest(flush=voice_conversion_pb2.ConvertRequest.Flush())
     queue: asyncio.Queue = asyncio.Queue()
 

@@ -64,7 +64,7 @@ def test_best_offset_finds_known_shift() -> None:
 
 
 @pytest.mark.parametrize(
-    "first_block_s", [None, 0.12, 0.06], ids=["fixed-blocks", "service-first-block", "shorter-first-block"]
+    "first_block_s", [None, 0.06, 0.12], ids=["fixed-blocks", "service-first-block", "longer-first-block"]
 )
 def test_world_stream_has_no_clicks_at_block_seams_and_keeps_duration(first_block_s: float | None) -> None:
     x = gliding_tone(3.3)
