@@ -11,7 +11,7 @@ client waits and tries again:
 The clients run in a separate process (``--worker``), so the CPU they use is measured apart from the services' (the
 sum of utime+stime in /proc/<pid>/stat over each service's process tree). Printed per level and variant:
 
-* admitted streams per minute per voice, refusals (and per second);
+* admitted streams per minute per voice (admitted inside the level's window), refusals (and per second);
 * admission wait p50/p99 (request start to the response headers, which the gateway sends once the stream was admitted
   and planned) and TTFA p50/p99 (request start to first audio, so the wait is included);
 * per-stream RTF p50/p99 (request start to last audio / audio duration);
@@ -261,7 +261,9 @@ def analyse(
     refused = [s for s in streams if s.code == "RESOURCE_EXHAUSTED" and not s.arrivals]
     failed = [s for s in streams if s.code != "OK" and s.arrivals]
     reports = [play(s.started, [Arrival(at, d) for at, d in s.arrivals], preroll_s=preroll_s) for s in admitted]
-    counted = [s for s in admitted if s.started < end]
+    # Admissions per minute: the streams admitted inside the level's window (a stream that queued before the end
+    # and got in after it belongs to the drain, not to the level).
+    counted = [s for s in admitted if s.headers_s is not None and start <= s.started + s.headers_s <= end]
     goodput = sum(d for s in streams for at, d in s.arrivals if start <= at <= end) / (end - start)
     waits = [s.headers_s for s in admitted if s.headers_s is not None]
     return LevelRow(
@@ -309,6 +311,9 @@ def run_level(address: str, services: dict[str, int], clients: int, variant: str
         children_before.ru_utime + children_before.ru_stime
     )
     result = json.loads(done.stdout)
+    if args.raw_dir is not None:
+        args.raw_dir.mkdir(parents=True, exist_ok=True)
+        (args.raw_dir / f"{variant}-{clients}.json").write_text(done.stdout)
     return analyse(result, clients, variant, args.preroll, (sum(used.values()), used["gateway"], client_cpu))
 
 
@@ -346,6 +351,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gateway-flag", action="append", default=[], help="extra gateway flag, repeatable")
     parser.add_argument("--rvc-flag", action="append", default=[], help="extra conversion-service flag, repeatable")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--raw-dir", type=Path, help="also write every attempt of each level here (JSON per level)")
     # worker mode (internal): run the clients of one level against --worker=ADDRESS, print JSON
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--clients", type=int, default=8, help=argparse.SUPPRESS)

@@ -22,8 +22,9 @@ The estimator is pure (no gRPC, no asyncio) and takes the clock as an argument, 
 Around it (issue 27, overload without collapse):
 
 * `AdmissionQueue`: a stream that does not fit now waits (bounded length, bounded wait, within its deadline) in a
-  FIFO of its share key (caller, else voice); keys are served round-robin. Refusals come only from a full queue, a
-  deadline the expected wait would pass, or a wait that ran out, and they are cheap (decided before any validation).
+  FIFO of its share key (caller, else voice); keys take turns by fair queuing on admission counts (the least served
+  goes first, with a bounded catch-up for a key that was away). Refusals come only from a full queue, a deadline the
+  expected wait would pass, or a wait that ran out, and they are cheap (decided before any validation).
 * `HostLoad`: the host's CPU saturation (PSI, else /proc/stat, else os.times()) scales the target load down, so
   CPU the estimator cannot see (refusals, other processes) still lowers the admitted load.
 * `RefusalLog`: refusals are logged as one line of counts per interval, not one line each.
@@ -34,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -391,9 +393,13 @@ class Admitted:
 class AdmissionQueue:
     """Streams that cannot start now wait here instead of being refused.
 
-    * Each share key (the authenticated caller, else the voice) has its own FIFO; the keys are served round-robin:
-      the key whose turn it is gets the next stream that fits, so a caller that sends (or retries) ten times as much
-      gets no more than its share, and a voice the model has not measured yet is not starved by one it has.
+    * Each share key (the authenticated caller, else the voice) has its own FIFO. Keys take turns by start-time
+      fair queuing with unit cost per admission: every admission (the ones that needed no wait included) moves its
+      key's tag one step, and the waiting key with the lowest tag goes next, so a caller that sends (or retries) ten
+      times as much gets no more than its share, and a voice the model has not measured yet is not starved by one it
+      has. A key that was away (all its callers streaming, or a crowd that arrived a moment later) may catch up by at
+      most `catch_up` admissions, not by everything it missed; so over a minute the admissions per key stay within a
+      few streams of each other whoever came first.
     * The key whose turn it is keeps it while its head does not fit the capacity (later keys may not jump ahead: a
       costly voice would otherwise wait for ever behind cheap ones); a head that waits only for its own voice's first
       measurement (cold start) lets the other keys go.
@@ -412,16 +418,20 @@ class AdmissionQueue:
         max_wait_s: float = 10.0,
         host: HostLoad | None = None,
         refusal_log: RefusalLog | None = None,
+        catch_up: float = 4.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.admission = admission
+        self.catch_up = max(0.0, catch_up)
         self.max_calls = max_calls
         self.max_length = max(0, max_length)
         self.max_wait_s = max_wait_s
         self.host = host or HostLoad("off")
         self.refusal_log = refusal_log or RefusalLog()
         self._clock = clock
-        self._keys: collections.OrderedDict[str, collections.deque[_Waiter]] = collections.OrderedDict()
+        self._keys: dict[str, collections.deque[_Waiter]] = {}  # waiting keys, in the order they began to wait
+        self._tags: dict[str, float] = {}  # key -> virtual finish tag of its latest admission
+        self._virtual_time = 0.0  # the highest finish tag so far: "now" in admissions
         self.waiting = 0
         self.on_change: Callable[[], None] | None = None  # metrics hook
         self.on_wait: Callable[[float, str], None] | None = None  # (seconds waited, outcome) hook
@@ -446,7 +456,7 @@ class AdmissionQueue:
         return typical / max(1, self.admission.active)
 
     def expected_wait_s(self, key: str) -> float:
-        """Wait of a call of `key` joining now: the streams served before it (round-robin), one per completion."""
+        """Wait of a call of `key` joining now: the streams served before it (keys taking turns), one per completion."""
         interval = self.completion_interval_s()
         if interval is None:
             return 0.0
@@ -456,7 +466,7 @@ class AdmissionQueue:
 
     def _retry_hint(self) -> float:
         """For a refused call: about when the next admitted stream ends (a place in the queue frees), bounded. Not
-        when the queue will have drained: a client told to come back much later is absent from the round-robin
+        when the queue will have drained: a client told to come back much later misses its turns
         meanwhile, and its voice's share goes to whoever happens to be waiting."""
         interval = self.completion_interval_s() or 0.5
         return float(min(5.0, max(0.2, interval)))
@@ -484,6 +494,7 @@ class AdmissionQueue:
                 "retry shortly",
             )
         if not self._keys and self._fits(voice).admitted:  # nobody waits: no turn to respect
+            self._charge(key)
             return Admitted(self.admission.start(voice, now), 0.0)
         if self.waiting >= self.max_length:
             raise self._refuse(
@@ -547,20 +558,33 @@ class AdmissionQueue:
         self._dispatch()  # the head of a key may have been blocking the turn
         self._changed()
 
+    def _start_tag(self, key: str) -> float:
+        """Where `key`'s next admission stands in virtual time: after its previous one, but no further back than
+        `catch_up` admissions behind the latest (a key that was away catches up that much, not more)."""
+        return max(self._tags.get(key, -math.inf), self._virtual_time - self.catch_up)
+
+    def _charge(self, key: str) -> None:
+        """Account one admission to `key`."""
+        self._tags[key] = self._start_tag(key) + 1.0
+        self._virtual_time = max(self._virtual_time, self._tags[key])
+        if len(self._tags) > 2 * len(self._keys) + 64:  # forget keys that are gone and could not claim anything
+            floor = self._virtual_time - self.catch_up
+            self._tags = {k: t for k, t in self._tags.items() if k in self._keys or t > floor}
+
     def _dispatch(self) -> None:
-        """Admit waiting streams in turn while they fit."""
+        """Admit waiting streams while they fit, the least served key first."""
         while self._keys:
             granted = False
-            for key, queue in self._keys.items():
+            for key in sorted(self._keys, key=self._start_tag):  # stable: equal tags keep the order of arrival
+                queue = self._keys[key]
                 waiter = queue[0]
                 decision = self._fits(waiter.voice)
                 if decision.admitted:
                     queue.popleft()
                     self.waiting -= 1
-                    if queue:
-                        self._keys.move_to_end(key)  # its turn is over
-                    else:
+                    if not queue:
                         del self._keys[key]
+                    self._charge(key)
                     waiter.future.set_result(self.admission.start(waiter.voice, self._clock()))
                     granted = True
                     break

@@ -72,7 +72,7 @@ def make_parser() -> EnvArgumentParser:
         type=int,
         default=64,
         help="streams that may wait for real-time capacity (first come first served per caller or voice, served "
-        "round-robin); when full, RESOURCE_EXHAUSTED with a retry delay; 0 refuses at once what does not fit",
+        "in turns, the least served first); when full, RESOURCE_EXHAUSTED with a retry delay; 0 refuses at once what does not fit",
     )
     parser.add_option(
         "--admission-max-wait",

@@ -1,4 +1,4 @@
-"""The admission queue (issue 27): FIFO per share key, round-robin between keys, bounded length and wait, deadlines,
+"""The admission queue (issue 27): FIFO per share key, fair turns between keys, bounded length and wait, deadlines,
 cancelled waiters, host CPU headroom, refusals logged in aggregate. Unit tests on asyncio with a fake clock for the
 real-time model, and an in-process gRPC server (port 0) for the status codes and RetryInfo a client sees."""
 
@@ -168,6 +168,58 @@ async def test_fair_share_between_a_key_that_asks_ten_times_more_and_one_that_do
     assert abs(served["greedy"] - served["modest"]) <= 0.2 * served["modest"], served
 
 
+async def test_a_key_that_arrives_late_catches_up_a_bounded_number_of_admissions() -> None:
+    """The first crowd to arrive fills the free slots at once (nobody waits, no turn to respect); a voice whose
+    callers come a moment later then goes first until it has caught up `catch_up` admissions, and no more."""
+    queue = queue_of(4)
+    early = [await queue.acquire("joe", "voice:joe") for _ in range(4)]  # all slots, no wait
+    order: list[str] = []
+
+    async def wait(key: str) -> None:
+        admitted = await queue.acquire("joe", key)
+        order.append(key)
+        held.append(admitted)
+
+    held: list[Any] = []
+    tasks = [asyncio.create_task(wait("voice:joe")) for _ in range(8)]
+    await settle()
+    tasks += [asyncio.create_task(wait("voice:late")) for _ in range(8)]
+    await settle()
+    for admitted in early:
+        queue.release(admitted.ticket)
+        await settle()
+    while len(order) < 16:
+        queue.release(held.pop(0).ticket)
+        await settle()
+    await asyncio.gather(*tasks)
+    # Four catch-up admissions (the four joe got without waiting), then strict turns; joe, which began to wait
+    # first, goes first when the tags are equal.
+    assert order[:4] == ["voice:late"] * 4
+    assert order[4:] == ["voice:joe", "voice:late"] * 4 + ["voice:joe"] * 4
+    for admitted in held:
+        queue.release(admitted.ticket)
+
+
+async def test_a_key_away_for_long_claims_no_more_than_its_catch_up() -> None:
+    queue = queue_of(1)
+    for _ in range(20):  # joe alone for 20 streams
+        queue.release((await queue.acquire("joe", "voice:joe")).ticket)
+    hold = await queue.acquire("joe", "voice:joe")
+    order: list[str] = []
+
+    async def wait(key: str) -> None:
+        admitted = await queue.acquire("joe", key)
+        order.append(key)
+        queue.release(admitted.ticket)
+
+    tasks = [asyncio.create_task(wait(k)) for k in ["voice:joe"] * 6 + ["voice:back"] * 6]
+    await settle()
+    queue.release(hold.ticket)
+    await asyncio.gather(*tasks)
+    assert order[:4] == ["voice:back"] * 4  # the catch-up, not the 20 it missed
+    assert order[4:8] == ["voice:joe", "voice:back"] * 2
+
+
 async def test_an_unmeasured_voice_is_not_starved_and_waits_only_for_its_own_measurement() -> None:
     admission = RealTimeAdmission(target_load=1.0, cold_start_streams=1)
     admission.observe("joe", 0.25)  # 4 joe streams fit
@@ -278,7 +330,7 @@ def _retry_info(error: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo | No
     return next((d for d in status_details(error) if isinstance(d, error_details_pb2.RetryInfo)), None)
 
 
-async def test_grpc_queue_full_is_resource_exhausted_with_retry_info_and_waiters_are_served_in_order() -> None:
+async def test_grpc_queue_full_is_resource_exhausted_with_retry_info_and_waiters_are_served_in_fair_turns() -> None:
     server, servicer, address = await _server(queue_of(1, max_length=2))
     try:
         async with grpc.aio.insecure_channel(address) as channel:
@@ -300,7 +352,8 @@ async def test_grpc_queue_full_is_resource_exhausted_with_retry_info_and_waiters
                 while await call.read() is not grpc.aio.EOF:
                     pass
                 assert await call.code() == grpc.StatusCode.OK
-            assert servicer.admitted_voices == ["a", "a", "b"]
+            # "b" goes before the second "a": "a" had its share already (the first stream, admitted at once).
+            assert servicer.admitted_voices == ["a", "b", "a"]
     finally:
         await server.stop(None)
 
