@@ -177,6 +177,61 @@ def tree_cpu_s(root: int) -> float:
     return total
 
 
+# ---- what the host and the gateway did during a level (sampled by the driver once a second) ------------------------
+
+
+def _stat_jiffies() -> tuple[float, float]:
+    """(idle, all) jiffies of all CPUs since boot."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return fields[3] + fields[4], sum(fields)
+
+
+class LevelSampler:
+    """Once a second: the host's idle jiffies and the gateway's GetStatus (streams running, target load). Runs in a
+    thread of the driver so neither the clients nor the services carry it."""
+
+    def __init__(self, address: str) -> None:
+        import threading
+
+        self.address = address
+        self.samples: list[tuple[float, float, float, int, float]] = []  # (time, idle, all, active, target)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LevelSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import grpc
+
+        from voice.v1 import tts_gateway_pb2, tts_gateway_pb2_grpc
+
+        with grpc.insecure_channel(self.address) as channel:
+            stub = tts_gateway_pb2_grpc.TtsGatewayServiceStub(channel)
+            while not self._stop.wait(1.0):
+                try:
+                    status = stub.GetStatus(tts_gateway_pb2.TtsGatewayServiceGetStatusRequest(), timeout=1.0)
+                except grpc.RpcError:
+                    continue
+                idle, total = _stat_jiffies()
+                self.samples.append(
+                    (time.perf_counter(), idle, total, status.active_streams, status.admission.target_load)
+                )
+
+    def window(self, start: float, end: float) -> tuple[float, float, float]:
+        """(idle share of the host's CPUs, mean streams running, mean target load) inside [start, end]."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return math.nan, math.nan, math.nan
+        idle = (inside[-1][1] - inside[0][1]) / max(1.0, inside[-1][2] - inside[0][2])
+        return idle, sum(s[3] for s in inside) / len(inside), sum(s[4] for s in inside) / len(inside)
+
+
 # ---- the driver -----------------------------------------------------------------------------------------------------
 
 
@@ -207,6 +262,9 @@ class LevelRow:
     service_cpu: float
     gateway_cpu: float
     client_cpu: float
+    host_idle: float = math.nan
+    streams_mean: float = math.nan
+    target_mean: float = math.nan
 
     def cells(self) -> list[str]:
         per_min = 60.0 / self.seconds
@@ -228,6 +286,9 @@ class LevelRow:
             f"{self.service_cpu / audio if audio else math.nan:5.3f}",
             f"{self.gateway_cpu / self.refusals * 1e3 if self.refusals else math.nan:6.1f}",
             f"{self.failed:>3}",
+            f"{self.host_idle:5.1%}",
+            f"{self.streams_mean:4.1f}",
+            f"{self.target_mean:4.2f}",
         ]
 
 
@@ -247,6 +308,9 @@ HEADER = [
     "cpu/aud",
     "gw ms/ref",
     "err",
+    " idle",
+    "strm",
+    "trgt",
 ]
 
 
@@ -303,7 +367,8 @@ def run_level(address: str, services: dict[str, int], clients: int, variant: str
         f"--variant={variant}",
         f"--seed={args.seed + clients}",
     ]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    with LevelSampler(address) as sampler:
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = {name: tree_cpu_s(pid) for name, pid in services.items()}
     used = {name: after[name] - before[name] for name in services}
@@ -314,7 +379,9 @@ def run_level(address: str, services: dict[str, int], clients: int, variant: str
     if args.raw_dir is not None:
         args.raw_dir.mkdir(parents=True, exist_ok=True)
         (args.raw_dir / f"{variant}-{clients}.json").write_text(done.stdout)
-    return analyse(result, clients, variant, args.preroll, (sum(used.values()), used["gateway"], client_cpu))
+    row = analyse(result, clients, variant, args.preroll, (sum(used.values()), used["gateway"], client_cpu))
+    row.host_idle, row.streams_mean, row.target_mean = sampler.window(result["started"], result["end"])
+    return row
 
 
 def print_table(rows: list[LevelRow]) -> None:
@@ -396,7 +463,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\nadm/min j/w: admitted streams per minute, joe / joe-world-high; wait: request to response headers (s); "
           "ttfa and rtf include the wait; stutter: admitted streams with an underrun / admitted; worst: longest gap "
           "(s); good: audio s per s; svc cpu: Triton+RVC+gateway CPU s; cli s: client process CPU s; cpu/aud: service "
-          "CPU s per audio s; gw ms/ref: gateway CPU ms per refusal (upper bound)")  # fmt: skip
+          "CPU s per audio s; gw ms/ref: gateway CPU ms per refusal (upper bound); idle: the host's idle CPU share "
+          "in the level's window; strm, trgt: streams running, admission target (means per second)")  # fmt: skip
     print_table(rows)
     judge(rows)
     if args.json:

@@ -8,10 +8,15 @@ envelope, aperiodicity, warp, synthesis) and between sub-blocks of each step: F0
 sub-blocks, the per-frame steps (StoneMask, CheapTrick, D4C) run over slices of frames, and long syntheses run in
 phase-continuous pieces. No uninterruptible call grows with the input, so a long clip stops as quickly after a cancel
 as a short streaming block. Streaming windows (~1 s) are analysed and synthesized exactly as one call would.
+
+Streaming (`convert_block`): F0 is tracked over the whole window, left context included (Praat's path search uses
+it), but the per-frame steps, the warp and the synthesis run only from a short lead-in before the block, since the
+context's output is discarded; this roughly halves the WORLD work per window at production block settings.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -81,21 +86,7 @@ class WorldVoice:
     ) -> tuple[NDArray[np.float32], int]:
         """Convert a whole utterance; returns (float32 mono, rate), rate = out_sr or 24000. `seed` is accepted for
         API symmetry (WORLD is deterministic). Raises JobCancelled soon after `should_stop()` turns true."""
-        check_stop(should_stop)
-        self.validate(params)
-        if sr <= 0:
-            raise InvalidParameters([("sample_rate_hz", "must be positive")])
-        rate = out_sr or self.sample_rate
-        x = np.asarray(audio, dtype=np.float32)
-        if x.ndim == 2:
-            x = x.mean(axis=1)
-        n_out = round(len(x) * rate / sr)
-        xw = x if sr == WORK_SR else soxr.resample(x, sr, WORK_SR).astype(np.float32)
-        y = self._process(xw, params, should_stop)
-        check_stop(should_stop)
-        if rate != WORK_SR and len(y):
-            y = soxr.resample(y, WORK_SR, rate).astype(np.float32)
-        return _fit_len(y, n_out), rate
+        return self._convert(audio, sr, params, out_sr, should_stop)
 
     def convert_block(
         self,
@@ -108,32 +99,93 @@ class WorldVoice:
         seed: int | None = None,
         should_stop: ShouldStop | None = None,
     ) -> NDArray[np.float32]:
-        """Streaming step with the same contract as RvcModel.convert_block: returns only the block after `context`."""
+        """Streaming step with the same contract as RvcModel.convert_block: returns only the block after `context`.
+        F0 is tracked over the whole window; the per-frame analysis and the synthesis cover the block only (from a
+        short lead-in before it), so the context's own output, which would be discarded, is never computed."""
         if not 0 <= context <= len(audio):
             raise InvalidParameters([("context", f"must be between 0 and {len(audio)}")])
-        y, rate = self.convert(audio, sr, params, out_sr=out_sr, should_stop=should_stop)
-        return y[round(context * rate / sr) :][: round((len(audio) - context) * rate / sr)]
+        y, rate = self._convert(audio, sr, params, out_sr, should_stop, context)
+        return y[: round((len(audio) - context) * rate / sr)]
+
+    def _convert(
+        self,
+        audio: NDArray[np.floating[Any]],
+        sr: int,
+        params: ConversionParams,
+        out_sr: int | None,
+        should_stop: ShouldStop | None,
+        context: int = 0,
+    ) -> tuple[NDArray[np.float32], int]:
+        """The conversion of audio[context:] (input samples) analysed with audio[:context] as history."""
+        check_stop(should_stop)
+        self.validate(params)
+        if sr <= 0:
+            raise InvalidParameters([("sample_rate_hz", "must be positive")])
+        rate = out_sr or self.sample_rate
+        x = np.asarray(audio, dtype=np.float32)
+        if x.ndim == 2:
+            x = x.mean(axis=1)
+        keep = round(context * rate / sr)  # first output sample wanted
+        n_out = round(len(x) * rate / sr) - keep
+        xw = x if sr == WORK_SR else soxr.resample(x, sr, WORK_SR).astype(np.float32)
+        work_from, out_from = _synthesis_start(keep, rate)
+        y = self._process(xw, params, should_stop, keep_from=work_from)
+        check_stop(should_stop)
+        if rate != WORK_SR and len(y):
+            y = soxr.resample(y, WORK_SR, rate).astype(np.float32)
+        return _fit_len(y[keep - out_from :], n_out), rate
 
     def _process(
-        self, x: NDArray[np.float32], params: ConversionParams, should_stop: ShouldStop | None = None
+        self,
+        x: NDArray[np.float32],
+        params: ConversionParams,
+        should_stop: ShouldStop | None = None,
+        keep_from: int = 0,
     ) -> NDArray[np.float32]:
+        """The conversion of x[keep_from:] (len(x) - keep_from samples, peak-limited on that part), with F0 tracked
+        over all of x. The per-frame steps and the synthesis start _LEAD_IN_FRAMES before keep_from: WORLD's
+        synthesis puts its first pulse one period after its first sample and each pulse's response lasts about half
+        an FFT frame after it, so the output warms up over that span and the lead-in keeps it out of x[keep_from:]."""
         import pyworld
 
-        if len(x) < WORK_SR * FRAME_MS / 1000 * 4:  # too short for any analysis frame
-            return np.zeros_like(x)
+        if keep_from >= len(x) or len(x) < WORK_SR * FRAME_MS / 1000 * 4:  # nothing wanted, or no analysis frame
+            return np.zeros(max(0, len(x) - keep_from), dtype=x.dtype)
         xd = x.astype(np.float64)
+        hop = round(WORK_SR * FRAME_MS / 1000)
         f0, t = track_f0(xd, params.f0_method, should_stop)
+        first = max(0, keep_from // hop - _LEAD_IN_FRAMES)  # synthesis output starts at sample first * hop
+        f0, t = f0[first:], t[first:]
         f0 = per_frames(lambda a, b: pyworld.stonemask(xd, f0[a:b], t[a:b], WORK_SR), len(f0), should_stop)
         sp = per_frames(lambda a, b: pyworld.cheaptrick(xd, f0[a:b], t[a:b], WORK_SR), len(f0), should_stop)
         ap = per_frames(lambda a, b: pyworld.d4c(xd, f0[a:b], t[a:b], WORK_SR), len(f0), should_stop)
         f0 = f0 * 2.0 ** ((params.pitch_shift_semitones + self.pitch_offset) / 12.0)
         ratio = 2.0 ** ((params.formant_shift_semitones + self.formant_offset) / 12.0)
         sp = per_frames(lambda a, b: warp_envelope(sp[a:b], ratio), len(sp), should_stop)
-        y = synthesize(f0, sp, ap, should_stop)
+        y = synthesize(f0, sp, ap, should_stop)[keep_from - first * hop :]
         peak = float(np.abs(y).max()) / 0.99 if len(y) else 0.0
         if peak > 1:
             y = y / peak
-        return _fit_len(y.astype(np.float32), len(x))
+        return _fit_len(y.astype(np.float32), len(x) - keep_from)
+
+
+# Frames analysed and synthesized before the first kept sample (60 ms, 1440 samples at 24 kHz): the first pulse
+# comes one period after synthesis starts (up to 960 samples at 25 Hz, the 50 Hz F0 floor an octave down) and its
+# response reaches fft_size / 2 = 512 samples past it, so kept samples get every pulse they would in a longer call.
+_LEAD_IN_FRAMES = 12
+# Work-rate samples synthesized before the first kept sample when the output is resampled: soxr's filter settles
+# within ~50 output samples of a cut, so the kept part resamples as it would within the whole window.
+_RESAMPLE_MARGIN = 240
+
+
+def _synthesis_start(keep: int, rate: int) -> tuple[int, int]:
+    """(work-rate sample, output sample) where a conversion whose output is wanted from output sample `keep` starts
+    synthesizing: at least _RESAMPLE_MARGIN work samples before it when resampled, on a sample that maps to a whole
+    output sample (so the resampled piece lines up with the whole window's output exactly)."""
+    if rate == WORK_SR:
+        return keep, keep
+    g = math.gcd(WORK_SR, rate)
+    k = max(0, math.floor((keep * WORK_SR / rate - _RESAMPLE_MARGIN) / (WORK_SR // g)))
+    return k * (WORK_SR // g), k * (rate // g)
 
 
 def per_frames(
