@@ -139,8 +139,9 @@ class CapacityEstimator:
         with self._lock:
             return len(self._streams)
 
-    def try_admit(self, stream_id: str, cost_class: str) -> Admission:
-        """Admit (and register) the stream if it fits; otherwise count a refusal. Never blocks."""
+    def try_admit(self, stream_id: str, cost_class: str, *, count_refusal: bool = True) -> Admission:
+        """Admit (and register) the stream if it fits; otherwise count a refusal (unless the caller will still let
+        it wait: `count_refusal=False`). Never blocks."""
         with self._lock:
             cost = self._cost_locked(cost_class)
             load = self._load_locked()
@@ -148,9 +149,15 @@ class CapacityEstimator:
             if fits:
                 self._streams[stream_id] = (cost_class, self._clock())
                 return Admission(True, cost, load + cost, self.capacity, 0.0)
-            self.refusals += 1
+            if count_refusal:
+                self.refusals += 1
             retry = min(10.0, max(0.2, self._mean_stream_s / max(1, len(self._streams))))
             return Admission(False, cost, load, self.capacity, retry)
+
+    def note_refusal(self) -> None:
+        """A stream was refused after all (it could not wait, or its wait ran out)."""
+        with self._lock:
+            self.refusals += 1
 
     def try_admit_dry(self, cost_class: str) -> Admission:
         """The refusal a stream of this class would get now, without registering or counting anything."""
@@ -187,13 +194,14 @@ class StreamQueue:
 
     async def admit(self, stream_id: str, cost_class: str, time_remaining: float | None = None) -> Admission:
         if not self._line:
-            first = self.estimator.try_admit(stream_id, cost_class)
+            first = self.estimator.try_admit(stream_id, cost_class, count_refusal=False)
             if first.admitted:
                 return first
         else:
             first = self.estimator.try_admit_dry(cost_class)
         budget = self.max_wait_s if time_remaining is None else min(self.max_wait_s, time_remaining)
         if len(self._line) >= self.max_length or budget < first.retry_after_s:
+            self.estimator.note_refusal()
             return first
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._line.append(turn)
@@ -203,11 +211,12 @@ class StreamQueue:
             async with asyncio.timeout(budget):
                 while True:
                     await turn
-                    decision = self.estimator.try_admit(stream_id, cost_class)
+                    decision = self.estimator.try_admit(stream_id, cost_class, count_refusal=False)
                     if decision.admitted:
                         return decision
                     turn = self._rearm(turn)
         except TimeoutError:
+            self.estimator.note_refusal()
             return self.estimator.try_admit_dry(cost_class)
         finally:
             self._leave(turn)

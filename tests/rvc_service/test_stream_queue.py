@@ -82,3 +82,14 @@ async def test_a_cancelled_waiter_leaves_the_line_and_the_next_one_gets_in() -> 
     queue.release("a")
     assert (await asyncio.wait_for(stays, 1.0)).admitted
     assert queue.waiting == 0 and queue.estimator.active == 1
+
+
+async def test_only_streams_that_are_refused_in_the_end_count_as_refusals() -> None:
+    queue = one_stream_queue(max_length=1, max_wait_s=5.0)
+    assert (await queue.admit("a", COST_CLASS)).admitted
+    waiter = asyncio.create_task(queue.admit("b", COST_CLASS))  # waits, then gets in: not a refusal
+    await asyncio.sleep(0.02)
+    assert not (await queue.admit("c", COST_CLASS)).admitted  # the line is full: a refusal
+    queue.release("a")
+    assert (await waiter).admitted
+    assert queue.estimator.refusals == 1
