@@ -153,7 +153,8 @@ def test_block_runs_the_per_frame_steps_on_the_block_only(monkeypatch: pytest.Mo
     n_frames = len(audio) // HOP + 1
 
     WORLD.convert(audio, 24000, PARAMS)
-    assert counts == {"d4c": n_frames, "synthesize": n_frames}
+    assert counts["synthesize"] == n_frames
+    assert n_frames / 2 <= counts["d4c"] <= 0.6 * n_frames  # every other frame (see the aperiodicity tests)
 
     counts.update(d4c=0, synthesize=0)
     f0_frames: list[int] = []
@@ -166,6 +167,66 @@ def test_block_runs_the_per_frame_steps_on_the_block_only(monkeypatch: pytest.Mo
     monkeypatch.setattr(world_engine, "track_f0", track_f0)
     WORLD.convert_block(audio, 24000, PARAMS, context=context)
     block_frames = n_frames - context // HOP + world_engine._LEAD_IN_FRAMES
-    assert counts == {"d4c": block_frames, "synthesize": block_frames}
+    assert counts["synthesize"] == block_frames
+    assert block_frames / 2 <= counts["d4c"] <= 0.6 * block_frames
     assert f0_frames == [n_frames]
-    assert counts["d4c"] < 0.6 * n_frames  # 124 of 212 frames
+    assert counts["d4c"] < 0.35 * n_frames  # 124 of 212 frames are the block's, about half of them analysed
+
+
+def voiced_analysis(seconds: float = 2.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(signal, refined F0, time stamps) of the gliding test voice at the working rate, as the conversion has them."""
+    import pyworld
+
+    x = gliding_voice(world_engine.WORK_SR, seconds).astype(np.float64)
+    f0, t = world_engine.track_f0(x, "pm", None)
+    return x, pyworld.stonemask(x, f0, t, world_engine.WORK_SR), t
+
+
+@pytest.mark.parametrize("n_frames", [200, 201])
+def test_d4c_analyses_every_other_frame_and_the_last(monkeypatch: pytest.MonkeyPatch, n_frames: int) -> None:
+    """D4C is most of WORLD's cost: it sees the even frames, the last one (nothing is extrapolated) and voiced frames
+    at a voicing edge; every other frame is filled in."""
+    import pyworld
+
+    x, f0, t = voiced_analysis()
+    f0, t = f0[:n_frames], t[:n_frames]
+    seen: list[np.ndarray] = []
+    real_d4c = pyworld.d4c
+
+    def d4c(x: np.ndarray, f0: np.ndarray, t: np.ndarray, *args: object, **kwargs: object) -> np.ndarray:
+        seen.append(np.rint(t / (world_engine.FRAME_MS / 1000)).astype(int))
+        return real_d4c(x, f0, t, *args, **kwargs)
+
+    monkeypatch.setattr(pyworld, "d4c", d4c)
+    ap = world_engine.aperiodicity(x, f0, t, None)
+    frames = np.concatenate(seen)
+    voiced = f0 > 0
+    edges = np.flatnonzero(voiced[1:-1] & ~(voiced[:-2] & voiced[2:])) + 1
+    assert ap.shape == (n_frames, 513)
+    assert set(frames) == set(range(0, n_frames, 2)) | {n_frames - 1} | set(edges)
+    assert len(frames) <= 0.55 * n_frames  # measured 101-102 of 200-201 frames (a few voicing edges)
+    assert len(seen) > 1  # still in slices, with a cancel check before each
+    assert np.all(ap[~voiced] >= 1.0 - 1e-9)  # unvoiced frames fully aperiodic, as D4C makes them
+
+
+def test_interpolated_aperiodicity_stays_close_to_the_analysed_one() -> None:
+    """Filled-in frames (voiced, between voiced ones) against D4C run on every frame: measured 0.26 dB mean and
+    0.74 dB 95th-percentile absolute difference of aperiodicity per bin, below its own 5 ms frame-to-frame change
+    (0.28 dB mean). On Piper speech: 0.20 dB mean, 0.13 dB on 1/8-octave bands; the converted output differs from
+    every-frame D4C by 0.04 dB band LSD, against 2.6 dB for the same conversion of the input delayed 5 ms."""
+    import pyworld
+
+    x, f0, t = voiced_analysis()
+    full = pyworld.d4c(x, f0, t, world_engine.WORK_SR)
+    ap = world_engine.aperiodicity(x, f0, t, None)
+    voiced = f0 > 0
+    odd = np.arange(1, len(f0) - 1, 2)
+    filled = odd[voiced[odd - 1] & voiced[odd] & voiced[odd + 1]]
+    assert len(filled) > 100
+    diff_db = np.abs(10 * np.log10(ap[filled]) - 10 * np.log10(full[filled]))
+    print(f"filled frames: mean {diff_db.mean():.3f} dB, 95th percentile {np.percentile(diff_db, 95):.3f} dB")
+    assert diff_db.mean() < 0.5
+    assert np.percentile(diff_db, 95) < 1.5
+    analysed = np.ones(len(f0), dtype=bool)
+    analysed[filled] = False
+    np.testing.assert_allclose(ap[analysed], full[analysed], rtol=0.2)  # D4C's own dither differs per call

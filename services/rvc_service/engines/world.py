@@ -12,6 +12,10 @@ as a short streaming block. Streaming windows (~1 s) are analysed and synthesize
 Streaming (`convert_block`): F0 is tracked over the whole window, left context included (Praat's path search uses
 it), but the per-frame steps, the warp and the synthesis run only from a short lead-in before the block, since the
 context's output is discarded; this roughly halves the WORLD work per window at production block settings.
+
+Aperiodicity: D4C is most of WORLD's cost, and aperiodicity varies slowly, so it is analysed on every other frame and
+interpolated (in dB) between them (`aperiodicity`): ~20% less CPU per streamed second, and an output that differs
+from every-frame D4C far less than WORLD's own output does between inputs shifted by one 5 ms frame.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from .params import ConversionParams, InvalidParameters
 WORK_SR = 24000
 FRAME_MS = 5.0
 # Frames per pyworld call (5 ms frames): keeps each uninterruptible call to tens of ms on one core. The per-frame
-# steps give the same frames on any slice (D4C up to its own 1e-12 dither); synthesis pieces join in phase.
+# steps give the same frames on any slice or subset of frames (D4C up to its own 1e-12 dither); synthesis pieces
+# join in phase.
 FRAMES_PER_CALL = 50
 SYNTH_FRAMES_PER_CALL = 200
 F0_FLOOR = 50.0  # Hz: below the lowest speaking voices
@@ -157,7 +162,7 @@ class WorldVoice:
         f0, t = f0[first:], t[first:]
         f0 = per_frames(lambda a, b: pyworld.stonemask(xd, f0[a:b], t[a:b], WORK_SR), len(f0), should_stop)
         sp = per_frames(lambda a, b: pyworld.cheaptrick(xd, f0[a:b], t[a:b], WORK_SR), len(f0), should_stop)
-        ap = per_frames(lambda a, b: pyworld.d4c(xd, f0[a:b], t[a:b], WORK_SR), len(f0), should_stop)
+        ap = aperiodicity(xd, f0, t, should_stop)
         f0 = f0 * 2.0 ** ((params.pitch_shift_semitones + self.pitch_offset) / 12.0)
         ratio = 2.0 ** ((params.formant_shift_semitones + self.formant_offset) / 12.0)
         sp = per_frames(lambda a, b: warp_envelope(sp[a:b], ratio), len(sp), should_stop)
@@ -201,6 +206,38 @@ def per_frames(
         check_stop(should_stop)
         parts.append(step(a, min(n_frames, a + size)))
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+# D4C's value for a frame with F0 0: every bin fully aperiodic, less its safeguard (it analyses no such frame).
+_UNVOICED_AP = 1.0 - 1e-12
+
+
+def aperiodicity(
+    xd: NDArray[np.float64], f0: NDArray[np.float64], t: NDArray[np.float64], should_stop: ShouldStop | None
+) -> NDArray[np.float64]:
+    """D4C aperiodicity at every frame, analysed on about every other one. D4C is most of WORLD's analysis cost
+    (~60 of ~85 ms per streaming window) and aperiodicity varies slowly over 10 ms, so the even frames and the last
+    (nothing is extrapolated) are analysed, and an odd frame between two of them is their geometric mean: the
+    interpolation is linear in dB, as D4C itself interpolates its band values along frequency, since the values span
+    decades (voiced low bands sit near -60 dB) and a linear mean would be pulled to the noisier side. An odd frame with
+    F0 0 takes D4C's unvoiced value; a voiced one next to an unvoiced frame (a voicing edge) is analysed."""
+    import pyworld
+
+    n = len(f0)
+    voiced = f0 > 0
+    analysed = np.zeros(n, dtype=bool)
+    analysed[::2] = True
+    analysed[-1] = True
+    edge = np.zeros(n, dtype=bool)
+    edge[1:-1] = voiced[1:-1] & ~(voiced[:-2] & voiced[2:])
+    analysed |= edge
+    idx = np.flatnonzero(analysed)
+    ap = np.empty((n, pyworld.get_cheaptrick_fft_size(WORK_SR) // 2 + 1))
+    ap[idx] = per_frames(lambda a, b: pyworld.d4c(xd, f0[idx[a:b]], t[idx[a:b]], WORK_SR), len(idx), should_stop)
+    odd = np.flatnonzero(~analysed)  # 0 < odd < n - 1, both neighbours analysed
+    ap[odd] = np.sqrt(ap[odd - 1] * ap[odd + 1])
+    ap[odd[~voiced[odd]]] = _UNVOICED_AP
+    return ap
 
 
 def praat_f0(x: NDArray[np.float64], sr: int = WORK_SR, frame_ms: float = FRAME_MS) -> NDArray[np.float64]:
