@@ -14,7 +14,13 @@ constant. A new stream of voice v is admitted while, for every voice w among the
     cost_w * (n + 1) <= target_load        (target_load < 1 keeps headroom for sentence-sized bursts)
 
 At low load the linear model overestimates the slowdown (several workers run in parallel), which errs on the side
-of listeners; observations taken at higher load correct it. A voice with no observation yet is admitted only a few
+of listeners; observations taken at higher load correct it.
+
+A stream that has just started needs more than its steady share: its first sentences must be ready before the first
+one has played out, so it builds its listener's buffer at burst speed. For `startup_s` after it starts, a stream
+counts `startup_weight` times in n. Without this, a crowd arriving at an idle gateway is admitted all at once and
+every one of those listeners runs dry at the same sentence boundary (measured: 3 of 51 streams, gaps of 34-108 ms,
+all at the end of the first sentence). A voice with no observation yet is admitted only a few
 streams at a time (`cold_start_streams`) until its first stream has been measured.
 
 The estimator is pure (no gRPC, no asyncio) and takes the clock as an argument, so it is tested with exact numbers.
@@ -71,6 +77,8 @@ class RealTimeAdmission:
         smoothing: float = 0.3,
         min_audio_s: float = 0.5,
         enabled: bool = True,
+        startup_s: float = 0.0,
+        startup_weight: float = 2.0,
     ) -> None:
         if not 0 < target_load <= 1.5:
             raise ValueError(f"target_load must be in (0, 1.5], got {target_load}")
@@ -79,6 +87,8 @@ class RealTimeAdmission:
         self.smoothing = smoothing
         self.min_audio_s = min_audio_s
         self.enabled = enabled
+        self.startup_s = max(0.0, startup_s)
+        self.startup_weight = max(1.0, startup_weight)
         self.cost: dict[str, float] = {}  # voice -> production seconds per audio second, per concurrent stream
         self._streams: dict[int, _Stream] = {}
         self._next_id = 0
@@ -108,13 +118,26 @@ class RealTimeAdmission:
             return None
         return max(1, int(self.target_load / cost)) if cost > 0 else None
 
-    def predicted_load(self, extra_voice: str | None = None) -> float:
-        """The highest cost * streams over the voices present (with one more stream of `extra_voice`)."""
+    def _starting(self, now: float | None) -> int:
+        """Streams still in their start-up (`startup_s`) at `now` (none without a time)."""
+        if now is None or self.startup_s <= 0:
+            return 0
+        return sum(1 for s in self._streams.values() if now - s.started < self.startup_s)
+
+    def next_startup_end(self, now: float) -> float | None:
+        """Seconds until the next stream leaves its start-up (and stops counting extra); None when none is in it."""
+        left = [s.started + self.startup_s - now for s in self._streams.values() if now - s.started < self.startup_s]
+        return max(0.0, min(left)) if left and self.startup_s > 0 else None
+
+    def predicted_load(self, extra_voice: str | None = None, now: float | None = None) -> float:
+        """The highest cost * streams over the voices present (with one more stream of `extra_voice`); at a time
+        `now`, streams in their start-up count `startup_weight` times (the new one too)."""
         voices = set(self.active_by_voice())
-        n = self.active
+        extra = self.startup_weight - 1.0
+        n = self.active + extra * self._starting(now)
         if extra_voice is not None:
             voices.add(extra_voice)
-            n += 1
+            n += 1.0 + (extra if now is not None and self.startup_s > 0 else 0.0)
         known = [self.cost[v] for v in voices if v in self.cost]
         return max(known, default=0.0) * n
 
@@ -123,17 +146,18 @@ class RealTimeAdmission:
     def try_admit(self, voice: str, now: float) -> tuple[Decision, int | None]:
         """(decision, ticket). On admission the ticket must be passed to `finish` when the stream ends."""
         if self.enabled:
-            decision = self._decide(voice)
+            decision = self._decide(voice, now=now)
             if not decision.admitted:
                 self.refusals += 1
                 return decision, None
         return Decision(True), self.start(voice, now)
 
-    def check(self, voice: str, *, target_load: float | None = None) -> Decision:
-        """Would one more stream of `voice` fit now (at `target_load` instead of the configured one)? No effects."""
+    def check(self, voice: str, *, target_load: float | None = None, now: float | None = None) -> Decision:
+        """Would one more stream of `voice` fit (at `target_load` instead of the configured one; at time `now`, for
+        the streams in their start-up)? No effects."""
         if not self.enabled:
             return Decision(True)
-        return self._decide(voice, target_load)
+        return self._decide(voice, target_load, now)
 
     def start(self, voice: str, now: float) -> int:
         """Register a stream without deciding (the caller decided); returns its ticket for `finish`."""
@@ -149,7 +173,7 @@ class RealTimeAdmission:
             return None
         return sorted(self._durations)[len(self._durations) // 2]
 
-    def _decide(self, voice: str, target_load: float | None = None) -> Decision:
+    def _decide(self, voice: str, target_load: float | None = None, now: float | None = None) -> Decision:
         target = self.target_load if target_load is None else target_load
         by_voice = self.active_by_voice()
         if voice not in self.cost:
@@ -162,7 +186,7 @@ class RealTimeAdmission:
                     self.retry_after_s(),
                     "cold_start",
                 )
-        load = self.predicted_load(voice)
+        load = self.predicted_load(voice, now)
         if load > target and self._streams:
             worst = max((v for v in {*by_voice, voice} if v in self.cost), key=lambda v: self.cost[v], default=voice)
             return Decision(
@@ -390,6 +414,9 @@ class Admitted:
     waited_s: float
 
 
+RECHECK_S = 1.0  # while streams wait, the longest the queue goes without looking at the capacity again
+
+
 class AdmissionQueue:
     """Streams that cannot start now wait here instead of being refused.
 
@@ -433,6 +460,7 @@ class AdmissionQueue:
         self._tags: dict[str, float] = {}  # key -> virtual finish tag of its latest admission
         self._virtual_time = 0.0  # the highest finish tag so far: "now" in admissions
         self.waiting = 0
+        self._recheck: asyncio.TimerHandle | None = None
         self.on_change: Callable[[], None] | None = None  # metrics hook
         self.on_wait: Callable[[float, str], None] | None = None  # (seconds waited, outcome) hook
 
@@ -476,7 +504,7 @@ class AdmissionQueue:
     def _fits(self, voice: str) -> Decision:
         if self.admission.active >= self.max_calls:
             return Decision(False, "", 0.0, "capacity")
-        return self.admission.check(voice, target_load=self.target_load())
+        return self.admission.check(voice, target_load=self.target_load(), now=self._clock())
 
     def _refuse(self, cause: str, message: str) -> Refused:
         self.admission.refusals += 1
@@ -589,9 +617,28 @@ class AdmissionQueue:
                     granted = True
                     break
                 if decision.kind != "cold_start":
+                    self._recheck_later()
                     return  # this key keeps its turn until capacity frees
             if not granted:
+                self._recheck_later()
                 return
+
+    def _recheck_later(self) -> None:
+        """Capacity also frees without a stream ending: a stream leaves its start-up, the host's headroom grows.
+        While streams wait, look again when the next start-up ends, and at least every `RECHECK_S`."""
+        if self._recheck is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        startup_end = self.admission.next_startup_end(self._clock())
+        delay = RECHECK_S if startup_end is None else min(RECHECK_S, startup_end + 0.01)
+        self._recheck = loop.call_later(delay, self._rechecked)
+
+    def _rechecked(self) -> None:
+        self._recheck = None
+        self.poke()
 
     def release(self, ticket: int, *, audio_s: float = 0.0, busy_s: float | None = None) -> None:
         """The admitted stream ended: teach the model, then let the next waiting streams in."""

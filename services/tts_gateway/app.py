@@ -72,7 +72,8 @@ def make_parser() -> EnvArgumentParser:
         type=int,
         default=64,
         help="streams that may wait for real-time capacity (first come first served per caller or voice, served "
-        "in turns, the least served first); when full, RESOURCE_EXHAUSTED with a retry delay; 0 refuses at once what does not fit",
+        "in turns, the least served first); when full, RESOURCE_EXHAUSTED with a retry delay; 0 refuses at once "
+        "what does not fit",
     )
     parser.add_option(
         "--admission-max-wait",
@@ -99,6 +100,14 @@ def make_parser() -> EnvArgumentParser:
         type=int,
         default=2,
         help="streams of a voice admitted at once before its real-time cost has been measured",
+    )
+    parser.add_option(
+        "--admission-startup-seconds",
+        type=float,
+        default=3.0,
+        help="a stream counts twice against the real-time capacity for this long after it starts (its first "
+        "sentences are produced at burst speed to fill its listener's buffer), so a crowd arriving at once is let in "
+        "a few at a time; 0 counts every stream once",
     )
     parser.add_option(
         "--max-text-chars", type=int, default=DEFAULT_LIMITS.max_text_chars, help="longest Synthesize text"
@@ -251,6 +260,7 @@ def build_gateway(args: argparse.Namespace) -> Gateway:
             RealTimeAdmission(
                 target_load=args.admission_target_load or 1.0,
                 cold_start_streams=args.admission_cold_start_streams,
+                startup_s=args.admission_startup_seconds,
                 enabled=args.admission_target_load > 0,
             ),
             max_calls=args.max_concurrent_streams,

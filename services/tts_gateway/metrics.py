@@ -70,7 +70,8 @@ QUEUE_CAPACITY = Gauge(
     "tts_gateway_admission_queue_capacity", "Streams the admission queue holds; more are refused at once."
 )
 QUEUE_KEYS = Gauge(
-    "tts_gateway_admission_queue_keys", "Share keys (callers or voices) with streams waiting; the least served goes first."
+    "tts_gateway_admission_queue_keys",
+    "Share keys (callers or voices) with streams waiting; the least served goes first.",
 )
 QUEUE_WAIT = Histogram(
     "tts_gateway_admission_queue_wait_seconds",

@@ -87,3 +87,20 @@ def test_retry_hint_spreads_typical_stream_length_over_active_streams() -> None:
     for _ in range(8):
         admission.try_admit("joe", 10.0)
     assert admission.retry_after_s() == pytest.approx(0.5)
+
+
+def test_a_stream_counts_twice_while_it_starts_up() -> None:
+    """A crowd arriving at once is let in a few at a time: each starting stream counts `startup_weight` (2) times
+    for `startup_s`; once they have started, the steady capacity applies."""
+    admission = RealTimeAdmission(target_load=0.8, startup_s=3.0)
+    admission.observe("joe", 0.1)  # 8 streams in steady state
+    admitted = [admission.try_admit("joe", 0.0)[0].admitted for _ in range(6)]
+    assert admitted == [True] * 4 + [False] * 2  # 4 starting streams count as 8
+    assert admission.predicted_load(now=0.0) == pytest.approx(0.8)
+    assert admission.next_startup_end(1.0) == pytest.approx(2.0)
+    # At 3.1 s they have started: 4 steady streams + starting ones at 2 each, up to 0.8.
+    assert admission.try_admit("joe", 3.1)[0].admitted
+    assert admission.try_admit("joe", 3.1)[0].admitted
+    assert not admission.try_admit("joe", 3.1)[0].admitted
+    assert admission.predicted_load() == pytest.approx(0.6)  # without a time: every stream once
+    assert admission.next_startup_end(10.0) is None

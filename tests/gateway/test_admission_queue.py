@@ -220,6 +220,20 @@ async def test_a_key_away_for_long_claims_no_more_than_its_catch_up() -> None:
     assert order[4:8] == ["voice:joe", "voice:back"] * 2
 
 
+async def test_a_stream_held_back_by_start_up_gets_in_when_the_start_up_ends_without_any_stream_ending() -> None:
+    admission = RealTimeAdmission(target_load=1.0, startup_s=0.2)
+    admission.observe("joe", 0.25)  # 4 steady streams; 2 starting ones fill the capacity
+    queue = AdmissionQueue(admission, max_calls=100)
+    held = [await queue.acquire("joe", "voice:joe") for _ in range(2)]
+    third = asyncio.create_task(queue.acquire("joe", "voice:joe"))
+    await asyncio.sleep(0.1)
+    assert not third.done() and queue.waiting == 1
+    admitted = await asyncio.wait_for(third, timeout=1.0)  # the queue looks again when the start-up ends
+    assert queue.waiting == 0 and queue.admitted == 3
+    for ticket in [*held, admitted]:
+        queue.release(ticket.ticket)
+
+
 async def test_an_unmeasured_voice_is_not_starved_and_waits_only_for_its_own_measurement() -> None:
     admission = RealTimeAdmission(target_load=1.0, cold_start_streams=1)
     admission.observe("joe", 0.25)  # 4 joe streams fit
