@@ -16,11 +16,13 @@ constant. A new stream of voice v is admitted while, for every voice w among the
 At low load the linear model overestimates the slowdown (several workers run in parallel), which errs on the side
 of listeners; observations taken at higher load correct it.
 
-A stream that has just started needs more than its steady share: its first sentences must be ready before the first
-one has played out, so it builds its listener's buffer at burst speed. For `startup_s` after it starts, a stream
-counts `startup_weight` times in n. Without this, a crowd arriving at an idle gateway is admitted all at once and
-every one of those listeners runs dry at the same sentence boundary (measured: 3 of 51 streams, gaps of 34-108 ms,
-all at the end of the first sentence). A voice with no observation yet is admitted only a few
+A stream that has just started needs more than its steady share: its second sentence must be ready before the first
+one has played out, so it builds its listener's buffer at burst speed. Until it has settled (the servicer calls
+`settle` once its listener has a couple of seconds of audio in hand) and for at most `startup_s`, a stream counts
+`startup_weight` times in n. Without this, a crowd arriving at an idle gateway is admitted all at once and every one
+of those listeners runs dry at the same sentence boundary (measured: 3 of 51 streams, gaps of 34-108 ms, all at the
+end of the first sentence). A time alone would not do: at 3 s, most of a stream's life under load, it halved the
+streams admitted in steady state. A voice with no observation yet is admitted only a few
 streams at a time (`cold_start_streams`) until its first stream has been measured.
 
 The estimator is pure (no gRPC, no asyncio) and takes the clock as an argument, so it is tested with exact numbers.
@@ -64,6 +66,7 @@ class _Stream:
     started: float
     load_integral_at_start: float
     measured: bool
+    settled: bool = False  # its listener has audio in hand: it no longer counts as starting
 
 
 class RealTimeAdmission:
@@ -122,12 +125,25 @@ class RealTimeAdmission:
         """Streams still in their start-up (`startup_s`) at `now` (none without a time)."""
         if now is None or self.startup_s <= 0:
             return 0
-        return sum(1 for s in self._streams.values() if now - s.started < self.startup_s)
+        return sum(1 for s in self._streams.values() if not s.settled and now - s.started < self.startup_s)
 
     def next_startup_end(self, now: float) -> float | None:
-        """Seconds until the next stream leaves its start-up (and stops counting extra); None when none is in it."""
-        left = [s.started + self.startup_s - now for s in self._streams.values() if now - s.started < self.startup_s]
+        """Seconds until the next stream's start-up times out (and it stops counting extra); None when none is in
+        its start-up."""
+        left = [
+            s.started + self.startup_s - now
+            for s in self._streams.values()
+            if not s.settled and now - s.started < self.startup_s
+        ]
         return max(0.0, min(left)) if left and self.startup_s > 0 else None
+
+    def settle(self, ticket: int) -> bool:
+        """The stream's listener has audio in hand: it counts once from now on. True if that changed anything."""
+        stream = self._streams.get(ticket)
+        if stream is None or stream.settled:
+            return False
+        stream.settled = True
+        return True
 
     def predicted_load(self, extra_voice: str | None = None, now: float | None = None) -> float:
         """The highest cost * streams over the voices present (with one more stream of `extra_voice`); at a time
@@ -645,6 +661,11 @@ class AdmissionQueue:
         self.admission.finish(ticket, self._clock(), audio_s=audio_s, busy_s=busy_s)
         self._dispatch()
         self._changed()
+
+    def settle(self, ticket: int) -> None:
+        """The admitted stream is past its start-up: the capacity it held beyond its steady share is free."""
+        if self.admission.settle(ticket):
+            self.poke()
 
     def poke(self) -> None:
         """Re-check the queue (the host's headroom may have grown); cheap when nothing waits."""

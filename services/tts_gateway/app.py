@@ -105,9 +105,9 @@ def make_parser() -> EnvArgumentParser:
         "--admission-startup-seconds",
         type=float,
         default=3.0,
-        help="a stream counts twice against the real-time capacity for this long after it starts (its first "
-        "sentences are produced at burst speed to fill its listener's buffer), so a crowd arriving at once is let in "
-        "a few at a time; 0 counts every stream once",
+        help="a starting stream counts twice against the real-time capacity until its listener has 2 s of audio in "
+        "hand, for at most this long (its first sentences are made at burst speed), so a crowd arriving at once is "
+        "let in a few at a time; 0 counts every stream once",
     )
     parser.add_option(
         "--max-text-chars", type=int, default=DEFAULT_LIMITS.max_text_chars, help="longest Synthesize text"

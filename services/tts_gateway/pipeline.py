@@ -506,6 +506,12 @@ class SynthesisPipeline:
         finally:
             encoder.close()
 
+    def audio_ahead_s(self) -> float:
+        """Audio handed out that a listener who started playing at the first chunk has not played yet."""
+        if self.totals.first_audio_s is None:
+            return 0.0
+        return self.audio_seconds - (time.perf_counter() - self.started_at - self.totals.first_audio_s)
+
     def _note_first_audio(self) -> None:
         if self.totals.first_audio_s is None:
             self.totals.first_audio_s = time.perf_counter() - self.started_at

@@ -67,8 +67,12 @@ class _AdmittedStream:
     """A stream the admission queue let in; its pipeline, once planned, tells the real-time model how it went."""
 
     waited_s: float
+    ticket: int
     pipeline: SynthesisPipeline | None = None
 
+
+# A stream counts as starting (twice against the real-time capacity) until its listener has this much audio in hand.
+SETTLED_AHEAD_S = 2.0
 
 # The admission queue's name for every voice name the catalogue does not know ("?" is in no valid name): such a request
 # fails validation once admitted, and must not open a share key or a cold start of its own while it waits.
@@ -141,7 +145,7 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         except Refused as refused:
             metrics.REJECTED.labels(refused.cause).inc()
             raise ResourceExhausted(refused.message, retry_after_s=refused.retry_after_s) from None
-        stream = _AdmittedStream(admitted.waited_s)
+        stream = _AdmittedStream(admitted.waited_s, admitted.ticket)
         self.active += 1
         metrics.ACTIVE_STREAMS.inc()
         ok = False
@@ -174,7 +178,10 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         return max(20, min(MAX_PIECE_CHARS, plan.voice.model.max_text_chars))
 
     async def _stream(
-        self, pipeline: SynthesisPipeline, context: grpc.aio.ServicerContext[Any, audio_pb2.AudioChunk]
+        self,
+        pipeline: SynthesisPipeline,
+        context: grpc.aio.ServicerContext[Any, audio_pb2.AudioChunk],
+        admitted: _AdmittedStream,
     ) -> AsyncIterator[audio_pb2.AudioChunk]:
         plan = pipeline.plan
         voice = plan.voice.name
@@ -190,8 +197,12 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
         pipeline.on_first_audio = on_first_audio
         code = grpc.StatusCode.OK
         pipeline.start()
+        settled = False
         try:
             async for chunk in pipeline.chunks():
+                if not settled and pipeline.audio_ahead_s() >= SETTLED_AHEAD_S:
+                    settled = True  # its listener has audio in hand: the stream counts once from now on
+                    self.queue.settle(admitted.ticket)
                 if chunk.is_final:
                     summary = chunk.summary
                     context.set_trailing_metadata(((SUMMARY_METADATA_KEY, summary.SerializeToString()),))
@@ -225,7 +236,7 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
             for piece in split_text(request.text, max_chars=self._piece_limit(plan)):
                 await pipeline.pieces.put(piece)
             await pipeline.pieces.close()
-            async for chunk in self._stream(pipeline, context):
+            async for chunk in self._stream(pipeline, context, admitted):
                 yield chunk
 
     async def StreamingSynthesize(
@@ -248,7 +259,7 @@ class TtsGatewayServicer(tts_gateway_pb2_grpc.TtsGatewayServiceServicer):
             read = self._read_deltas if plan.incremental_text else self._read_text
             reader = asyncio.create_task(read(request_iterator, pipeline))
             try:
-                async for chunk in self._stream(pipeline, context):
+                async for chunk in self._stream(pipeline, context, admitted):
                     yield chunk
             finally:
                 reader.cancel()

@@ -104,3 +104,15 @@ def test_a_stream_counts_twice_while_it_starts_up() -> None:
     assert not admission.try_admit("joe", 3.1)[0].admitted
     assert admission.predicted_load() == pytest.approx(0.6)  # without a time: every stream once
     assert admission.next_startup_end(10.0) is None
+
+
+def test_a_settled_stream_counts_once_before_its_start_up_times_out() -> None:
+    admission = RealTimeAdmission(target_load=0.8, startup_s=3.0)
+    admission.observe("joe", 0.1)
+    tickets = [admission.try_admit("joe", 0.0)[1] for _ in range(4)]
+    assert not admission.try_admit("joe", 0.5)[0].admitted
+    assert tickets[0] is not None and tickets[1] is not None
+    assert admission.settle(tickets[0]) and admission.settle(tickets[1])  # their listeners have audio in hand
+    assert not admission.settle(tickets[1])  # once is enough
+    assert admission.try_admit("joe", 0.5)[0].admitted  # 2 settled + 2 starting x 2 + the new one x 2 = 8
+    assert not admission.try_admit("joe", 0.5)[0].admitted

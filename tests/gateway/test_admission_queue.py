@@ -234,6 +234,24 @@ async def test_a_stream_held_back_by_start_up_gets_in_when_the_start_up_ends_wit
         queue.release(ticket.ticket)
 
 
+async def test_a_stream_that_settles_lets_the_next_one_in_at_once() -> None:
+    admission = RealTimeAdmission(target_load=1.0, startup_s=30.0)
+    admission.observe("joe", 0.25)
+    queue = AdmissionQueue(admission, max_calls=100)
+    held = [await queue.acquire("joe", "voice:joe") for _ in range(2)]
+    third = asyncio.create_task(queue.acquire("joe", "voice:joe"))
+    await settle()
+    assert not third.done()
+    queue.settle(held[0].ticket)  # its listener has audio in hand: it counts once (1 + 2 + 2 for the new one: 1.25)
+    await settle()
+    assert not third.done()
+    queue.settle(held[1].ticket)  # 1 + 1 + 2: fits, at once, with no stream ending
+    await settle()
+    assert third.done() and queue.admitted == 3
+    for ticket in [*held, third.result()]:
+        queue.release(ticket.ticket)
+
+
 async def test_an_unmeasured_voice_is_not_starved_and_waits_only_for_its_own_measurement() -> None:
     admission = RealTimeAdmission(target_load=1.0, cold_start_streams=1)
     admission.observe("joe", 0.25)  # 4 joe streams fit
