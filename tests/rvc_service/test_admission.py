@@ -9,6 +9,7 @@ import statistics
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -49,21 +50,17 @@ def audio_messages(seconds: float, piece_s: float = 0.25) -> list[voice_conversi
     return [voice_conversion_pb2.ConvertRequest(audio=pcm[i : i + step]) for i in range(0, len(pcm), step)]
 
 
+def start_one_stream_service(log_dir: Path, *flags: str) -> RvcServiceProcess:
+    """One worker at 30%: a WORLD stream costs about that alone, so a second one never fits; the prior (0.5) is above
+    the capacity too, so the refusal does not depend on how fast this machine happens to be."""
+    return start_rvc_service("--workers", "1", "--target-utilization", "0.3", *flags, log_dir=log_dir)
+
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RvcServiceProcess]:
-    # One worker at 30%: a WORLD stream costs about that alone, so a second one never fits; the prior (0.5) is above
-    # the capacity too, so the refusal does not depend on how fast this machine happens to be.
-    # No stream queue here (tests/rvc_service/test_stream_queue.py covers waiting): a stream that does not fit is
-    # refused at once, which is what this module times.
-    proc = start_rvc_service(
-        "--workers",
-        "1",
-        "--target-utilization",
-        "0.3",
-        "--stream-queue-length",
-        "0",
-        log_dir=tmp_path_factory.mktemp("admission"),
-    )
+    # No stream queue here (tests/rvc_service/test_stream_queue_grpc.py covers waiting): a stream that does not fit
+    # is refused at once, which is what this module times.
+    proc = start_one_stream_service(tmp_path_factory.mktemp("admission"), "--stream-queue-length", "0")
     yield proc
     proc.stop()
 

@@ -13,8 +13,8 @@ import pytest
 from google.rpc import error_details_pb2
 
 from services.common.errors import status_details
-from tests.fixtures.rvc_service import RvcServiceProcess, start_rvc_service
-from tests.rvc_service.test_admission import audio_messages, config_message
+from tests.fixtures.rvc_service import RvcServiceProcess
+from tests.rvc_service.test_admission import audio_messages, config_message, start_one_stream_service
 from tests.waiting import async_wait_until
 from voice.v1 import voice_conversion_pb2, voice_conversion_pb2_grpc
 
@@ -23,19 +23,9 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RvcServiceProcess]:
-    # One worker at 30%: a WORLD stream costs about that alone (and the prior, 0.5, more), so a second stream never
-    # fits while the first is open; it waits in a line of up to 4 for up to 20 s.
-    proc = start_rvc_service(
-        "--workers",
-        "1",
-        "--target-utilization",
-        "0.3",
-        "--stream-queue-length",
-        "4",
-        "--stream-max-wait",
-        "20",
-        log_dir=tmp_path_factory.mktemp("stream-queue"),
-    )
+    # A second stream never fits while the first is open; it waits in a line of up to 4 for up to 20 s.
+    log_dir = tmp_path_factory.mktemp("stream-queue")
+    proc = start_one_stream_service(log_dir, "--stream-queue-length", "4", "--stream-max-wait", "20")
     yield proc
     proc.stop()
 
