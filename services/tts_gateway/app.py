@@ -256,18 +256,7 @@ def build_gateway(args: argparse.Namespace) -> Gateway:
         monitor=monitor,
         windows=LatencyWindows(),
         max_concurrent_streams=args.max_concurrent_streams,
-        queue=AdmissionQueue(
-            RealTimeAdmission(
-                target_load=args.admission_target_load or 1.0,
-                cold_start_streams=args.admission_cold_start_streams,
-                startup_s=args.admission_startup_seconds,
-                enabled=args.admission_target_load > 0,
-            ),
-            max_calls=args.max_concurrent_streams,
-            max_length=args.admission_queue_length,
-            max_wait_s=args.admission_max_wait,
-            host=HostLoad(args.admission_host_load if args.admission_target_load > 0 else "off"),
-        ),
+        queue=make_admission_queue(args),
     )
     log.info("admission: host CPU load read from %s", servicer.queue.host.source)
     host.add_service(
@@ -288,6 +277,23 @@ def build_gateway(args: argparse.Namespace) -> Gateway:
 
     host.on_stop(shutdown)
     return Gateway(host, servicer, monitor, triton, rvc, saved)
+
+
+def make_admission_queue(args: argparse.Namespace) -> AdmissionQueue:
+    """The real-time model, its queue and the host-load reading, from the --admission-* flags."""
+    enabled = args.admission_target_load > 0
+    return AdmissionQueue(
+        RealTimeAdmission(
+            target_load=args.admission_target_load or 1.0,
+            cold_start_streams=args.admission_cold_start_streams,
+            startup_s=args.admission_startup_seconds,
+            enabled=enabled,
+        ),
+        max_calls=args.max_concurrent_streams,
+        max_length=args.admission_queue_length,
+        max_wait_s=args.admission_max_wait,
+        host=HostLoad(args.admission_host_load if enabled else "off"),
+    )
 
 
 def make_saved_voice_store(args: argparse.Namespace, configured: list[str]) -> SavedVoiceStore | None:
