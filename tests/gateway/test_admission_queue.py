@@ -25,6 +25,7 @@ from services.tts_gateway.admission import (
     Refused,
 )
 from services.tts_gateway.servicer import TtsGatewayServicer
+from tests.waiting import async_wait_until
 from voice.v1 import audio_pb2, tts_gateway_pb2, tts_gateway_pb2_grpc
 
 
@@ -370,10 +371,7 @@ async def test_grpc_queue_full_is_resource_exhausted_with_retry_info_and_waiters
             first = stub.Synthesize(tts_gateway_pb2.SynthesizeRequest(voice="a", text="x"), timeout=30)
             await first.read()
             waiting = [stub.Synthesize(tts_gateway_pb2.SynthesizeRequest(voice=v, text="x"), timeout=30) for v in "ab"]
-            for _ in range(100):
-                if servicer.queue.waiting == 2:
-                    break
-                await asyncio.sleep(0.01)
+            await async_wait_until(lambda: servicer.queue.waiting == 2, within=1, interval=0.01, what="2 waiters")
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.Synthesize(tts_gateway_pb2.SynthesizeRequest(voice="a", text="x"), timeout=30).read()
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -407,25 +405,15 @@ async def test_grpc_deadline_shorter_than_the_wait_is_refused_at_once_and_cancel
             assert _retry_info(refused.value) is not None and loop.time() - started < 1.0
             # A client that gives up while waiting leaves the queue.
             waiter = stub.Synthesize(tts_gateway_pb2.SynthesizeRequest(voice="a", text="x"), timeout=30)
-            for _ in range(100):
-                if queue.waiting == 1:
-                    break
-                await asyncio.sleep(0.01)
-            assert queue.waiting == 1
+            await async_wait_until(lambda: queue.waiting == 1, within=1, interval=0.01, what="the waiter")
             waiter.cancel()
-            for _ in range(100):
-                if queue.waiting == 0:
-                    break
-                await asyncio.sleep(0.01)
-            assert queue.waiting == 0 and queue.admitted == 1
+            await async_wait_until(lambda: queue.waiting == 0, within=1, interval=0.01, what="the waiter to leave")
+            assert queue.admitted == 1
             servicer.release.set()
             while await first.read() is not grpc.aio.EOF:
                 pass
-            for _ in range(100):
-                if queue.admitted == 0:
-                    break
-                await asyncio.sleep(0.01)
-            assert queue.admitted == 0 and servicer.active == 0
+            await async_wait_until(lambda: queue.admitted == 0, within=1, interval=0.01, what="the slot's release")
+            assert servicer.active == 0
     finally:
         await server.stop(None)
 
@@ -441,10 +429,8 @@ async def test_unknown_voice_names_share_one_key_and_cannot_open_turns_of_their_
             names = [f"made-up-{n}" for n in range(5)]
             flood = [stub.Synthesize(tts_gateway_pb2.SynthesizeRequest(voice=v, text="x"), timeout=30) for v in names]
             legit = stub.Synthesize(tts_gateway_pb2.SynthesizeRequest(voice="b", text="x"), timeout=30)
-            for _ in range(200):  # the server runs on this loop: poll without blocking it
-                if queue.waiting == 6:
-                    break
-                await asyncio.sleep(0.02)
+            # The server runs on this loop: the wait polls without blocking it.
+            await async_wait_until(lambda: queue.waiting == 6, within=4, interval=0.02, what="6 waiters")
             assert queue.waiting_by_key() == {"voice:?": 5, "voice:b": 1}  # five names, one share
             for call in (first, *flood, legit):
                 call.cancel()
