@@ -48,20 +48,37 @@ class Samples:
     server: list[float] = field(default_factory=list)
 
 
+class FirstAudioClock:
+    """The two first-audio times of one Synthesize call, fed its chunks as they arrive (sync or async clients):
+    client clock from the clock's creation (just before the call) to the first chunk carrying audio bytes, and the
+    server's summary time_to_first_audio."""
+
+    def __init__(self, voice: str) -> None:
+        self.voice = voice
+        self.started = time.perf_counter()
+        self.client: float | None = None
+        self.server: float | None = None
+
+    def observe(self, chunk: audio_pb2.AudioChunk) -> None:
+        if self.client is None and chunk.audio:
+            self.client = time.perf_counter() - self.started
+        if chunk.is_final:
+            self.server = seconds_from_duration(chunk.summary.time_to_first_audio)
+
+    def result(self) -> tuple[float, float]:
+        """(client seconds, server seconds); RuntimeError when the stream had no audio or no summary."""
+        if self.client is None or self.server is None:
+            raise RuntimeError(f"{self.voice}: the stream ended without audio or without a summary")
+        return self.client, self.server
+
+
 def one_request(stub: tts_gateway_pb2_grpc.TtsGatewayServiceStub, voice: str, text: str) -> tuple[float, float]:
     """(client-clock seconds to the first chunk with audio, server-reported time_to_first_audio)."""
     request = tts_gateway_pb2.SynthesizeRequest(text=text, voice=voice, output_format=PCM16)
-    started = time.perf_counter()
-    first: float | None = None
-    server = None
+    clock = FirstAudioClock(voice)
     for chunk in stub.Synthesize(request, timeout=60):
-        if first is None and chunk.audio:
-            first = time.perf_counter() - started
-        if chunk.is_final:
-            server = seconds_from_duration(chunk.summary.time_to_first_audio)
-    if first is None or server is None:
-        raise RuntimeError(f"{voice}: the stream ended without audio or without a summary")
-    return first, server
+        clock.observe(chunk)
+    return clock.result()
 
 
 def run(address: str, text: str, rounds: int, warmup: int, fresh_channel: bool) -> dict[str, Samples]:

@@ -41,8 +41,8 @@ import numpy as np
 from google.rpc import error_details_pb2
 
 from benchmarks.converted_ttfa_bench import TEXT as CONVERTED_TEXT
+from benchmarks.converted_ttfa_bench import FirstAudioClock
 from benchmarks.listener import Arrival, ListenerReport, describe, percentile, play, summarize
-from services.common.durations import seconds_from_duration
 from services.common.errors import status_details
 from services.tts_gateway.domain import TtsInputs
 from services.tts_gateway.triton_client import TritonTts, build_request
@@ -267,16 +267,10 @@ async def converted_ttfa(
 ) -> tuple[float, float]:
     """(client clock: call start to the first chunk carrying audio bytes, the summary's time_to_first_audio)."""
     request = tts_gateway_pb2.SynthesizeRequest(text=text, voice=voice, output_format=PCM16)
-    started = time.perf_counter()
-    first = server = None
+    clock = FirstAudioClock(voice)
     async for chunk in stub.Synthesize(request):
-        if first is None and chunk.audio:
-            first = time.perf_counter() - started
-        if chunk.is_final:
-            server = seconds_from_duration(chunk.summary.time_to_first_audio)
-    if first is None or server is None:
-        raise RuntimeError(f"{voice}: the stream ended without audio or without a summary")
-    return first, server
+        clock.observe(chunk)
+    return clock.result()
 
 
 async def section_converted(stub: tts_gateway_pb2_grpc.TtsGatewayServiceStub, quick: bool) -> None:
