@@ -121,21 +121,19 @@ class RealTimeAdmission:
             return None
         return max(1, int(self.target_load / cost)) if cost > 0 else None
 
-    def _starting(self, now: float | None) -> int:
-        """Streams still in their start-up (`startup_s`) at `now` (none without a time)."""
+    def _startup_left(self, now: float | None) -> list[float] | None:
+        """Seconds of start-up left, per stream still in its start-up at `now`; None when start-ups are not counted
+        (no time given, or `startup_s` is 0)."""
         if now is None or self.startup_s <= 0:
-            return 0
-        return sum(1 for s in self._streams.values() if not s.settled and now - s.started < self.startup_s)
+            return None
+        left = (s.started + self.startup_s - now for s in self._streams.values() if not s.settled)
+        return [t for t in left if t > 0]
 
     def next_startup_end(self, now: float) -> float | None:
         """Seconds until the next stream's start-up times out (and it stops counting extra); None when none is in
         its start-up."""
-        left = [
-            s.started + self.startup_s - now
-            for s in self._streams.values()
-            if not s.settled and now - s.started < self.startup_s
-        ]
-        return max(0.0, min(left)) if left and self.startup_s > 0 else None
+        left = self._startup_left(now)
+        return min(left) if left else None
 
     def settle(self, ticket: int) -> bool:
         """The stream's listener has audio in hand: it counts once from now on. True if that changed anything."""
@@ -150,10 +148,11 @@ class RealTimeAdmission:
         `now`, streams in their start-up count `startup_weight` times (the new one too)."""
         voices = set(self.active_by_voice())
         extra = self.startup_weight - 1.0
-        n = self.active + extra * self._starting(now)
+        starting = self._startup_left(now)
+        n = self.active + extra * len(starting or ())
         if extra_voice is not None:
             voices.add(extra_voice)
-            n += 1.0 + (extra if now is not None and self.startup_s > 0 else 0.0)
+            n += 1.0 + (extra if starting is not None else 0.0)
         known = [self.cost[v] for v in voices if v in self.cost]
         return max(known, default=0.0) * n
 
